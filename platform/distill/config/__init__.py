@@ -1,0 +1,1 @@
+"""Typed configuration: ``PipelineConfig`` and YAML loading with ``--set a.b=c`` overrides."""

@@ -1,0 +1,49 @@
+"""``PipelineConfig``: the one typed config a pipeline YAML parses into.
+
+    distill run pipelines/configs/smoke.yaml --set prune.target_params=0.5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from distill.config.base import StrictModel
+from distill.data.config import DataConfig
+from distill.eval.config import EvaluateConfig
+from distill.labels.config import SoftLabelsConfig
+from distill.lineage.config import RayConfig, TrackingConfig
+from distill.models.config import GGUFSource, ModelSource
+from distill.prune.config import PruneConfig
+from distill.quant.config import QuantizeConfig
+from distill.train.config import DistillConfig
+
+StageName = Literal["soft_labels", "prune", "distill", "quantize", "evaluate"]
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: Path = Path("runs/default")
+    teacher: ModelSource = Field(default_factory=GGUFSource)
+    student: ModelSource | None = Field(
+        None, description="initial student; unset = the pruned teacher (or the teacher)"
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[StageName] = Field(..., min_length=1)
+    soft_labels: SoftLabelsConfig = Field(default_factory=SoftLabelsConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"stages listed twice: {dup}")
+        return v

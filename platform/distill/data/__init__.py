@@ -1,0 +1,1 @@
+"""Corpus readers (Ray Data), tokenization, packing, held-out split by document."""

@@ -1,0 +1,90 @@
+"""Corpus discovery: which documents exist, their ids, and a cheap fingerprint.
+
+The default corpus is the running interpreter's standard library source (real text on every
+machine), with test folders excluded. A document is a file (text corpora) or a row (JSONL/Parquet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
+
+from distill.config.base import DistillError
+from distill.data.config import CorpusConfig
+
+_EXCLUDED_PARTS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[Path]:
+    """Every ``*.py`` under the stdlib, tests and third-party folders excluded, sorted."""
+    root = stdlib_root()
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if not (_EXCLUDED_PARTS & set(p.relative_to(root).parts))
+        and not p.name.startswith("test_")
+    ]
+    return sorted(files)
+
+
+def _stable_key(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def resolve_files(cfg: CorpusConfig) -> list[Path]:
+    """The corpus files, in a deterministic order (by hash of their relative path)."""
+    if cfg.kind == "stdlib":
+        root = stdlib_root()
+        files = stdlib_files()
+        files.sort(key=lambda p: _stable_key(str(p.relative_to(root))))
+    else:
+        if not cfg.paths:
+            raise DistillError("data.corpus.paths is empty (kind: files needs at least one path)")
+        files = []
+        for p in cfg.paths:
+            p = Path(p)
+            if p.is_dir():
+                files.extend(sorted(f for f in p.glob(cfg.glob) if f.is_file()))
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise DistillError(f"data.corpus.paths: {p} does not exist")
+    if cfg.max_documents and detect_format(cfg, files) == "text":
+        files = files[: cfg.max_documents]
+    if not files:
+        raise DistillError(f"the corpus is empty: no files found for {cfg.kind} {cfg.paths}")
+    empty = [f for f in files if f.stat().st_size == 0]
+    if len(empty) == len(files):
+        raise DistillError(f"the corpus is empty: all {len(files)} files have no content")
+    return files
+
+
+def detect_format(cfg: CorpusConfig, files: list[Path]) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    suffixes = {f.suffix.lower() for f in files}
+    if suffixes <= {".jsonl", ".json"}:
+        return "jsonl"
+    if suffixes <= {".parquet"}:
+        return "parquet"
+    return "text"
+
+
+def fingerprint(cfg: CorpusConfig, files: list[Path]) -> str:
+    """sha256 over the corpus config and each file's name, size and mtime (cheap, no reads)."""
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def is_heldout(doc_id: str, fraction: float, seed: int) -> bool:
+    """Deterministic split by document: the same document always lands on the same side."""
+    v = int(_stable_key(f"{seed}:{doc_id}")[:8], 16) / 0xFFFFFFFF
+    return v < fraction

@@ -1,0 +1,1 @@
+"""MLflow lineage: pipeline parent run, stage child runs, inputs/outputs, registered models."""

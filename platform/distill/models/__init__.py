@@ -1,0 +1,1 @@
+"""Model sources (gguf | hf | tiny), loading, hashing, tokenizer compatibility, license gate."""

@@ -1,0 +1,32 @@
+"""Tokenizer compatibility between teacher and student: KD needs identical token spaces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.config.base import DistillError
+from distill.models.hashing import tokenizer_sha256
+
+
+def check_tokenizer_compat(teacher_dir: Path, student_dir: Path) -> None:
+    """Raise ``DistillError`` naming the difference when the student's tokenizer differs."""
+    t_cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
+    s_cfg = json.loads((Path(student_dir) / "config.json").read_text())
+    tv, sv = t_cfg.get("vocab_size"), s_cfg.get("vocab_size")
+    if tv != sv:
+        raise DistillError(
+            f"tokenizer mismatch: teacher vocab_size {tv} != student vocab_size {sv} "
+            f"(teacher {teacher_dir}, student {student_dir}); padded vocabularies are not supported"
+        )
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if t_cfg.get(key) != s_cfg.get(key):
+            raise DistillError(
+                f"tokenizer mismatch: {key} teacher {t_cfg.get(key)} != student {s_cfg.get(key)}"
+            )
+    th, sh = tokenizer_sha256(teacher_dir), tokenizer_sha256(student_dir)
+    if th != sh:
+        raise DistillError(
+            f"tokenizer mismatch: teacher tokenizer sha256 {th[:12]} != student {sh[:12]} "
+            "(the student must use the teacher's tokenizer)"
+        )

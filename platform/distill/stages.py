@@ -1,0 +1,66 @@
+"""The stage contract: every stage is ``run(ctx: StageContext, cfg) -> StageResult``.
+
+The runner (``distill.runner``) builds one ``StageContext`` per stage, opens the stage's MLflow
+child run (``ctx.tracker``), calls the stage, and records ``StageResult.outputs`` as the
+artifacts later stages read from ``ctx.artifacts``. Artifact keys:
+``teacher``, ``soft_labels``, ``pruned``, ``student``, ``int4``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.config.pipeline import PipelineConfig
+    from distill.data.packed import PackedCorpus
+    from distill.lineage.tracker import StageRun
+    from distill.models.loader import ModelInfo
+
+# Lazily imported so `import distill` stays light: stage name -> "module:function".
+STAGES: dict[str, str] = {
+    "soft_labels": "distill.labels.stage:run",
+    "prune": "distill.prune.stage:run",
+    "distill": "distill.train.stage:run",
+    "quantize": "distill.quant.stage:run",
+    "evaluate": "distill.eval.stage:run",
+}
+
+# Which earlier artifact becomes the model a stage works on, most preferred first.
+STUDENT_CHAIN = ("student", "pruned", "initial_student", "teacher")
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    config: PipelineConfig
+    workdir: Path
+    teacher: ModelInfo
+    corpus: PackedCorpus
+    tracker: StageRun
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+    def output_dir(self, name: str) -> Path:
+        """``<workdir>/<name>``: where a stage writes its artifact."""
+        return self.workdir / name
+
+    def latest_model(self, chain: tuple[str, ...] = STUDENT_CHAIN) -> tuple[str, Path]:
+        """The newest model artifact: student, else pruned, else initial student, else teacher."""
+        for key in chain:
+            if key in self.artifacts:
+                return key, self.artifacts[key]
+        return "teacher", self.teacher.path
+
+
+def stage_function(name: str) -> Callable[[StageContext, Any], StageResult]:
+    module, fn = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), fn)
