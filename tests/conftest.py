@@ -56,3 +56,38 @@ def tiny_rows(tiny_gqa) -> np.ndarray:
     rows = pack(docs, 64, tok.eos_token_id, max_rows=24)
     assert rows.shape == (24, 64)
     return rows
+
+
+@pytest.fixture
+def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
+    """Factory for a ``StageContext`` on the tiny GQA teacher with a local SQLite MLflow.
+
+    ``ctx = stage_ctx(stages=["prune"], prune={...})`` returns a context whose tracker is an
+    open stage run (closed at teardown); ``ctx.artifacts`` starts with ``teacher`` only.
+    """
+    from contextlib import ExitStack
+
+    from distill.config.pipeline import PipelineConfig
+    from distill.data.packed import PackedCorpus, write_rows
+    from distill.lineage.tracker import Tracker
+    from distill.stages import StageContext
+
+    stack = ExitStack()
+
+    def make(stages: list[str], **sections) -> StageContext:
+        cfg = PipelineConfig.model_validate(
+            {"name": "test", "workdir": str(tmp_path), "teacher": {"kind": "tiny"},
+             "stages": stages, "data": {"seq_len": 64}, **sections}
+        )
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        write_rows(data / "train.parquet", tiny_rows[:16])
+        write_rows(data / "heldout.parquet", tiny_rows[16:])
+        corpus = PackedCorpus(data, 64, "test-fingerprint", 16, len(tiny_rows) - 16)
+        tracker = Tracker(cfg.tracking, tmp_path)
+        stack.enter_context(tracker.pipeline("test"))
+        run = stack.enter_context(tracker.stage(stages[0]))
+        return StageContext(cfg, tmp_path, tiny_gqa, corpus, run, {"teacher": tiny_gqa.path})
+
+    yield make
+    stack.close()
