@@ -117,20 +117,15 @@ class StageRun:
             self.set_tags({f"output.{key}.sha256": sha256})
 
     def log_input_dataset(self, name: str, source: str, digest: str, context: str) -> None:
-        """``mlflow.log_input`` of a dataset described by its source URI and digest."""
-        from mlflow.data.meta_dataset import MetaDataset
+        """``log_input`` of a dataset described by its source URI and digest (no data copy)."""
         from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.entities import InputTag
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
 
         ds = MetaDataset(source=HTTPDatasetSource(url=source), name=name, digest=digest[:36])
+        tag = InputTag(key="mlflow.data.context", value=context)
         self.client.log_inputs(
-            self.run_id,
-            datasets=[
-                __import__("mlflow").entities.DatasetInput(
-                    dataset=ds._to_mlflow_entity(),
-                    tags=[InputTag(key="mlflow.data.context", value=context)],
-                )
-            ],
+            self.run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])]
         )
 
 

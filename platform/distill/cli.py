@@ -1,0 +1,149 @@
+"""The ``distill`` command line.
+
+    distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
+    distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
+    distill serve deploy/serve.yaml
+    distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
+    distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from distill.config.base import DistillError
+
+
+def _table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"distill results — {report['pipeline']} ({report['machine']})")
+    cols = [
+        ("model", "model", "{}"),
+        ("params", "parameters", "{:,}"),
+        ("size MB", "size_bytes", "{:.1f}"),
+        ("held-out ppl", "perplexity", "{:.2f}"),
+        ("next-tok acc", "next_token_accuracy", "{:.3f}"),
+        ("agree w/ teacher", "agreement", "{:.3f}"),
+        ("KL to teacher", "kl_to_reference", "{:.3f}"),
+        ("fwd tok/s", "tokens_per_s", "{:.0f}"),
+    ]
+    for title, _, _ in cols:
+        t.add_column(title, justify="right")
+    for m in report["models"]:
+        row = []
+        for _, key, fmt in cols:
+            v = m.get(key)
+            if v is None:
+                row.append("—")
+            elif key == "size_bytes":
+                row.append(fmt.format(v / 1e6))
+            else:
+                row.append(fmt.format(v))
+        t.add_row(*row)
+    Console().print(t)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distill.config.loader import load_config
+    from distill.runner import run_pipeline
+
+    overrides = list(args.set or [])
+    if args.workdir:
+        overrides.append(f"workdir={args.workdir}")
+    cfg = load_config(Path(args.config), overrides)
+    summary = run_pipeline(cfg)
+    if summary.report:
+        _table(summary.report)
+        print(f"report: {summary.workdir / 'report.json'}")
+    print(f"mlflow run: {summary.run_id}  (tracking {summary.tracking_uri})")
+    print(f"lineage: distill lineage {summary.run_id} --workdir {summary.workdir}")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    import os
+
+    from distill.lineage.config import TrackingConfig
+    from distill.lineage.tracker import resolve_tracking_uri
+
+    if args.tracking_uri:
+        return args.tracking_uri
+    if args.workdir:
+        return resolve_tracking_uri(TrackingConfig(), Path(args.workdir))
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    raise DistillError("give --workdir (local SQLite store) or --tracking-uri")
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from distill.lineage.show import format_lineage, lineage
+
+    info = lineage(_tracking_uri(args), args.run_id)
+    print(json.dumps(info, indent=2) if args.json else format_lineage(info))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from distill.serve import run_from_config  # type: ignore[attr-defined]
+
+    run_from_config(Path(args.config), blocking=not args.no_block)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from distill import jobs  # type: ignore[attr-defined]
+
+    return jobs.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a pipeline config on local Ray or $RAY_ADDRESS")
+    r.add_argument("config")
+    r.add_argument("--workdir")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.set_defaults(fn=cmd_run)
+    lg = sub.add_parser("lineage", help="print the stage tree of a pipeline run")
+    lg.add_argument("run_id")
+    lg.add_argument("--workdir")
+    lg.add_argument("--tracking-uri")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(fn=cmd_lineage)
+    s = sub.add_parser("serve", help="deploy a Ray Serve config (deploy/serve.yaml)")
+    s.add_argument("config")
+    s.add_argument("--no-block", action="store_true")
+    s.set_defaults(fn=cmd_serve)
+    for name, helptext in [
+        ("submit", "submit a pipeline config as a Ray job"),
+        ("status", "status of a Ray job"),
+        ("logs", "logs of a Ray job"),
+    ]:
+        j = sub.add_parser(name, help=helptext)
+        j.add_argument("target", help="config path (submit) or job id")
+        j.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HOST:8265")
+        j.add_argument("--set", action="append", metavar="KEY=VALUE")
+        j.add_argument("--no-wait", action="store_true")
+        j.set_defaults(fn=cmd_jobs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except DistillError as e:
+        print(f"distill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Stage ``evaluate``: every model the run produced, side by side, on the held-out split.
+
+Writes ``<workdir>/report.json`` (one entry per model: parameters, size on disk, perplexity,
+next-token accuracy, agreement and KL to the teacher, tokens/s) and logs it to MLflow::
+
+    distill run pipelines/configs/smoke.yaml     # stages: [..., evaluate]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from distill.eval.config import EvaluateConfig
+from distill.eval.metrics import evaluate_models, forward_tokens_per_s
+from distill.models.hashing import dir_size_bytes
+from distill.models.loader import count_parameters
+from distill.stages import StageContext, StageResult
+
+ORDER = ("teacher", "initial_student", "pruned", "student", "int4")
+
+
+def load_for_eval(path: Path, dtype: str = "float32"):
+    """Load an fp or GPTQ checkpoint for evaluation (GPTQ through ``distill.quant``)."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    if "quantization_config" in cfg:
+        from distill.quant import load_quantized  # type: ignore[attr-defined]
+
+        return load_quantized(path)
+    from distill.models.loader import load_causal_lm
+
+    return load_causal_lm(path, dtype=dtype)
+
+
+def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
+    rows = ctx.corpus.heldout(cfg.max_rows)
+    paths = {k: ctx.artifacts[k] for k in ORDER if k in ctx.artifacts}
+    models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
+    for k, p in paths.items():
+        ctx.tracker.record_input(k, p)
+    quality = evaluate_models(models, rows, cfg.batch_size, reference="teacher")
+    entries: list[dict[str, Any]] = []
+    metrics: dict[str, float] = {}
+    for key, model in models.items():
+        entry: dict[str, Any] = {
+            "model": key,
+            "path": str(paths[key]),
+            "parameters": count_parameters(model),
+            "size_bytes": dir_size_bytes(paths[key]),
+            **quality[key],
+            "tokens_per_s": forward_tokens_per_s(model, rows[: cfg.speed_rows]),
+        }
+        entries.append(entry)
+        for name, value in entry.items():
+            if isinstance(value, int | float):
+                metrics[f"{key}.{name}"] = float(value)
+    report = {
+        "pipeline": ctx.config.name,
+        "heldout_rows": len(rows),
+        "seq_len": int(rows.shape[1]),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "models": entries,
+    }
+    out = ctx.workdir / "report.json"
+    tmp = out.with_name(".report.json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_dict(report, "report.json")
+    ctx.tracker.record_output("report", out)
+    return StageResult(outputs={"report": out}, metrics=metrics, summary=report)

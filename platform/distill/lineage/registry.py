@@ -1,0 +1,59 @@
+"""Registered model versions for checkpoints (MLflow 3 registers logged models only).
+
+A checkpoint directory is logged as a pyfunc model (artifacts = the HF directory) under the stage
+run that produced it, then registered; version tags point back to that run and to the parent
+version it was made from (student → int4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.lineage.tracker import StageRun
+
+
+def _python_model():
+    import mlflow.pyfunc
+
+    class HFCheckpoint(mlflow.pyfunc.PythonModel):
+        """Greedy text completion with the logged HF checkpoint (fp or GPTQ)."""
+
+        def load_context(self, context):
+            from distill.eval.stage import load_for_eval
+            from distill.models.loader import load_tokenizer
+
+            self.model = load_for_eval(Path(context.artifacts["checkpoint"]))
+            self.tok = load_tokenizer(Path(context.artifacts["checkpoint"]))
+
+        def predict(self, context, model_input, params=None):
+            prompts = list(model_input["prompt"]) if hasattr(model_input, "__getitem__") else []
+            out = []
+            for p in prompts:
+                ids = self.tok(p, return_tensors="pt").input_ids
+                gen = self.model.generate(ids, max_new_tokens=32, do_sample=False)
+                out.append(self.tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+            return out
+
+    return HFCheckpoint()
+
+
+def register_checkpoint(
+    run: StageRun, checkpoint: Path, name: str, tags: dict[str, Any] | None = None
+) -> str:
+    """Log ``checkpoint`` as a model of ``run``, register it as ``name``; return the version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(run.tracking_uri)
+    with mlflow.start_run(run_id=run.run_id):
+        info = mlflow.pyfunc.log_model(
+            name="checkpoint",
+            python_model=_python_model(),
+            artifacts={"checkpoint": str(checkpoint)},
+            pip_requirements=["distill", "torch==2.13.0", "transformers==5.23.0"],
+        )
+    mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    client = run.client
+    client.set_model_version_tag(name, mv.version, "source_run_id", run.run_id)
+    run.set_tags({f"registered.{name}": mv.version})
+    return str(mv.version)

@@ -1,0 +1,174 @@
+"""Run a pipeline: teacher → corpus → stages, under one MLflow parent run.
+
+    distill run pipelines/configs/smoke.yaml
+
+Each stage's result is cached in ``<workdir>/stages/<stage>.json`` under a key chained from the
+teacher's weights hash, the corpus fingerprint, the stage's config and every earlier stage's key,
+so rerunning after an interruption continues from the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.config.base import DistillError
+from distill.config.pipeline import PipelineConfig
+from distill.stages import StageContext, StageResult, stage_function
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class PipelineSummary:
+    run_id: str
+    tracking_uri: str
+    workdir: Path
+    artifacts: dict[str, Path]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(path: Path, key: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    outputs = {k: Path(v) for k, v in data["outputs"].items()}
+    if not all(p.exists() for p in outputs.values()):
+        return None
+    return data
+
+
+def _save(
+    path: Path, key: str, result: StageResult, run_id: str, registered: dict[str, str]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = {
+        "key": key,
+        "run_id": run_id,
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+        "metrics": result.metrics,
+        "summary": result.summary,
+        "registered": registered,
+        "finished": time.time(),
+    }
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
+    """Run ``cfg.stages`` in order; return run id, artifacts and per-stage metrics."""
+    from distill.data.pipeline import prepare_corpus
+    from distill.lineage.registry import register_checkpoint
+    from distill.lineage.tracker import Tracker
+    from distill.models.compat import check_tokenizer_compat
+    from distill.models.loader import license_decision, resolve_source
+    from distill.raycluster import ensure_ray
+
+    workdir = Path(cfg.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(cfg.tracking, workdir)
+    tracker.experiment_id()  # fail fast on an unreachable tracking server
+    say(f"[distill] pipeline {cfg.name!r}  workdir {workdir}  tracking {tracker.uri}")
+
+    t0 = time.perf_counter()
+    teacher = resolve_source(cfg.teacher)
+    decision = license_decision(cfg.teacher, teacher)
+    say(f"[distill] teacher {teacher.name} ({teacher.path}) license {teacher.license}: allowed")
+    initial_student = None
+    if cfg.student is not None:
+        initial_student = resolve_source(cfg.student)
+        check_tokenizer_compat(teacher.path, initial_student.path)
+
+    ensure_ray(cfg.ray)
+    say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
+    corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data")
+    say(
+        f"[distill] corpus: {corpus.train_rows} train / {corpus.heldout_rows} held-out rows "
+        f"of {corpus.seq_len} tokens ({time.perf_counter() - t0:.0f}s)"
+    )
+
+    artifacts: dict[str, Path] = {"teacher": teacher.path}
+    if initial_student is not None:
+        artifacts["initial_student"] = initial_student.path
+    registered_name = cfg.tracking.registered_model or f"{cfg.name}-student"
+    summary_stages: dict[str, dict[str, Any]] = {}
+    with tracker.pipeline(cfg.name) as parent:
+        summary = PipelineSummary(parent.run_id, tracker.uri, workdir, artifacts, summary_stages)
+        parent.log_params(cfg.model_dump(mode="json", exclude={"stages"}))
+        parent.set_tags(
+            {
+                "distill.stages": ",".join(cfg.stages),
+                "teacher.name": teacher.name,
+                "teacher.weights_sha256": teacher.weights_sha256,
+                "teacher.tokenizer_sha256": teacher.tokenizer_sha256,
+                "teacher.license": teacher.license,
+                "teacher.license_decision": decision.reason,
+                "corpus.fingerprint": corpus.fingerprint,
+            }
+        )
+        parent.record_input("teacher", teacher.path, teacher.weights_sha256)
+        parent.log_input_dataset("corpus", corpus.train_path.as_uri(), corpus.fingerprint, "train")
+        parent.log_input_dataset(
+            "corpus-heldout", corpus.heldout_path.as_uri(), corpus.fingerprint, "eval"
+        )
+        chain = _key(teacher.weights_sha256, corpus.fingerprint, initial_student and initial_student.weights_sha256)
+        versions: dict[str, str] = {}
+        for name in cfg.stages:
+            section = getattr(cfg, name)
+            chain = _key(chain, name, section.model_dump(mode="json"))
+            cache_file = workdir / "stages" / f"{name}.json"
+            hit = _cached(cache_file, chain)
+            st = time.perf_counter()
+            with tracker.stage(name) as run:
+                run.log_params(section.model_dump(mode="json"))
+                if hit is not None:
+                    say(f"[distill] stage {name}: cached from run {hit['run_id']} (inputs unchanged)")
+                    result = StageResult(
+                        {k: Path(v) for k, v in hit["outputs"].items()}, hit["metrics"], hit["summary"]
+                    )
+                    run.set_tags({"distill.cached_from_run": hit["run_id"]})
+                    run.log_metrics(result.metrics)
+                    for k, p in result.outputs.items():
+                        run.record_output(k, p)
+                    versions.update(hit.get("registered", {}))
+                else:
+                    say(f"[distill] stage {name}: running")
+                    ctx = StageContext(cfg, workdir, teacher, corpus, run, dict(artifacts))
+                    result = stage_function(name)(ctx, section)
+                    registered = {}
+                    for key in ("student", "int4"):
+                        if key in result.outputs:
+                            tags = {"kind": key, "pipeline_run_id": parent.run_id}
+                            if key == "int4" and "student" in versions:
+                                tags["parent_version"] = versions["student"]
+                            registered[key] = register_checkpoint(
+                                run, result.outputs[key], registered_name, tags
+                            )
+                            say(f"[distill] registered {registered_name} v{registered[key]} ({key})")
+                    versions.update(registered)
+                    _save(cache_file, chain, result, run.run_id, registered)
+                artifacts.update(result.outputs)
+            took = time.perf_counter() - st
+            summary_stages[name] = {"seconds": took, "metrics": result.metrics, "run_id": run.run_id}
+            if name == "evaluate":
+                summary.report = result.summary
+            say(f"[distill] stage {name}: done in {took:.0f}s")
+        parent.log_dict({k: str(v) for k, v in artifacts.items()}, "artifacts.json")
+        parent.set_tags({f"registered.{k}": v for k, v in versions.items()})
+    if not summary_stages:
+        raise DistillError("no stage ran")
+    return summary
