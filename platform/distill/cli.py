@@ -45,7 +45,7 @@ def _table(report: dict) -> None:
             else:
                 row.append(fmt.format(v))
         t.add_row(*row)
-    Console().print(t)
+    Console(width=max(Console().width, 132)).print(t)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
