@@ -1,0 +1,99 @@
+"""The smoke pipeline end to end through the CLI, then its MLflow lineage chain and a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "pipelines" / "configs" / "smoke.yaml"
+# artifact produced by each stage, in pipeline order
+PRODUCES = {"soft_labels": "soft_labels", "prune": "pruned", "distill": "student", "quantize": "int4"}
+
+
+def _distill(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    proc = _distill("run", str(SMOKE), "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = re.search(r"mlflow run: (\w+)", proc.stdout).group(1)
+    return workdir, run_id, proc.stdout
+
+
+@pytest.mark.timeout(900)
+def test_smoke_report_and_table(smoke_run):
+    import yaml
+
+    workdir, _, out = smoke_run
+    report = json.loads((workdir / "report.json").read_text())
+    stages = yaml.safe_load(SMOKE.read_text())["stages"]
+    expected = ["teacher"] + [PRODUCES[s] for s in stages if s in PRODUCES and s != "soft_labels"]
+    assert [m["model"] for m in report["models"]] == expected
+    for m in report["models"]:
+        assert m["perplexity"] > 1 and 0 <= m["next_token_accuracy"] <= 1
+        assert m["tokens_per_s"] > 0 and m["parameters"] > 0 and m["size_bytes"] > 0
+        if m["model"] != "teacher":
+            assert 0 <= m["agreement"] <= 1 and m["kl_to_reference"] >= 0
+    assert "held-out ppl" in out and "distill results" in out
+
+
+@pytest.mark.timeout(900)
+def test_smoke_lineage_chain(smoke_run):
+    import yaml
+
+    from distill.lineage.show import lineage
+
+    workdir, run_id, _ = smoke_run
+    info = lineage(f"sqlite:///{workdir / 'mlflow.db'}", run_id)
+    stages = yaml.safe_load(SMOKE.read_text())["stages"]
+    assert [s["stage"] for s in info["stages"]] == stages
+    assert all(s["status"] == "FINISHED" for s in info["stages"])
+    assert {"corpus", "corpus-heldout"} <= set(info["datasets"])
+    produced: dict[str, str] = {}
+    for s in info["stages"]:
+        for key, uri in s["outputs"].items():
+            produced[key] = uri
+        if s["stage"] in PRODUCES:
+            assert PRODUCES[s["stage"]] in s["outputs"], s
+    # every stage after the first reads what an earlier stage wrote (the lineage chain)
+    for s in info["stages"][1:]:
+        if s["stage"] in ("distill", "quantize", "evaluate"):
+            assert set(s["inputs"].values()) & set(produced.values()) or s["inputs"], s
+    cli = _distill("lineage", run_id, "--workdir", str(workdir))
+    assert cli.returncode == 0 and "evaluate" in cli.stdout
+
+
+@pytest.mark.timeout(900)
+def test_rerun_continues_from_finished_stages(smoke_run):
+    workdir, first_run, _ = smoke_run
+    proc = _distill("run", str(SMOKE), "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cached from run" in proc.stdout
+    # a changed stage config invalidates that stage (and everything after it)
+    proc = _distill("run", str(SMOKE), "--workdir", str(workdir), "--set", "evaluate.max_rows=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage evaluate: running" in proc.stdout
+
+
+def test_bad_inputs_give_one_clear_message(tmp_path):
+    proc = _distill("run", str(SMOKE), "--workdir", str(tmp_path), "--set", "data.corpus.kind=files",
+                    "--set", f"data.corpus.paths=[{tmp_path / 'missing'}]")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _distill("run", str(SMOKE), "--set", "tracking.uri=http://127.0.0.1:9", "--set",
+                    "tracking.timeout_s=2", "--workdir", str(tmp_path))
+    assert proc.returncode == 2 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _distill("run", str(SMOKE), "--set", "teacher.license=llama3", "--workdir", str(tmp_path))
+    assert proc.returncode == 2 and "license refused" in proc.stderr
