@@ -3,7 +3,7 @@
 The runner (``distill.runner``) builds one ``StageContext`` per stage, opens the stage's MLflow
 child run (``ctx.tracker``), calls the stage, and records ``StageResult.outputs`` as the
 artifacts later stages read from ``ctx.artifacts``. Artifact keys:
-``teacher``, ``soft_labels``, ``pruned``, ``student``, ``int4``.
+``teacher``, ``soft_labels``, ``generations``, ``pruned``, ``student``, ``int4``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 # Lazily imported so `import distill` stays light: stage name -> "module:function".
 STAGES: dict[str, str] = {
     "soft_labels": "distill.labels.stage:run",
+    "generate": "distill.seqkd.generate_stage:run",
     "prune": "distill.prune.stage:run",
     "distill": "distill.train.stage:run",
+    "sft": "distill.seqkd.sft_stage:run",
     "quantize": "distill.quant.stage:run",
     "evaluate": "distill.eval.stage:run",
 }

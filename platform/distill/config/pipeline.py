@@ -18,9 +18,10 @@ from distill.lineage.config import RayConfig, TrackingConfig
 from distill.models.config import GGUFSource, ModelSource
 from distill.prune.config import PruneConfig
 from distill.quant.config import QuantizeConfig
+from distill.seqkd.config import GenerateConfig, SFTConfig
 from distill.train.config import DistillConfig
 
-StageName = Literal["soft_labels", "prune", "distill", "quantize", "evaluate"]
+StageName = Literal["soft_labels", "generate", "prune", "distill", "sft", "quantize", "evaluate"]
 
 
 class PipelineConfig(StrictModel):
@@ -33,8 +34,10 @@ class PipelineConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[StageName] = Field(..., min_length=1)
     soft_labels: SoftLabelsConfig = Field(default_factory=SoftLabelsConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

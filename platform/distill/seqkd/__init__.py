@@ -1,0 +1,1 @@
+"""Sequence-level (black-box) distillation: teacher generation, filtering, SFT of the student."""
