@@ -76,8 +76,14 @@ def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
 
     def make(stages: list[str], **sections) -> StageContext:
         cfg = PipelineConfig.model_validate(
-            {"name": "test", "workdir": str(tmp_path), "teacher": {"kind": "tiny"},
-             "stages": stages, "data": {"seq_len": 64}, **sections}
+            {
+                "name": "test",
+                "workdir": str(tmp_path),
+                "teacher": {"kind": "tiny"},
+                "stages": stages,
+                "data": {"seq_len": 64},
+                **sections,
+            }
         )
         data = tmp_path / "data"
         data.mkdir(exist_ok=True)

@@ -1,10 +1,10 @@
 """The ``distill`` command line.
 
-    distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
-    distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
-    distill serve deploy/serve.yaml
-    distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
-    distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
+distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
+distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
+distill serve deploy/serve.yaml
+distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
+distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
 """
 
 from __future__ import annotations

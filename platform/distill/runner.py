@@ -125,7 +125,11 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
         parent.log_input_dataset(
             "corpus-heldout", corpus.heldout_path.as_uri(), corpus.fingerprint, "eval"
         )
-        chain = _key(teacher.weights_sha256, corpus.fingerprint, initial_student and initial_student.weights_sha256)
+        chain = _key(
+            teacher.weights_sha256,
+            corpus.fingerprint,
+            initial_student and initial_student.weights_sha256,
+        )
         versions: dict[str, str] = {}
         for name in cfg.stages:
             section = getattr(cfg, name)
@@ -136,9 +140,13 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
             with tracker.stage(name) as run:
                 run.log_params(section.model_dump(mode="json"))
                 if hit is not None:
-                    say(f"[distill] stage {name}: cached from run {hit['run_id']} (inputs unchanged)")
+                    say(
+                        f"[distill] stage {name}: cached from run {hit['run_id']} (inputs unchanged)"
+                    )
                     result = StageResult(
-                        {k: Path(v) for k, v in hit["outputs"].items()}, hit["metrics"], hit["summary"]
+                        {k: Path(v) for k, v in hit["outputs"].items()},
+                        hit["metrics"],
+                        hit["summary"],
                     )
                     run.set_tags({"distill.cached_from_run": hit["run_id"]})
                     run.log_metrics(result.metrics)
@@ -158,12 +166,18 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
                             registered[key] = register_checkpoint(
                                 run, result.outputs[key], registered_name, tags
                             )
-                            say(f"[distill] registered {registered_name} v{registered[key]} ({key})")
+                            say(
+                                f"[distill] registered {registered_name} v{registered[key]} ({key})"
+                            )
                     versions.update(registered)
                     _save(cache_file, chain, result, run.run_id, registered)
                 artifacts.update(result.outputs)
             took = time.perf_counter() - st
-            summary_stages[name] = {"seconds": took, "metrics": result.metrics, "run_id": run.run_id}
+            summary_stages[name] = {
+                "seconds": took,
+                "metrics": result.metrics,
+                "run_id": run.run_id,
+            }
             if name == "evaluate":
                 summary.report = result.summary
             say(f"[distill] stage {name}: done in {took:.0f}s")

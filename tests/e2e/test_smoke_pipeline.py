@@ -14,13 +14,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "pipelines" / "configs" / "smoke.yaml"
 # artifact produced by each stage, in pipeline order
-PRODUCES = {"soft_labels": "soft_labels", "prune": "pruned", "distill": "student", "quantize": "int4"}
+PRODUCES = {
+    "soft_labels": "soft_labels",
+    "prune": "pruned",
+    "distill": "student",
+    "quantize": "int4",
+}
 
 
 def _distill(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "distill.cli", *args],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=900,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=900,
     )
 
 
@@ -89,11 +98,31 @@ def test_rerun_continues_from_finished_stages(smoke_run):
 
 
 def test_bad_inputs_give_one_clear_message(tmp_path):
-    proc = _distill("run", str(SMOKE), "--workdir", str(tmp_path), "--set", "data.corpus.kind=files",
-                    "--set", f"data.corpus.paths=[{tmp_path / 'missing'}]")
-    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _distill("run", str(SMOKE), "--set", "tracking.uri=http://127.0.0.1:9", "--set",
-                    "tracking.timeout_s=2", "--workdir", str(tmp_path))
+    proc = _distill(
+        "run",
+        str(SMOKE),
+        "--workdir",
+        str(tmp_path),
+        "--set",
+        "data.corpus.kind=files",
+        "--set",
+        f"data.corpus.paths=[{tmp_path / 'missing'}]",
+    )
+    assert (
+        proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    proc = _distill(
+        "run",
+        str(SMOKE),
+        "--set",
+        "tracking.uri=http://127.0.0.1:9",
+        "--set",
+        "tracking.timeout_s=2",
+        "--workdir",
+        str(tmp_path),
+    )
     assert proc.returncode == 2 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _distill("run", str(SMOKE), "--set", "teacher.license=llama3", "--workdir", str(tmp_path))
+    proc = _distill(
+        "run", str(SMOKE), "--set", "teacher.license=llama3", "--workdir", str(tmp_path)
+    )
     assert proc.returncode == 2 and "license refused" in proc.stderr

@@ -51,13 +51,20 @@ def test_jsonl_and_parquet_and_text(tmp_path, tiny_gqa, ray_local):
     assert results[0].train().tolist() == results[1].train().tolist()
     # a rerun reuses the packed corpus
     again = prepare_corpus(
-        DataConfig(corpus=CorpusConfig(kind="files", paths=[tmp_path / "c.jsonl"]), seq_len=32,
-                   heldout_fraction=0.25),
-        tiny_gqa.path, tmp_path / "out-jsonl",
+        DataConfig(
+            corpus=CorpusConfig(kind="files", paths=[tmp_path / "c.jsonl"]),
+            seq_len=32,
+            heldout_fraction=0.25,
+        ),
+        tiny_gqa.path,
+        tmp_path / "out-jsonl",
     )
     assert again.fingerprint == results[0].fingerprint
     with pytest.raises(DistillError, match="text_field"):
         prepare_corpus(
-            DataConfig(corpus=CorpusConfig(kind="files", paths=[tmp_path / "c.parquet"]), seq_len=32),
-            tiny_gqa.path, tmp_path / "bad",
+            DataConfig(
+                corpus=CorpusConfig(kind="files", paths=[tmp_path / "c.parquet"]), seq_len=32
+            ),
+            tiny_gqa.path,
+            tmp_path / "bad",
         )

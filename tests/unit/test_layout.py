@@ -13,10 +13,15 @@ def test_platform_is_the_standard_library():
     assert not (ROOT / "platform" / "__init__.py").exists()
     out = subprocess.run(
         [sys.executable, "-c", "import distill, platform; print(platform.__file__)"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     ).stdout
-    assert "site-packages" not in out and "/platform/" not in out and out.strip().endswith(
-        "platform.py"
+    assert (
+        "site-packages" not in out
+        and "/platform/" not in out
+        and out.strip().endswith("platform.py")
     )
 
 

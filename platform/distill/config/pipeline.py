@@ -1,6 +1,6 @@
 """``PipelineConfig``: the one typed config a pipeline YAML parses into.
 
-    distill run pipelines/configs/smoke.yaml --set prune.target_params=0.5
+distill run pipelines/configs/smoke.yaml --set prune.target_params=0.5
 """
 
 from __future__ import annotations

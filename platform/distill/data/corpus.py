@@ -26,8 +26,7 @@ def stdlib_files() -> list[Path]:
     files = [
         p
         for p in root.rglob("*.py")
-        if not (_EXCLUDED_PARTS & set(p.relative_to(root).parts))
-        and not p.name.startswith("test_")
+        if not (_EXCLUDED_PARTS & set(p.relative_to(root).parts)) and not p.name.startswith("test_")
     ]
     return sorted(files)
 

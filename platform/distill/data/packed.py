@@ -41,7 +41,11 @@ class PackedCorpus:
     def open(cls, root: Path) -> PackedCorpus:
         meta = json.loads((Path(root) / "meta.json").read_text())
         return cls(
-            Path(root), meta["seq_len"], meta["fingerprint"], meta["train_rows"], meta["heldout_rows"]
+            Path(root),
+            meta["seq_len"],
+            meta["fingerprint"],
+            meta["train_rows"],
+            meta["heldout_rows"],
         )
 
 
@@ -51,8 +55,10 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
     import pyarrow.parquet as pq
 
     flat = pa.array(rows.reshape(-1).astype(np.int32))
-    col = pa.FixedSizeListArray.from_arrays(flat, rows.shape[1]) if rows.size else pa.array(
-        [], type=pa.list_(pa.int32(), rows.shape[1])
+    col = (
+        pa.FixedSizeListArray.from_arrays(flat, rows.shape[1])
+        if rows.size
+        else pa.array([], type=pa.list_(pa.int32(), rows.shape[1]))
     )
     table = pa.table({"input_ids": col})
     tmp = path.with_name(f".{path.name}.tmp")

@@ -16,6 +16,7 @@ from typing import Any
 
 from distill.eval.config import EvaluateConfig
 from distill.eval.metrics import evaluate_models, forward_tokens_per_s
+from distill.eval.plots import quality_size_speed
 from distill.models.hashing import dir_size_bytes
 from distill.models.loader import count_parameters
 from distill.stages import StageContext, StageResult
@@ -70,5 +71,6 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     os.replace(tmp, out)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict(report, "report.json")
+    ctx.tracker.log_figure(quality_size_speed(entries), "quality_vs_size.png")
     ctx.tracker.record_output("report", out)
     return StageResult(outputs={"report": out}, metrics=metrics, summary=report)

@@ -52,7 +52,9 @@ def register_checkpoint(
             artifacts={"checkpoint": str(checkpoint)},
             pip_requirements=["distill", "torch==2.13.0", "transformers==5.23.0"],
         )
-    mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    mv = mlflow.register_model(
+        info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
+    )
     client = run.client
     client.set_model_version_tag(name, mv.version, "source_run_id", run.run_id)
     run.set_tags({f"registered.{name}": mv.version})
