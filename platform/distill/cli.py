@@ -89,14 +89,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from distill.serve import run_from_config  # type: ignore[attr-defined]
+    from distill.serve import run_from_config
 
     run_from_config(Path(args.config), blocking=not args.no_block)
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from distill import jobs  # type: ignore[attr-defined]
+    from distill import jobs
 
     return jobs.main(args)
 

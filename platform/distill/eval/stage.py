@@ -71,6 +71,10 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     os.replace(tmp, out)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.log_dict(report, "report.json")
-    ctx.tracker.log_figure(quality_size_speed(entries), "quality_vs_size.png")
+    fig = quality_size_speed(entries)
+    ctx.tracker.log_figure(fig, "quality_vs_size.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     ctx.tracker.record_output("report", out)
     return StageResult(outputs={"report": out}, metrics=metrics, summary=report)

@@ -1,9 +1,84 @@
-"""Settings of the ``soft_labels`` stage (``soft_labels:`` section of a pipeline YAML)."""
+"""Settings of the ``soft_labels`` stage (``soft_labels:`` section of a pipeline YAML).
+
+distill run pipelines/configs/smoke.yaml --set soft_labels.k=16 --set soft_labels.overwrite=true
+"""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
 
 from distill.config.base import StrictModel
 
 
 class SoftLabelsConfig(StrictModel):
-    """Placeholder: filled in by the soft_labels stage's implementation."""
+    """Teacher top-k log-probs (T=1) + tail mass per token, scored by a Ray Data actor pool."""
+
+    k: int = Field(16, ge=1, le=4096, description="top-k log-probs kept per position (≥ 1)")
+    batch_size: int = Field(4, ge=1, description="rows per teacher forward (per actor batch)")
+    num_actors: int = Field(1, ge=1, description="TeacherScorer actors (one teacher each)")
+    num_cpus_per_actor: float = Field(
+        0.5,
+        gt=0,
+        description="logical CPUs each actor reserves; keep ≤ 0.5 on a 2-core CPU cluster "
+        "(1 CPU per actor starves Ray Data's read tasks and hangs)",
+    )
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves")
+    num_threads_per_actor: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads inside each CPU actor; unset = cluster CPUs / num_actors "
+        "(Ray would otherwise pin a fractional-CPU actor to one thread)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="teacher compute dtype; auto = bfloat16 on GPU and on CPUs with native bf16 "
+        "(avx512_bf16/amx_bf16: 1.8x faster, KL(fp32 ‖ bf16) 0.0015 nats), else float32",
+    )
+    logprob_encoding: Literal["float16", "int8"] = Field(
+        "float16",
+        description="float16 log-probs, or int8: uint8 codes with a per-position float16 scale",
+    )
+    rows_per_shard: int = Field(
+        64, ge=1, description="corpus rows per Parquet shard (the unit of resume)"
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="score only the first N train rows; unset = all"
+    )
+    fidelity_positions: int = Field(
+        512,
+        ge=0,
+        description="positions compared with the full teacher distribution (0 = skip)",
+    )
+    compression: Literal["zstd", "snappy", "none"] = Field(
+        "zstd", description="Parquet compression of the shards"
+    )
+    overwrite: bool = Field(
+        False,
+        description="replace a store made with another teacher/tokenizer/k/corpus "
+        "instead of refusing",
+    )
+
+    def resolved_dtype(self, on_gpu: bool) -> str:
+        """``auto`` → bfloat16 on GPU or a CPU with native bf16, else float32.
+
+        Measured in benchmarks/soft_labels.py on SmolLM2 (2-core EPYC with avx512_bf16): bf16
+        forward 1.8x faster, KL(fp32 ‖ bf16) = 0.0015 nats, ~350x below the top-32 truncation.
+        """
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if on_gpu or cpu_has_native_bf16() else "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when ``/proc/cpuinfo`` lists ``avx512_bf16`` or ``amx_bf16`` (Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

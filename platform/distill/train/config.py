@@ -1,9 +1,138 @@
-"""Settings of the ``distill`` stage (``distill:`` section of a pipeline YAML)."""
+"""Settings of the ``distill`` stage (``distill:`` section of a pipeline YAML)::
+
+    distill:
+      mode: offline            # offline: stored top-k soft labels; online: live teacher
+      loss: {name: forward_kl, temperature: 1.0, alpha: 0.1, kd_weight: 1.0}
+      zero_stage: 2
+      num_workers: 2
+      max_steps: 50
+
+Every combination that cannot run is refused here, before any work starts.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
 from distill.config.base import StrictModel
+
+LossName = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
+
+
+class KDLossConfig(StrictModel):
+    name: LossName = Field("forward_kl", description="KD divergence (registry distill.losses)")
+    temperature: float = Field(1.0, gt=0, le=20, description="softens both sides; loss × T²")
+    alpha: float = Field(0.0, ge=0, description="weight of the hard-label cross-entropy")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the KD term")
+    beta: float = Field(0.5, gt=0, lt=1, description="β of the generalized JSD (loss: jsd)")
+    skew: float = Field(0.1, gt=0, lt=1, description="α of skew_forward_kl / skew_reverse_kl")
+
+    def param(self) -> float | None:
+        if self.name == "jsd":
+            return self.beta
+        if self.name.startswith("skew_"):
+            return self.skew
+        return None
+
+
+class FeatureLossConfig(StrictModel):
+    weight: float = Field(0.0, ge=0, description="γ; 0 = off. Needs mode: online")
+    pairs: list[tuple[int, int]] = Field(
+        default_factory=list, description="(teacher layer, student layer), 0-based decoder layers"
+    )
+    kind: Literal["mse", "cosine"] = "mse"
+
+
+class AttentionLossConfig(StrictModel):
+    weight: float = Field(0.0, ge=0, description="δ; 0 = off. Needs mode: online (eager attn)")
+    pairs: list[tuple[int, int]] = Field(
+        default_factory=list, description="(teacher layer, student layer), 0-based decoder layers"
+    )
+    kind: Literal["mse", "kl", "cosine"] = "kl"
 
 
 class DistillConfig(StrictModel):
-    """Placeholder: filled in by the distill stage's implementation."""
+    """Knowledge distillation on Ray Train + DeepSpeed (``distill.train.stage.run``)."""
+
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: soft-label store (artifacts.soft_labels); online: teacher"
+    )
+    loss: KDLossConfig = Field(default_factory=KDLossConfig)
+    feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig)
+    attention: AttentionLossConfig = Field(default_factory=AttentionLossConfig)
+    zero_stage: Literal[1, 2, 3] = 2
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker")
+    batch_size: int = Field(4, ge=1, description="rows per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup, then cosine decay to min_lr")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
+    max_steps: int | None = Field(50, ge=1, description="optimizer steps; with max_tokens: min")
+    max_tokens: int | None = Field(None, ge=1, description="training-token budget")
+    clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
+    eval_every: int = Field(0, ge=0, description="held-out eval every N steps; 0 = at end only")
+    eval_rows: int = Field(32, ge=1, description="held-out rows per evaluation")
+    checkpoint_every: int = Field(0, ge=0, description="Ray checkpoint every N steps; 0 = end")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 on GPU, float32 on CPU"
+    )
+    storage_path: Path | None = Field(
+        None, description="Ray Train checkpoints; unset = <workdir>/ray_results"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("set max_steps and/or max_tokens (the training budget)")
+        for name, sec in (("feature", self.feature), ("attention", self.attention)):
+            if sec.weight > 0:
+                if self.mode != "online":
+                    raise ValueError(
+                        f"distill.{name}.weight > 0 needs mode: online (a live teacher); "
+                        "offline soft labels hold only top-k logits"
+                    )
+                if not sec.pairs:
+                    raise ValueError(
+                        f"distill.{name}.pairs is empty: list (teacher, student) pairs"
+                    )
+                if self.zero_stage == 3:
+                    raise ValueError(
+                        f"distill.{name} losses are supported with zero_stage 1 or 2, not 3 "
+                        "(the projections/attention maps are not gathered under ZeRO-3)"
+                    )
+        if (
+            self.loss.alpha == 0
+            and self.loss.kd_weight == 0
+            and not (self.feature.weight or self.attention.weight)
+        ):
+            raise ValueError("every loss weight is 0: set loss.alpha and/or loss.kd_weight")
+        if self.dtype == "bfloat16" and not self.use_gpu:
+            raise ValueError("dtype bfloat16 is for use_gpu: true; on CPU use float32 (or auto)")
+        return self
+
+    @property
+    def compute_dtype(self) -> str:
+        if self.dtype == "auto":
+            return "bfloat16" if self.use_gpu else "float32"
+        return self.dtype
+
+    def total_steps(self, seq_len: int) -> int:
+        """Optimizer steps the budget allows: ``min(max_steps, ceil(max_tokens / tokens/step))``."""
+        steps = []
+        if self.max_steps is not None:
+            steps.append(self.max_steps)
+        if self.max_tokens is not None:
+            steps.append(math.ceil(self.max_tokens / self.tokens_per_step(seq_len)))
+        return min(steps)
+
+    def tokens_per_step(self, seq_len: int) -> int:
+        return self.batch_size * self.num_workers * self.grad_accum * seq_len

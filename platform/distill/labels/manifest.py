@@ -1,0 +1,154 @@
+"""``manifest.json`` of a soft-label store: what the shards hold and how they were made.
+
+The manifest is rewritten (temp name + rename) after every finished shard with
+``complete: false`` and once more with ``complete: true`` at the end; readers refuse an
+incomplete store. The *identity* (teacher, tokenizer, k, corpus, encodings, ...) decides
+whether a rerun may reuse shards::
+
+    m = read_manifest(Path("runs/smoke/labels"))
+    print(m.k, m.bytes_per_token, m.fidelity)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+
+from distill.config.base import DistillError, StrictModel
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class TeacherRef(StrictModel):
+    name: str
+    weights_sha256: str
+
+
+class CorpusRef(StrictModel):
+    fingerprint: str
+    path: str
+    rows: int = Field(..., description="rows the store covers (first N train rows)")
+
+
+class Encodings(StrictModel):
+    input_ids: Literal["uint16", "int32"]
+    topk_ids: Literal["uint16", "int32"]
+    topk_logprobs: Literal["float16", "int8"]
+    tail_mass: Literal["float16"] = "float16"
+
+
+class ShardFidelity(StrictModel):
+    positions: int = 0
+    kl_sum: float = 0.0
+    mass_sum: float = 0.0
+
+
+class ShardEntry(StrictModel):
+    file: str
+    start_row: int
+    rows: int
+    sha256: str
+    bytes: int
+    tokens: int
+    tail_sum: float = Field(..., description="Σ stored tail mass over all tokens of the shard")
+    fidelity: ShardFidelity = Field(default_factory=ShardFidelity)
+
+
+class Fidelity(StrictModel):
+    positions: int = Field(..., description="positions compared with the full distribution")
+    captured_mass: float | None = Field(None, description="mean Σ top-k p on those positions")
+    kl: float | None = Field(None, description="mean KL(full ‖ top-k + uniform tail), nats")
+    captured_mass_all: float = Field(..., description="mean 1 − tail over every stored token")
+
+
+class Manifest(StrictModel):
+    format_version: int = FORMAT_VERSION
+    complete: bool = False
+    teacher: TeacherRef
+    tokenizer_sha256: str
+    vocab_size: int
+    k: int
+    seq_len: int
+    compute_dtype: str
+    encodings: Encodings
+    corpus: CorpusRef
+    rows_per_shard: int
+    shards: list[ShardEntry] = Field(default_factory=list)
+    rows: int = 0
+    tokens: int = 0
+    bytes_per_token: float = 0.0
+    fidelity: Fidelity | None = None
+
+    def identity(self) -> dict[str, object]:
+        """What must match for shards to be reused (or mixed) across runs."""
+        return {
+            "format_version": self.format_version,
+            "teacher.weights_sha256": self.teacher.weights_sha256,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "vocab_size": self.vocab_size,
+            "k": self.k,
+            "seq_len": self.seq_len,
+            "corpus.fingerprint": self.corpus.fingerprint,
+            "encodings": self.encodings.model_dump(),
+            "compute_dtype": self.compute_dtype,
+            "rows_per_shard": self.rows_per_shard,
+        }
+
+    def finalize(self) -> None:
+        """Totals, bytes/token and the aggregated fidelity from the shard entries."""
+        self.shards.sort(key=lambda s: s.start_row)
+        self.rows = sum(s.rows for s in self.shards)
+        self.tokens = sum(s.tokens for s in self.shards)
+        total_bytes = sum(s.bytes for s in self.shards)
+        self.bytes_per_token = total_bytes / self.tokens if self.tokens else 0.0
+        n = sum(s.fidelity.positions for s in self.shards)
+        self.fidelity = Fidelity(
+            positions=n,
+            captured_mass=sum(s.fidelity.mass_sum for s in self.shards) / n if n else None,
+            kl=sum(s.fidelity.kl_sum for s in self.shards) / n if n else None,
+            captured_mass_all=1.0 - sum(s.tail_sum for s in self.shards) / max(self.tokens, 1),
+        )
+
+
+def identity_mismatch(old: Manifest, new: Manifest) -> list[str]:
+    """Human-readable ``key: stored → requested`` lines for every identity difference."""
+    a, b = old.identity(), new.identity()
+    return [
+        f"{key}: store has {a[key]!r}, this run wants {b[key]!r}" for key in a if a[key] != b[key]
+    ]
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(manifest.model_dump_json(indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Parse ``<dir>/manifest.json``; a missing or malformed one is a ``DistillError``."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise DistillError(
+            f"no soft-label store at {directory} (missing {MANIFEST}); run the soft_labels stage"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DistillError(f"{path} is not valid JSON ({e}); rerun the soft_labels stage") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise DistillError(
+            f"{path}: format_version {version!r}, this distill reads {FORMAT_VERSION}; "
+            "rerun the soft_labels stage with overwrite: true"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        raise DistillError(f"{path} is malformed: {e}") from None

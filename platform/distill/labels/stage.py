@@ -1,0 +1,289 @@
+"""Stage ``soft_labels``: teacher top-k log-probs (T=1) + tail mass for every corpus token.
+
+Ray Data numbers the packed train rows (``range(n)``), reads the rows of shards still to
+score from ``ctx.corpus.train_path`` (only their row groups), and maps them through ``TeacherScorer`` actors (one teacher each); the
+driver writes each shard as soon as all its rows arrived (temp name + rename) and updates
+``manifest.json``, so an interrupted run resumes where it stopped::
+
+    distill run pipelines/configs/smoke.yaml          # stages: [soft_labels, ...]
+    python -c "from distill.labels.store import LabelStore; print(LabelStore.open('runs/smoke/labels').manifest)"
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.config.base import DistillError
+from distill.labels.config import SoftLabelsConfig
+from distill.labels.manifest import (
+    CorpusRef,
+    Encodings,
+    Manifest,
+    ShardEntry,
+    ShardFidelity,
+    TeacherRef,
+    write_manifest,
+)
+from distill.labels.resume import prepare_store
+from distill.labels.scorer import TeacherScorer
+from distill.labels.shards import ShardSpec, id_dtype, sha256_of, shard_plan, write_shard
+from distill.models.hashing import file_sha256
+from distill.stages import StageContext, StageResult
+
+STORE_COLUMNS = ("input_ids", "topk_ids", "topk_logprobs", "tail_mass", "logprob_scale")
+
+
+def teacher_vocab_size(model_dir: Path) -> int:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(cfg["vocab_size"])
+
+
+def read_corpus_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (global indices, sorted) of a packed-corpus Parquet as int32 ``[n, L]``;
+    reads only the row groups that hold them."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path, memory_map=True)
+    starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+    groups = sorted({int(g) for g in np.searchsorted(starts, rows, side="right") - 1})
+    table = pf.read_row_groups(groups, columns=["input_ids"])
+    local = (
+        np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
+        if groups
+        else np.zeros(0, dtype=np.int64)
+    )
+    pos = np.searchsorted(local, rows)
+    col = table.column("input_ids").combine_chunks().take(pos)
+    seq_len = col.type.list_size
+    return col.flatten().to_numpy().reshape(len(rows), seq_len).astype(np.int32)
+
+
+def _read_todo_rows(
+    batch: dict[str, np.ndarray], path: str, ranges: list[tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """Ray Data map: row numbers → the rows of shards still to score, with their tokens."""
+    rows = np.asarray(batch["id"], dtype=np.int64)
+    keep = np.zeros(len(rows), dtype=bool)
+    for lo, hi in ranges:
+        keep |= (rows >= lo) & (rows < hi)
+    rows = np.sort(rows[keep])
+    return {"row": rows, "input_ids": read_corpus_rows(Path(path), rows)}
+
+
+def scoring_dataset(
+    train_path: Path, num_rows: int, todo: list[ShardSpec], cfg: SoftLabelsConfig, scorer: dict
+):
+    """The lazy Ray Data pipeline: row numbers → read the ``todo`` rows → TeacherScorer.
+
+    Every row carries its global index, so nothing depends on Ray Data's block order.
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    ranges = [(s.start_row, s.stop_row) for s in todo]
+    ds = ray.data.range(num_rows).map_batches(
+        _read_todo_rows,
+        fn_kwargs={"path": str(train_path), "ranges": ranges},
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    return ds.map_batches(
+        TeacherScorer,
+        fn_constructor_kwargs=scorer,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.num_cpus_per_actor,
+        num_gpus=cfg.num_gpus_per_actor or None,
+    )
+
+
+def _shard_columns(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
+    cols = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+    order = np.argsort(cols["row"], kind="stable")
+    cols = {key: v[order] for key, v in cols.items()}
+    stats = {
+        "fid": ShardFidelity(
+            positions=int(cols["_fid_n"].sum()),
+            kl_sum=float(cols["_fid_kl"].sum()),
+            mass_sum=float(cols["_fid_mass"].sum()),
+        ),
+        "tail_sum": float(cols["tail_mass"].astype(np.float64).sum()),
+        "score_s": float(cols["_score_s"].sum()),
+        "rows": cols["row"],
+    }
+    return {key: cols[key] for key in STORE_COLUMNS if key in cols}, stats
+
+
+def score_shards(
+    ds, root: Path, manifest: Manifest, todo: list[ShardSpec], compression: str
+) -> float:
+    """Drain ``ds``; write each shard once all its rows arrived; returns actor compute seconds."""
+    by_index = {s.index: s for s in todo}
+    rps = manifest.rows_per_shard
+    pending: dict[int, list[dict[str, np.ndarray]]] = {s.index: [] for s in todo}
+    counts = dict.fromkeys(pending, 0)
+    compute_s = 0.0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        rows = np.asarray(batch["row"], dtype=np.int64)
+        shard_of = rows // rps
+        for idx in np.unique(shard_of):
+            sel = shard_of == idx
+            pending[int(idx)].append({key: np.asarray(v)[sel] for key, v in batch.items()})
+            counts[int(idx)] += int(sel.sum())
+            spec = by_index[int(idx)]
+            if counts[spec.index] < spec.rows:
+                continue
+            columns, stats = _shard_columns(pending.pop(spec.index))
+            expected = np.arange(spec.start_row, spec.stop_row)
+            if not np.array_equal(stats["rows"], expected):
+                raise DistillError(f"shard {spec.file}: got rows that do not match its range")
+            size = write_shard(root / spec.file, columns, compression)
+            compute_s += stats["score_s"]
+            manifest.shards.append(
+                ShardEntry(
+                    file=spec.file,
+                    start_row=spec.start_row,
+                    rows=spec.rows,
+                    sha256=sha256_of(root / spec.file),
+                    bytes=size,
+                    tokens=spec.rows * manifest.seq_len,
+                    tail_sum=stats["tail_sum"],
+                    fidelity=stats["fid"],
+                )
+            )
+            write_manifest(root, manifest)
+    missing = sorted(pending)
+    if missing:
+        raise DistillError(f"scoring ended with shards {missing} incomplete (rows lost?)")
+    return compute_s
+
+
+def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
+    from distill.raycluster import ensure_ray
+
+    t_start = time.perf_counter()
+    root = ctx.output_dir("labels")
+    teacher_path = Path(ctx.artifacts.get("teacher", ctx.teacher.path))
+    vocab = teacher_vocab_size(teacher_path)
+    if cfg.k > vocab:
+        raise DistillError(
+            f"soft_labels.k={cfg.k} is larger than the teacher's vocabulary ({vocab}); "
+            f"allowed 1..{vocab}"
+        )
+    corpus = ctx.corpus
+    num_rows = min(cfg.max_rows or corpus.train_rows, corpus.train_rows)
+    if num_rows < 1:
+        raise DistillError(f"no training rows to score in {corpus.train_path}")
+    on_gpu = cfg.num_gpus_per_actor > 0
+    dtype = cfg.resolved_dtype(on_gpu)
+    ids = id_dtype(vocab)
+    fresh = Manifest(
+        teacher=TeacherRef(name=ctx.teacher.name, weights_sha256=ctx.teacher.weights_sha256),
+        tokenizer_sha256=ctx.teacher.tokenizer_sha256,
+        vocab_size=vocab,
+        k=cfg.k,
+        seq_len=corpus.seq_len,
+        compute_dtype=dtype,
+        encodings=Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=cfg.logprob_encoding),
+        corpus=CorpusRef(
+            fingerprint=corpus.fingerprint, path=str(corpus.train_path), rows=num_rows
+        ),
+        rows_per_shard=cfg.rows_per_shard,
+    )
+    plan = shard_plan(num_rows, cfg.rows_per_shard)
+    manifest, todo = prepare_store(root, fresh, plan, cfg.overwrite)
+
+    total_tokens = num_rows * corpus.seq_len
+    scorer: dict[str, Any] = {
+        "model_path": str(teacher_path),
+        "k": cfg.k,
+        "dtype": dtype,
+        "device": "cuda" if on_gpu else "cpu",
+        "logprob_encoding": cfg.logprob_encoding,
+        "id_dtype": ids,
+        "seq_len": corpus.seq_len,
+        "fidelity_stride": max(1, total_tokens // cfg.fidelity_positions)
+        if cfg.fidelity_positions
+        else 0,
+        "num_threads": cfg.num_threads_per_actor,
+    }
+    if scorer["num_threads"] is None and not on_gpu:
+        import os
+
+        scorer["num_threads"] = max(1, (os.cpu_count() or 1) // cfg.num_actors)
+    scored_tokens = sum(s.rows for s in todo) * corpus.seq_len
+    t_score = time.perf_counter()
+    compute_s = 0.0
+    if todo:
+        ensure_ray(ctx.config.ray)
+        ds = scoring_dataset(corpus.train_path, num_rows, todo, cfg, scorer)
+        compute_s = score_shards(ds, root, manifest, todo, cfg.compression)
+    score_s = time.perf_counter() - t_score
+    manifest.finalize()
+    manifest.complete = True
+    path = write_manifest(root, manifest)
+    return _report(ctx, cfg, manifest, path, todo, scored_tokens, score_s, compute_s, t_start)
+
+
+def _report(
+    ctx: StageContext,
+    cfg: SoftLabelsConfig,
+    m: Manifest,
+    manifest_path: Path,
+    todo: list[ShardSpec],
+    scored_tokens: int,
+    score_s: float,
+    compute_s: float,
+    t_start: float,
+) -> StageResult:
+    fid = m.fidelity
+    assert fid is not None
+    metrics = {
+        "rows": float(m.rows),
+        "tokens": float(m.tokens),
+        "scored_tokens": float(scored_tokens),
+        "tokens_per_s": scored_tokens / score_s if scored_tokens and score_s > 0 else 0.0,
+        "actor_tokens_per_s": scored_tokens / compute_s if compute_s > 0 else 0.0,
+        "bytes_per_token": m.bytes_per_token,
+        "captured_mass": fid.captured_mass if fid.captured_mass is not None else float("nan"),
+        "kl_full_vs_topk": fid.kl if fid.kl is not None else float("nan"),
+        "captured_mass_all": fid.captured_mass_all,
+        "shards_scored": float(len(todo)),
+        "shards_reused": float(len(m.shards) - len(todo)),
+        "stage_seconds": time.perf_counter() - t_start,
+    }
+    metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (no fidelity sample)
+    tracker = ctx.tracker
+    tracker.log_params(cfg.model_dump(mode="json"))
+    tracker.log_params(
+        {"compute_dtype": m.compute_dtype, "encodings": m.encodings.model_dump()}, "resolved."
+    )
+    tracker.log_metrics(metrics)
+    tracker.record_input("corpus", ctx.corpus.train_path, ctx.corpus.fingerprint)
+    tracker.record_input(
+        "teacher", ctx.artifacts.get("teacher", ctx.teacher.path), ctx.teacher.weights_sha256
+    )
+    tracker.log_input_dataset(
+        "corpus", Path(ctx.corpus.train_path).resolve().as_uri(), ctx.corpus.fingerprint, "train"
+    )
+    root = manifest_path.parent
+    tracker.record_output("soft_labels", root, file_sha256(manifest_path))
+    tracker.log_artifact(manifest_path, "soft_labels")
+    summary = {
+        "dir": str(root),
+        "k": m.k,
+        "rows": m.rows,
+        "tokens": m.tokens,
+        "bytes_per_token": m.bytes_per_token,
+        "fidelity": fid.model_dump(),
+        "compute_dtype": m.compute_dtype,
+        "shards": len(m.shards),
+        "shards_scored": len(todo),
+    }
+    return StageResult(outputs={"soft_labels": root}, metrics=metrics, summary=summary)

@@ -1,0 +1,127 @@
+"""Stage ``quantize``: the latest model (student, else pruned, else teacher) to ``student-int4/``.
+
+Calibration rows come from the TRAIN split only (checked disjoint from held-out); the stage logs
+the quantization config, time, peak memory, size on disk before/after and held-out perplexity /
+next-token accuracy of the fp model, the GPTQ int4 model and (``compare_rtn``) an RTN baseline::
+
+    distill run pipelines/configs/smoke.yaml     # stages: [..., quantize, evaluate]
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from distill.config.base import DistillError
+from distill.models.hashing import weights_sha256
+from distill.quant.config import QuantizeConfig
+from distill.stages import StageContext, StageResult
+
+OUTPUT_NAME = "student-int4"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+
+
+def weights_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def heldout_overlap(train: np.ndarray, heldout: np.ndarray) -> int:
+    """How many train rows also appear verbatim in the held-out split (must be 0)."""
+    if len(train) == 0 or len(heldout) == 0 or train.shape[1] != heldout.shape[1]:
+        return 0
+    seen = {r.tobytes() for r in np.ascontiguousarray(heldout, dtype=np.int32)}
+    return sum(r.tobytes() in seen for r in np.ascontiguousarray(train, dtype=np.int32))
+
+
+def calibration_rows(ctx: StageContext, cfg: QuantizeConfig) -> np.ndarray:
+    """Train rows holding ``calib_rows * calib_seq_len`` tokens; never held-out rows."""
+    seq_len = ctx.corpus.seq_len or cfg.calib_seq_len
+    need = -(-cfg.calib_rows * cfg.calib_seq_len // seq_len)  # ceil
+    rows = ctx.corpus.train(need)
+    if rows.size == 0:
+        raise DistillError(
+            f"empty calibration set: {ctx.corpus.train_path} has no rows; the quantize stage "
+            "calibrates on the train split"
+        )
+    overlap = heldout_overlap(rows, ctx.corpus.heldout())
+    if overlap:
+        raise DistillError(
+            f"{overlap} calibration row(s) also appear in the held-out split; fix the data split "
+            "before quantizing (held-out metrics would be contaminated)"
+        )
+    return rows
+
+
+def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
+    from distill.eval.metrics import evaluate_models
+    from distill.models.loader import load_causal_lm
+    from distill.quant.gptq import calibration_samples, load_quantized, quantize, validate
+    from distill.quant.rtn import fake_quantize_rtn
+
+    key, model_dir = ctx.latest_model()
+    validate(model_dir, cfg)
+    rows = calibration_rows(ctx, cfg) if cfg.method == "gptq" else np.zeros((0, 1), np.int32)
+    if cfg.method == "gptq":
+        calibration_samples(rows, cfg.calib_rows, cfg.calib_seq_len)  # fails early when short
+    ctx.tracker.log_params(cfg.model_dump(), prefix="quantize.")
+    ctx.tracker.log_params({"source": key, "calib_split": "train", "calib_tokens": int(rows.size)})
+    ctx.tracker.record_input("model", model_dir, weights_sha256(model_dir))
+    ctx.tracker.set_tags({"input.calibration.uri": str(ctx.corpus.train_path)})
+
+    out = ctx.output_dir(OUTPUT_NAME)
+    t0 = time.perf_counter()
+    quantize(model_dir, cfg, rows, out)
+    seconds = time.perf_counter() - t0
+    peak_quant = peak_rss_mb()
+
+    metrics: dict[str, float] = {
+        "quantize_seconds": seconds,
+        "peak_rss_mb": peak_quant,
+        "size_bytes_before": float(weights_bytes(model_dir)),
+        "size_bytes_after": float(weights_bytes(out)),
+        "calib_samples": float(min(cfg.calib_rows, rows.size // cfg.calib_seq_len)),
+        "calib_heldout_overlap_rows": 0.0,
+    }
+    metrics["compression_ratio"] = metrics["size_bytes_before"] / metrics["size_bytes_after"]
+
+    heldout = ctx.corpus.heldout(cfg.eval_rows)
+    if len(heldout):
+        fp = load_causal_lm(model_dir)
+        models = {"fp": fp, cfg.method: load_quantized(out, device=cfg.device, backend=cfg.backend)}
+        if cfg.compare_rtn and cfg.method != "rtn":
+            import copy
+
+            models["rtn"] = copy.deepcopy(fp)
+            fake_quantize_rtn(models["rtn"], cfg.bits, cfg.group_size, cfg.sym)
+        quality = evaluate_models(models, heldout, cfg.eval_batch_size, reference="fp")
+        for name, q in quality.items():
+            for m, v in q.items():
+                metrics[f"{name}.{m}"] = float(v)
+        fp_ppl = quality["fp"]["perplexity"]
+        for name in models:
+            if name != "fp":
+                metrics[f"{name}.ppl_increase"] = quality[name]["perplexity"] / fp_ppl - 1
+    metrics["peak_rss_mb"] = peak_rss_mb()
+
+    sha = weights_sha256(out)
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.record_output("int4", out, sha)
+    summary = {
+        "source": key,
+        "method": cfg.method,
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "int4_sha256": sha,
+        **{k: round(v, 4) for k, v in metrics.items()},
+    }
+    ctx.tracker.log_dict(summary, "quantize_summary.json")
+    return StageResult(outputs={"int4": out}, metrics=metrics, summary=summary)

@@ -1,0 +1,226 @@
+"""The typed Ray Serve application builder and ``distill serve``.
+
+``deploy/serve.yaml`` names ``import_path: distill.serve.app:build_app``; Ray validates its
+``args:`` against :class:`~distill.serve.config.ServeArgs` and calls :func:`build_app`::
+
+    serve run deploy/serve.yaml                 # Ray's CLI
+    distill serve deploy/serve.yaml             # run_from_config(path): same app, same args
+
+Model refs resolve here, in the process that builds the app (local paths become absolute,
+``models:/NAME/VERSION`` is downloaded once into ``$DISTILL_CACHE/serve-models``), so replicas
+only ever see local HF directories. With ``tracking_uri`` set, every build is recorded as an MLflow
+run (args as params, model paths / hashes / registered versions as tags).
+"""
+
+# No `from __future__ import annotations`: Ray inspects build_app's annotation as a class.
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from distill.config.base import DistillError
+from distill.serve.config import ModelDeployment, ServeArgs
+
+ROLES = ("student", "teacher")
+DEMO_HINT = (
+    "the default deploy/serve.yaml serves the demo's outputs: run "
+    "`distill run pipelines/configs/smollm2.yaml` first, or point args.student.model / "
+    "args.teacher.model at HF checkpoint directories"
+)
+
+
+def _registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str]]:
+    """Download ``models:/NAME/VERSION`` once; return the checkpoint dir inside it and tags."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from distill.models.gguf import cache_root
+
+    name, version = ref.removeprefix("models:/").strip("/").split("/")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        mv = client.get_model_version(name, version)
+    except Exception as e:
+        raise DistillError(f"cannot resolve {ref} at {tracking_uri}: {e}") from None
+    import hashlib
+
+    store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:8]
+    dst = cache_root() / "serve-models" / f"{store}-{name}-{version}"
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
+        try:
+            mlflow.set_registry_uri(tracking_uri)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=ref, dst_path=str(tmp), tracking_uri=tracking_uri
+            )
+            tmp.rename(dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    configs = sorted(dst.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise DistillError(f"{ref} holds no HF checkpoint (no config.json under {dst})")
+    tags = {"registered": ref, "source_run_id": str(mv.run_id or "")}
+    return configs[0].parent, tags
+
+
+def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict[str, str]]:
+    """A model ref -> (absolute local HF directory, lineage tags)."""
+    if ref == "gguf:default":
+        from distill.models.config import GGUFSource
+        from distill.models.loader import resolve_source
+
+        return resolve_source(GGUFSource()).path, {"source": ref}
+    if ref.startswith("models:/"):
+        if not tracking_uri:
+            raise DistillError(f"{ref} needs args.tracking_uri to resolve")
+        return _registered(ref, tracking_uri)
+    path = Path(ref).expanduser().resolve()
+    if not (path / "config.json").exists():
+        raise DistillError(
+            f"model {ref!r}: no HF checkpoint at {path} (config.json missing); {DEMO_HINT}"
+        )
+    return path, {"source": ref}
+
+
+def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str, str]]]) -> str:
+    """One MLflow run describing this deployment; returns its run id."""
+    from mlflow import MlflowClient
+
+    from distill.lineage.tracker import check_reachable, flatten
+    from distill.models.hashing import weights_sha256
+
+    uri = args.tracking_uri or ""
+    check_reachable(uri, 10.0)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(args.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(args.experiment)
+    tags = {"distill.kind": "serve", "served_model_name": args.served_model_name}
+    for role, (path, extra) in resolved.items():
+        tags[f"{role}.path"] = str(path)
+        tags[f"{role}.weights_sha256"] = weights_sha256(path)
+        tags.update({f"{role}.{k}": v for k, v in extra.items() if v})
+    run = client.create_run(exp_id, run_name=f"serve-{args.served_model_name}", tags=tags)
+    for k, v in flatten(args.model_dump(mode="json")).items():
+        client.log_param(run.info.run_id, k, v[:6000])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit: int):
+    from distill.serve.deployments import ModelServer
+
+    return ModelServer.options(
+        name=role.capitalize(),
+        num_replicas=dep.replicas,
+        max_ongoing_requests=dep.max_ongoing_requests,
+        ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
+    ).bind(
+        role,
+        str(path),
+        dep.device,
+        dep.dtype,
+        dep.torch_threads or max(1, int(dep.num_cpus)),
+        context_limit,
+    )
+
+
+def build_app(args: ServeArgs):
+    """Router(ingress) -> Student, Teacher. ``args`` arrives validated (Ray's typed builder)."""
+    from distill.serve.router import Router
+
+    if isinstance(args, dict):
+        args = ServeArgs.model_validate(args)
+    resolved = {role: resolve_model(getattr(args, role).model, args.tracking_uri) for role in ROLES}
+    if args.tracking_uri:
+        record_deployment(args, resolved)
+    student, teacher = (
+        _model_deployment(r, getattr(args, r), resolved[r][0], args.context_limit) for r in ROLES
+    )
+    return Router.options(
+        num_replicas=args.router_replicas,
+        max_ongoing_requests=512,
+        ray_actor_options={"num_cpus": args.router_num_cpus},
+        user_config={"cascade": args.cascade.model_dump()},
+    ).bind(student, teacher, args.model_dump(mode="json", exclude={"cascade"}))
+
+
+def required_resources(args: ServeArgs) -> dict[str, float]:
+    """Ray CPUs / GPUs every replica of the app reserves together."""
+    deps = [(args.student.replicas, args.student), (args.teacher.replicas, args.teacher)]
+    cpus = args.router_replicas * args.router_num_cpus + sum(n * d.num_cpus for n, d in deps)
+    return {"CPU": cpus, "GPU": sum(n * d.num_gpus for n, d in deps)}
+
+
+def check_resources(args: ServeArgs, available: dict[str, float]) -> None:
+    """Fail before deploying when the replicas cannot all be placed (Serve would wait forever)."""
+    need = required_resources(args)
+    for key, amount in need.items():
+        if amount > available.get(key, 0.0) + 1e-9:
+            raise DistillError(
+                f"the app reserves {amount:g} {key} (router + student + teacher replicas) but the "
+                f"Ray cluster has {available.get(key, 0.0):g}: lower num_cpus / num_gpus / "
+                "replicas in args, or start Ray with more logical resources"
+            )
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    """Read a Serve config file and validate every distill application's ``args``."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"serve config not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DistillError(f"{path}: invalid YAML: {e}") from None
+    apps = cfg.get("applications")
+    if not isinstance(apps, list) or not apps:
+        raise DistillError(f"{path}: needs 'applications:' (a list with at least one app)")
+    for i, app in enumerate(apps):
+        where = f"{path}: applications[{i}]"
+        if app.get("import_path") != "distill.serve.app:build_app":
+            raise DistillError(f"{where}.import_path must be distill.serve.app:build_app")
+        if app.get("deployments"):
+            raise DistillError(f"{where}.deployments: not supported here; set it through args")
+        try:
+            app["args"] = ServeArgs.model_validate(app.get("args") or {})
+        except ValidationError as e:
+            msg = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise DistillError(f"{where}.args: {msg}") from None
+    return cfg
+
+
+def run_from_config(path: Path, blocking: bool = True) -> str:
+    """``distill serve CONFIG``: start Serve on the config's host/port, deploy, return base URL."""
+    import time
+
+    from ray import serve
+
+    from distill.lineage.config import RayConfig
+    from distill.raycluster import ensure_ray
+
+    cfg = load_serve_config(Path(path))
+    http = cfg.get("http_options") or {}
+    host, port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+    ensure_ray(RayConfig())
+    import ray
+
+    for app in cfg["applications"]:
+        check_resources(app["args"], ray.cluster_resources())
+    serve.start(http_options={"host": host, "port": port})
+    urls = []
+    for app in cfg["applications"]:
+        prefix = app.get("route_prefix") or "/"
+        serve.run(build_app(app["args"]), name=app.get("name", "default"), route_prefix=prefix)
+        urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
+    print(f"serving {', '.join(urls)}  (OpenAI base URL: {urls[0]}/v1)")
+    if blocking:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return urls[0]

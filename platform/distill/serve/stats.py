@@ -1,0 +1,121 @@
+"""Request counters and latency summaries for ``GET /v1/stats`` (per Router replica).
+
+Plain Python (no Ray) so it is unit-tested directly; the Router also mirrors every event into
+``ray.serve.metrics`` Counters / Histograms (see :class:`ServeMetrics`) for Prometheus::
+
+    curl -s http://127.0.0.1:8000/v1/stats
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from typing import Any
+
+LATENCY_WINDOW = 2048
+LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank-with-interpolation percentile (``q`` in [0, 100]); None when empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(values: list[float]) -> dict[str, float | int | None]:
+    return {
+        "count": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "mean": sum(values) / len(values) if values else None,
+    }
+
+
+class Stats:
+    """Counts by route / answering model / status, fallbacks, and latency windows."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: Counter[str] = Counter()  # by route: cascade | student | teacher
+        self.answered_by: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()  # confident | low_confidence | student_error ...
+        self.status: Counter[str] = Counter()  # "200", "400", "422", "500"
+        self.cascade_requests = 0
+        self.fallbacks = 0
+        self.latency: dict[str, deque[float]] = {}
+
+    def _lat(self, key: str, ms: float) -> None:
+        self.latency.setdefault(key, deque(maxlen=LATENCY_WINDOW)).append(ms)
+
+    def record_answer(
+        self,
+        route: str,
+        answered_by: str,
+        reason: str,
+        fallback: bool,
+        model_ms: dict[str, float],
+        total_ms: float,
+    ) -> None:
+        self.requests[route] += 1
+        self.answered_by[answered_by] += 1
+        self.reasons[reason] += 1
+        self.status["200"] += 1
+        if route == "cascade":
+            self.cascade_requests += 1
+            self.fallbacks += int(fallback)
+        for model, ms in model_ms.items():
+            self._lat(model, ms)
+        self._lat(f"request.{route}", total_ms)
+
+    def record_error(self, status: int) -> None:
+        self.status[str(status)] += 1
+
+    def summary(self, cascade: dict[str, Any] | None = None) -> dict[str, Any]:
+        rate = self.fallbacks / self.cascade_requests if self.cascade_requests else None
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "requests": sum(self.requests.values()),
+            "by_route": dict(self.requests),
+            "answered_by": dict(self.answered_by),
+            "reasons": dict(self.reasons),
+            "status": dict(self.status),
+            "cascade_requests": self.cascade_requests,
+            "fallbacks": self.fallbacks,
+            "fallback_rate": rate,
+            "latency_ms": {k: summarize(list(v)) for k, v in sorted(self.latency.items())},
+            "cascade": cascade,
+        }
+
+
+class ServeMetrics:
+    """``ray.serve.metrics`` mirrors of :class:`Stats` (created inside a replica)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self.requests = metrics.Counter(
+            "distill_requests", "requests answered", tag_keys=("route", "model")
+        )
+        self.fallbacks = metrics.Counter("distill_fallbacks", "cascade requests the teacher took")
+        self.errors = metrics.Counter("distill_errors", "failed requests", tag_keys=("status",))
+        self.latency = metrics.Histogram(
+            "distill_model_latency_ms",
+            "generation latency per model",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("model",),
+        )
+
+    def answer(self, route: str, answered_by: str, fallback: bool, model_ms: dict[str, float]):
+        self.requests.inc(tags={"route": route, "model": answered_by})
+        if fallback:
+            self.fallbacks.inc()
+        for model, ms in model_ms.items():
+            self.latency.observe(ms, tags={"model": model})
+
+    def error(self, status: int) -> None:
+        self.errors.inc(tags={"status": str(status)})

@@ -1,0 +1,124 @@
+"""DeepSpeed pieces of the training loop: config, LR schedule, CPU setup, HF export.
+
+``build_ds_config(cfg)`` is a plain dict (ZeRO stage, bf16 on GPU / fp32 on CPU, torch AdamW,
+clipping, accumulation)::
+
+    engine, *_ = deepspeed.initialize(model=m, config=build_ds_config(cfg, world_size=2), ...)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from distill.train.config import DistillConfig
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def build_ds_config(cfg: DistillConfig, world_size: int) -> dict[str, Any]:
+    bf16 = cfg.compute_dtype == "bfloat16"
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": [0.9, 0.95],
+                "eps": 1e-8,
+                "weight_decay": cfg.weight_decay,
+                # Plain torch AdamW: no fused-Adam JIT compile (131 s on these CPUs).
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        span = max(total - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def setup_worker_env(use_gpu: bool, threads: int) -> None:
+    """Before ``import deepspeed`` in a worker: CPU accelerator (gloo) and no shm-op compile."""
+    import torch
+
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        torch.set_num_threads(max(threads, 1))
+        # DeepSpeed JIT-compiles a shared-memory comm op on CPU (55-80 s); gloo is enough.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
+def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, rank: int) -> None:
+    """Write the student as a plain HF dir (fp32 safetensors + tokenizer) via temp + rename.
+
+    Every rank must call this (under ZeRO-3 the parameters are gathered collectively); rank 0
+    writes.
+    """
+    import deepspeed
+    import torch
+
+    params = list(student.parameters())
+    zero3 = engine.zero_optimization_stage() == 3
+    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _null()
+    with ctx:
+        if rank != 0:
+            return
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-tmp-"))
+        state = {
+            k: v.detach().to(torch.float32).cpu().clone() for k, v in student.state_dict().items()
+        }
+        student.config.dtype = torch.float32
+        student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        copy_tokenizer_files(source_dir, tmp)
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None

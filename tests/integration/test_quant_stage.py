@@ -1,0 +1,74 @@
+"""The ``quantize`` stage through ``stage_ctx``: train-only calibration, checks before work, MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distill.config.base import DistillError
+from distill.quant.config import QuantizeConfig
+
+TINY = {"group_size": 32, "calib_rows": 8, "calib_seq_len": 64, "eval_rows": 8, "device": "cpu"}
+
+
+def test_bad_group_size_fails_before_any_work(stage_ctx):
+    ctx = stage_ctx(["quantize"], quantize={**TINY, "group_size": 128})
+    from distill.quant.stage import run
+
+    with pytest.raises(DistillError, match="largest valid group_size: 64"):
+        run(ctx, ctx.config.quantize)
+    assert not ctx.output_dir("student-int4").exists()
+
+
+def test_calibration_never_uses_heldout_rows(stage_ctx, tiny_rows):
+    from distill.data.packed import write_rows
+    from distill.quant.stage import calibration_rows, run
+
+    ctx = stage_ctx(["quantize"], quantize=TINY)
+    cfg = ctx.config.quantize
+    rows = calibration_rows(ctx, cfg)
+    heldout = {r.tobytes() for r in ctx.corpus.heldout()}
+    assert len(rows) and not any(r.tobytes() in heldout for r in rows)
+    assert np.array_equal(rows, ctx.corpus.train(len(rows)))
+    # a leaked held-out row in train is refused
+    write_rows(ctx.corpus.train_path, np.concatenate([tiny_rows[16:18], tiny_rows[:6]]))
+    with pytest.raises(DistillError, match="also appear in the held-out split"):
+        run(ctx, cfg)
+    # an empty train split is refused
+    write_rows(ctx.corpus.train_path, np.zeros((0, 64), np.int32))
+    with pytest.raises(DistillError, match="empty calibration set"):
+        run(ctx, cfg)
+    assert not ctx.output_dir("student-int4").exists()
+
+
+@pytest.mark.timeout(600)
+def test_stage_run_writes_int4_and_logs(stage_ctx):
+    from mlflow import MlflowClient
+
+    from distill.quant.stage import run
+
+    ctx = stage_ctx(["quantize"], quantize=TINY)
+    assert isinstance(ctx.config.quantize, QuantizeConfig)
+    res = run(ctx, ctx.config.quantize)
+    out = res.outputs["int4"]
+    assert out == ctx.workdir / "student-int4" and (out / "model.safetensors").exists()
+    m = res.metrics
+    assert m["compression_ratio"] > 2 and m["quantize_seconds"] > 0 and m["peak_rss_mb"] > 0
+    for name in ("fp", "gptq", "rtn"):
+        assert m[f"{name}.perplexity"] > 1 and 0 <= m[f"{name}.next_token_accuracy"] <= 1
+    run_data = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id).data
+    assert run_data.tags["output.int4.uri"] == str(out)
+    assert run_data.tags["input.model.uri"] == str(ctx.teacher.path)
+    assert run_data.params["quantize.group_size"] == "32"
+    assert run_data.params["calib_split"] == "train"
+    assert "gptq.perplexity" in run_data.metrics
+
+
+def test_quantize_refuses_empty_or_short_calibration(tmp_path, tiny_gqa):
+    from distill.quant.gptq import quantize
+
+    cfg = QuantizeConfig(**TINY)
+    for calib in ([], [[1, 2, 3], [4, 5]], np.zeros((0, 64), np.int32)):
+        with pytest.raises(DistillError, match="empty calibration set"):
+            quantize(tiny_gqa.path, cfg, calib, tmp_path / "int4")
+    assert not (tmp_path / "int4").exists()

@@ -1,0 +1,259 @@
+"""Ray Train + DeepSpeed distillation on tiny models: 2 workers, ZeRO-2 / ZeRO-3, fault + resume.
+
+Each run takes ~20-30 s on 2 cores (tiny Llamas, seq_len 32, a few steps).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.train.config import DistillConfig
+from distill.train.launch import launch
+from distill.train.loop import LoopSpec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_gqa, cache_dir):
+    """A teacher with sharp distributions (final norm × 8) and a 2-layer random student."""
+    from distill.models.config import TinySource
+    from distill.models.loader import load_causal_lm, resolve_source
+    from distill.train.engine import copy_tokenizer_files
+
+    teacher_dir = tmp_path_factory.mktemp("sharp-teacher")
+    t = load_causal_lm(tiny_gqa.path)
+    with torch.no_grad():
+        t.model.norm.weight.mul_(8.0)
+    t.save_pretrained(teacher_dir)
+    copy_tokenizer_files(tiny_gqa.path, teacher_dir)
+    student = resolve_source(TinySource(num_hidden_layers=2, seed=1), cache_dir)
+    return Path(teacher_dir), student.path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_rows):
+    from distill.data.packed import write_rows
+
+    d = tmp_path_factory.mktemp("rows32")
+    rows = np.concatenate([tiny_rows[:, :32], tiny_rows[:, 32:]])  # 48 rows of 32
+    write_rows(d / "train.parquet", rows[:40])
+    write_rows(d / "heldout.parquet", rows[40:])
+    return d, rows
+
+
+def make_store(root: Path, teacher_dir: Path, rows: np.ndarray, k: int = 16) -> Path:
+    """A soft-label store written with distill.labels' own shard/manifest/top-k functions."""
+    from distill.labels.manifest import (
+        CorpusRef,
+        Encodings,
+        Manifest,
+        ShardEntry,
+        TeacherRef,
+        write_manifest,
+    )
+    from distill.labels.shards import sha256_of, write_shard
+    from distill.labels.topk import encode_logprobs, topk_with_tail
+    from distill.models.hashing import tokenizer_sha256, weights_sha256
+    from distill.models.loader import load_causal_lm
+
+    root.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        logits = load_causal_lm(teacher_dir)(input_ids=torch.as_tensor(rows).long()).logits
+    ids, lp, tail = topk_with_tail(logits, k)
+    cols = {
+        "input_ids": rows.astype(np.uint16),
+        "topk_ids": ids.numpy().astype(np.uint16),
+        **encode_logprobs(lp.numpy(), "float16"),
+        "tail_mass": tail.numpy().astype(np.float16),
+    }
+    n, seq_len = rows.shape
+    size = write_shard(root / "shard-00000.parquet", cols)
+    vocab = json.loads((teacher_dir / "config.json").read_text())["vocab_size"]
+    m = Manifest(
+        complete=True,
+        teacher=TeacherRef(name="t", weights_sha256=weights_sha256(teacher_dir)),
+        tokenizer_sha256=tokenizer_sha256(teacher_dir),
+        vocab_size=vocab,
+        k=k,
+        seq_len=seq_len,
+        compute_dtype="float32",
+        encodings=Encodings(input_ids="uint16", topk_ids="uint16", topk_logprobs="float16"),
+        corpus=CorpusRef(fingerprint="test", path="-", rows=n),
+        rows_per_shard=n,
+        shards=[
+            ShardEntry(
+                file="shard-00000.parquet",
+                start_row=0,
+                rows=n,
+                sha256=sha256_of(root / "shard-00000.parquet"),
+                bytes=size,
+                tokens=n * seq_len,
+                tail_sum=float(cols["tail_mass"].astype(np.float64).sum()),
+            )
+        ],
+    )
+    m.finalize()
+    write_manifest(root, m)
+    return root
+
+
+def _spec(models, data, out: Path, **kw) -> LoopSpec:
+    extra = {k: kw.pop(k) for k in ("fail_at_step", "fail_marker", "store_path") if k in kw}
+    base = {
+        "mode": "online",
+        "num_workers": 2,
+        "zero_stage": 2,
+        "batch_size": 2,
+        "max_steps": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "checkpoint_every": 4,
+        "eval_every": 4,
+        "eval_rows": 8,
+        "seed": 0,
+    }
+    cfg = DistillConfig.model_validate({**base, **kw})
+    return LoopSpec(
+        cfg=cfg,
+        student_path=str(models[1]),
+        teacher_path=str(models[0]),
+        train_path=str(data[0] / "train.parquet"),
+        heldout_path=str(data[0] / "heldout.parquet"),
+        seq_len=32,
+        total_steps=cfg.total_steps(32),
+        out_dir=str(out),
+        **extra,
+    )
+
+
+# Online runs also train the feature (projection) and attention-transfer losses.
+LAYER_LOSSES = {
+    "feature": {"weight": 0.1, "pairs": [[2, 1], [1, 0]], "kind": "mse"},
+    "attention": {"weight": 0.1, "pairs": [[3, 1]], "kind": "kl"},
+}
+
+
+def _kd_of(student_dir: Path, teacher_dir: Path, rows: np.ndarray) -> float:
+    from distill.losses import kd_full
+    from distill.models.loader import load_causal_lm
+
+    ids = torch.as_tensor(rows[:40], dtype=torch.long)
+    with torch.no_grad():
+        s = load_causal_lm(student_dir)(input_ids=ids).logits
+        t = load_causal_lm(teacher_dir)(input_ids=ids).logits
+    return float(kd_full(s, t, None, "forward_kl"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, ray_local, models, data):
+    root = tmp_path_factory.mktemp("run-a")
+    metrics = launch(_spec(models, data, root / "student", **LAYER_LOSSES), "kd-a", root / "ray")
+    return root, metrics
+
+
+@pytest.mark.timeout(180)
+def test_zero2_two_workers_lowers_kd(uninterrupted, models, data):
+    root, metrics = uninterrupted
+    assert metrics["step"] == 8 and metrics["resumed_from_step"] == 0
+    assert metrics["rows_consumed"] == 8 * 2 * 2
+    assert np.isfinite(metrics["eval/ppl"]) and metrics["tokens_per_s"] > 0
+    assert metrics["train/feature"] > 0 and metrics["train/attention"] > 0
+    before = _kd_of(models[1], models[0], data[1])
+    after = _kd_of(root / "student", models[0], data[1])
+    assert after < 0.9 * before, (before, after)
+    # plain HF dir with the tokenizer copied from the student source
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (root / "student").iterdir()
+    }
+
+
+@pytest.mark.timeout(240)
+def test_worker_failure_resumes_from_checkpoint(tmp_path, uninterrupted, models, data):
+    from distill.models.loader import load_causal_lm
+
+    marker = tmp_path / "fail"
+    spec = _spec(
+        models,
+        data,
+        tmp_path / "student",
+        fail_at_step=6,
+        fail_marker=str(marker),
+        max_failures=1,
+        **LAYER_LOSSES,
+    )
+    metrics = launch(spec, "kd-b", tmp_path / "ray")
+    assert Path(f"{marker}.rank0").exists() and Path(f"{marker}.rank1").exists()
+    assert metrics["step"] == uninterrupted[1]["step"] == 8
+    assert metrics["resumed_from_step"] == 4  # the step-4 checkpoint, not step 0
+    assert metrics["rows_consumed"] == uninterrupted[1]["rows_consumed"]
+    a = load_causal_lm(uninterrupted[0] / "student").state_dict()
+    b = load_causal_lm(tmp_path / "student").state_dict()
+    for k in a:  # same data positions, optimizer and LR state: the same weights
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.timeout(180)
+def test_offline_topk_store_two_workers_lowers_kd(tmp_path, ray_local, models, data):
+    store = make_store(tmp_path / "labels", models[0], data[1][:40], k=16)
+    spec = _spec(
+        models, data, tmp_path / "student", mode="offline", store_path=str(store), zero_stage=1
+    )
+    metrics = launch(spec, "kd-offline", tmp_path / "ray")
+    assert metrics["step"] == 8 and metrics["train/kd"] > 0
+    before = _kd_of(models[1], models[0], data[1])
+    after = _kd_of(tmp_path / "student", models[0], data[1])
+    assert after < 0.9 * before, (before, after)
+
+
+def test_store_from_another_teacher_is_refused(tmp_path, models, data, tiny_gqa, tiny_mha):
+    from distill.config.base import DistillError
+    from distill.train.stage import check_inputs
+
+    store = make_store(tmp_path / "labels", tiny_mha.path, data[1][:4], k=4)
+    cfg = DistillConfig(mode="offline")
+    with pytest.raises(DistillError, match="teacher weights sha256"):
+        check_inputs(cfg, tiny_gqa.path, models[1], store, tiny_gqa)
+    assert check_inputs(cfg, tiny_mha.path, models[1], store, tiny_mha).num_rows == 4
+
+
+@pytest.mark.timeout(180)
+def test_stage_offline_zero3_writes_loadable_student(stage_ctx, ray_local, models):
+    from mlflow import MlflowClient
+
+    from distill.models.loader import load_causal_lm
+    from distill.train.stage import run
+
+    ctx = stage_ctx(["distill"])
+    ctx.artifacts["pruned"] = models[1]
+    ctx.artifacts["soft_labels"] = make_store(
+        ctx.workdir / "labels", ctx.teacher.path, ctx.corpus.train(), k=8
+    )
+    cfg = DistillConfig(zero_stage=3, batch_size=2, max_steps=3, lr=1e-3, loss={"alpha": 0.5})
+    result = run(ctx, cfg)
+    out = result.outputs["student"]
+    assert out == ctx.workdir / "student"
+    model = load_causal_lm(out)
+    assert model.config.num_hidden_layers == 2
+    assert result.metrics["steps"] == 3 and result.metrics["heldout_ppl"] > 1
+    assert result.metrics["ce_loss"] > 0 and result.metrics["kd_loss"] > 0
+    hist = MlflowClient(ctx.tracker.tracking_uri).get_metric_history(ctx.tracker.run_id, "train/kd")
+    assert sorted(m.step for m in hist) == [1, 2, 3]
+    ids = torch.as_tensor(ctx.corpus.heldout()[:1], dtype=torch.long)
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    shutil.rmtree(ctx.workdir / "ray_results", ignore_errors=True)

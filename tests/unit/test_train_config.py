@@ -1,0 +1,114 @@
+"""DistillConfig validation, DeepSpeed config, LR schedule, data positions and bad-input checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from distill.config.base import DistillError
+from distill.train.config import DistillConfig
+from distill.train.data import CorpusBatches, batches_per_epoch, heldout_shard
+from distill.train.engine import build_ds_config, lr_lambda
+from distill.train.stage import check_inputs
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"max_steps": None}, "max_steps and/or max_tokens"),
+        ({"feature": {"weight": 1.0, "pairs": [[1, 0]]}}, "needs mode: online"),
+        ({"mode": "online", "attention": {"weight": 1.0}}, "pairs is empty"),
+        (
+            {"mode": "online", "zero_stage": 3, "feature": {"weight": 1, "pairs": [[1, 0]]}},
+            "zero_stage 1 or 2",
+        ),
+        ({"dtype": "bfloat16"}, "use_gpu: true"),
+        ({"loss": {"alpha": 0, "kd_weight": 0}}, "every loss weight is 0"),
+        ({"loss": {"name": "hellinger"}}, "forward_kl"),
+        ({"zero_stage": 4}, "1, 2 or 3"),
+        ({"batchsize": 4}, "Extra inputs"),
+    ],
+)
+def test_config_rejects_bad_settings(kw, msg):
+    with pytest.raises(ValidationError, match=msg):
+        DistillConfig.model_validate(kw)
+
+
+def test_budget_and_dtype():
+    cfg = DistillConfig(max_steps=100, max_tokens=1000, batch_size=2, num_workers=2, grad_accum=2)
+    assert cfg.tokens_per_step(32) == 256
+    assert cfg.total_steps(32) == 4  # ceil(1000 / 256), below max_steps
+    assert DistillConfig(max_steps=None, max_tokens=257, batch_size=2).total_steps(32) == 3
+    assert DistillConfig().compute_dtype == "float32"
+    assert DistillConfig(use_gpu=True).compute_dtype == "bfloat16"
+    assert DistillConfig(loss={"name": "jsd", "beta": 0.3}).loss.param() == 0.3
+    assert DistillConfig(loss={"name": "skew_reverse_kl", "skew": 0.2}).loss.param() == 0.2
+    assert DistillConfig().loss.param() is None
+
+
+def test_deepspeed_config():
+    ds = build_ds_config(DistillConfig(zero_stage=3, batch_size=2, grad_accum=3, clip=0.5), 2)
+    assert ds["train_batch_size"] == 12 and ds["gradient_accumulation_steps"] == 3
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.5
+    assert ds["optimizer"]["params"]["torch_adam"] is True and not ds["bf16"]["enabled"]
+    assert build_ds_config(DistillConfig(use_gpu=True), 1)["bf16"]["enabled"]
+
+
+def test_warmup_cosine():
+    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    assert [f(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(12) == pytest.approx(0.55)
+    assert f(20) == pytest.approx(0.1) and f(50) == pytest.approx(0.1)
+    vals = [f(i) for i in range(4, 21)]
+    assert all(a >= b for a, b in zip(vals, vals[1:], strict=False))
+
+
+def test_data_position_is_a_function_of_the_step():
+    rows = np.arange(10 * 4).reshape(10, 4)
+    r0, r1 = CorpusBatches(rows, 2, 0, 2), CorpusBatches(rows, 2, 1, 2)
+    assert r0.per_epoch == 2  # floor(10 / 4): the short tail of an epoch is skipped
+    assert r0.get(0)["input_ids"][:, 0].tolist() == [0, 4]
+    assert r1.get(0)["input_ids"][:, 0].tolist() == [8, 12]
+    assert r0.get(1)["input_ids"][:, 0].tolist() == [16, 20]
+    assert r0.get(2)["input_ids"].tolist() == r0.get(0)["input_ids"].tolist()  # next epoch
+    with pytest.raises(DistillError, match="only 3 training rows"):
+        batches_per_epoch(3, 2, 2)
+    h = np.arange(7)[:, None]
+    assert heldout_shard(h, 7, 0, 2).ravel().tolist() == [0, 1, 2]
+    assert heldout_shard(h, 7, 1, 2).ravel().tolist() == [3, 4, 5]
+
+
+def _copy_with(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_bad_inputs_fail_before_training(tmp_path, tiny_gqa, tiny_mha):
+    online = DistillConfig(mode="online")
+    check_inputs(online, tiny_gqa.path, tiny_mha.path, None, tiny_gqa)  # compatible: fine
+    padded = _copy_with(tiny_mha.path, tmp_path / "padded", vocab_size=576)
+    with pytest.raises(DistillError, match="vocab_size 512 != student vocab_size 576"):
+        check_inputs(online, tiny_gqa.path, padded, None, tiny_gqa)
+    other_tok = _copy_with(tiny_mha.path, tmp_path / "tok", vocab_size=512)
+    tj = json.loads((other_tok / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    a, b = list(vocab)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, different token ids
+    (other_tok / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(DistillError, match="tokenizer"):
+        check_inputs(online, tiny_gqa.path, other_tok, None, tiny_gqa)
+    feat = DistillConfig(mode="online", feature={"weight": 1.0, "pairs": [[3, 4]]})
+    with pytest.raises(DistillError, match="student layer 4 out of range 0..3"):
+        check_inputs(feat, tiny_gqa.path, tiny_mha.path, None, tiny_gqa)
+    with pytest.raises(DistillError, match="no soft-label store"):
+        check_inputs(DistillConfig(mode="offline"), tiny_gqa.path, tiny_mha.path, None, tiny_gqa)
+    with pytest.raises(DistillError, match="no soft-label store at"):
+        check_inputs(DistillConfig(), tiny_gqa.path, tiny_mha.path, tmp_path / "none", tiny_gqa)
