@@ -22,3 +22,15 @@ def test_evaluate_compares_models_to_teacher(stage_ctx, tiny_mha):
     again = run(ctx, EvaluateConfig(max_rows=4, batch_size=2, speed_rows=2)).summary["models"]
     s = {m["model"]: m for m in again}["student"]
     assert s["agreement"] == 1.0 and s["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.timeout(120)
+def test_evaluate_fails_on_planted_contamination(stage_ctx):
+    from distill.config.base import DistillError
+    from distill.data.packed import write_rows
+
+    ctx = stage_ctx(["evaluate"])
+    write_rows(ctx.corpus.heldout_path, ctx.corpus.train()[:4])  # held-out copied from train
+    with pytest.raises(DistillError, match="corpus.heldout"):
+        run(ctx, EvaluateConfig(max_rows=4, batch_size=2, speed_rows=2))
+    assert not (ctx.workdir / "report.json").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.eval.config import EvaluateConfig
+from distill.eval.contamination import check_run_contamination
 from distill.eval.metrics import evaluate_models, forward_tokens_per_s
 from distill.eval.plots import quality_size_speed
 from distill.models.hashing import dir_size_bytes
@@ -37,6 +38,11 @@ def load_for_eval(path: Path, dtype: str = "float32"):
 
 
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
+    contamination = None
+    if cfg.contamination.enabled:  # fails here, before any model is loaded, when contaminated
+        contamination = check_run_contamination(
+            ctx.corpus, ctx.artifacts.get("generations"), ctx.teacher.path, cfg.contamination
+        )
     rows = ctx.corpus.heldout(cfg.max_rows)
     paths = {k: ctx.artifacts[k] for k in ORDER if k in ctx.artifacts}
     models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
@@ -65,6 +71,9 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "models": entries,
     }
+    if contamination is not None:
+        report["contamination"] = contamination.to_dict()
+        metrics.update(contamination.metrics())
     out = ctx.workdir / "report.json"
     tmp = out.with_name(".report.json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
