@@ -107,6 +107,8 @@ def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, r
         state = {
             k: v.detach().to(torch.float32).cpu().clone() for k, v in student.state_dict().items()
         }
+        if getattr(student.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # cloning broke the tie: save the embedding once
         student.config.dtype = torch.float32
         student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         copy_tokenizer_files(source_dir, tmp)
