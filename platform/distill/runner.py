@@ -93,6 +93,10 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
         initial_student = resolve_source(cfg.student)
         check_tokenizer_compat(teacher.path, initial_student.path)
 
+    if "prune" in cfg.stages:  # impossible pruning targets fail before any pipeline work
+        from distill.prune.stage import preflight
+
+        preflight(cfg.prune, (initial_student or teacher).path)
     ensure_ray(cfg.ray)
     say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
     corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data")

@@ -69,7 +69,9 @@ def run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
     from distill.prune.core import prune_model
     from distill.prune.plots import importance_figure
 
-    src = Path(ctx.artifacts.get("teacher", ctx.teacher.path))
+    src = Path(
+        ctx.artifacts.get("initial_student") or ctx.artifacts.get("teacher", ctx.teacher.path)
+    )
     plan = preflight(cfg, src)  # before any work
     ctx.tracker.record_input("model", src, weights_sha256(src))
     ctx.tracker.log_params(plan.summary(), prefix="plan.")
