@@ -7,6 +7,9 @@ version it was made from (student → int4).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,27 @@ def _python_model():
             return out
 
     return HFCheckpoint()
+
+
+@contextmanager
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which child processes
+    (Ray jobs, later pipelines in the same process) would inherit: restore both afterwards."""
+    import mlflow
+
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri() if before_env else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            mlflow.set_tracking_uri(None)
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(before)
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def register_checkpoint(
