@@ -20,19 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from distill.config.base import DistillError
+from distill.models.files import copy_tokenizer_files
 from distill.quant.config import QuantizeConfig
 from distill.quant.validate import check_backend_supports, check_group_size, check_model_dir
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "generation_config.json",
-)
 
 _BACKENDS = {
     "auto": "AUTO",
@@ -141,7 +131,7 @@ def quantize(
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         qmodel.save(str(tmp))
-        copy_tokenizer(model_dir, tmp)
+        copy_tokenizer_files(model_dir, tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -149,16 +139,6 @@ def quantize(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def copy_tokenizer(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer (and generation config) files of ``src`` into ``dst``."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).exists():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            copied.append(name)
-    return copied
 
 
 def load_quantized(
