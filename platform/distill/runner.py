@@ -161,6 +161,10 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
                     say(f"[distill] stage {name}: running")
                     ctx = StageContext(cfg, workdir, teacher, corpus, run, dict(artifacts))
                     result = stage_function(name)(ctx, section)
+                    if name in ("distill", "sft"):
+                        from distill.eval.plots import log_training_curves
+
+                        log_training_curves(run)
                     registered = {}
                     for key in ("student", "int4"):
                         if key in result.outputs:

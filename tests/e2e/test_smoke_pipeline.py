@@ -81,6 +81,15 @@ def test_smoke_lineage_chain(smoke_run):
     for s in info["stages"][1:]:
         if s["stage"] in ("distill", "quantize", "evaluate"):
             assert set(s["inputs"].values()) & set(produced.values()) or s["inputs"], s
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for s in info["stages"]:
+        names = {a.path for a in client.list_artifacts(s["run_id"])}
+        if s["stage"] == "distill":
+            assert "training_curves.png" in names, names
+        if s["stage"] == "evaluate":
+            assert {"report.json", "quality_vs_size.png"} <= names, names
     cli = _distill("lineage", run_id, "--workdir", str(workdir))
     assert cli.returncode == 0 and "evaluate" in cli.stdout
 

@@ -30,3 +30,42 @@ def quality_size_speed(entries: list[dict[str, Any]]):
     ax.set_title("quality vs size (marker area ∝ forward tokens/s)")
     fig.tight_layout()
     return fig
+
+
+CURVES = ("train/loss", "train/kd", "train/ce", "eval/loss")
+
+
+def training_curves(tracking_uri: str, run_id: str):
+    """Per-step training metrics of a stage run, read back from MLflow; ``None`` if none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    series = {k: client.get_metric_history(run_id, k) for k in CURVES}
+    series = {k: sorted(v, key=lambda m: m.step) for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, hist in series.items():
+        ax.plot([m.step for m in hist], [m.value for m in hist], label=name, marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("training curves")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def log_training_curves(run) -> bool:
+    """Log ``training_curves.png`` to a ``StageRun`` when it has per-step metrics."""
+    import matplotlib.pyplot as plt
+
+    fig = training_curves(run.tracking_uri, run.run_id)
+    if fig is None:
+        return False
+    run.log_figure(fig, "training_curves.png")
+    plt.close(fig)
+    return True
