@@ -45,8 +45,8 @@ def corpus_rows(tok, seq_len: int, train_rows: int, heldout_rows: int):
 
 def depth_prune(teacher_dir: Path, out: Path, keep: int, calib: np.ndarray) -> Path:
     """Keep the ``keep`` most important decoder layers (1 - cos between a block's in and out)."""
+    from distill.models.files import copy_tokenizer_files
     from distill.models.loader import load_causal_lm
-    from distill.train.engine import copy_tokenizer_files
 
     model = load_causal_lm(teacher_dir)
     with torch.no_grad():

@@ -48,7 +48,7 @@ def test_smoke_seqkd_pipeline(tmp_path):
     assert "generations" in by["generate"]["outputs"] and "student" in by["sft"]["outputs"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     sft = client.get_run(by["sft"]["run_id"])
-    assert sft.data.tags["trainer"] == "local"
+    assert sft.data.tags["trainer"] == "ray_train"
     assert sft.data.tags["input.generations.uri"] == str(gens)
     m = sft.data.metrics
     assert m["filter.total.in"] > 0 and m["filter.dedup.kept"] == m["filter.total.kept"] > 0

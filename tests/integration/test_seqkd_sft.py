@@ -72,8 +72,8 @@ def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
     assert m["steps"] == 4 and m["data.label_tokens"] > 0
     assert "contamination.max_rate" in m
     run = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id)
-    assert run.data.tags["trainer"] == "local"
-    assert "filter.dedup.kept" in run.data.metrics and "train.loss" in run.data.metrics
+    assert run.data.tags["trainer"] == "ray_train"
+    assert "filter.dedup.kept" in run.data.metrics and "train/loss" in run.data.metrics
     assert run.data.tags["output.student.uri"] == str(student)
 
     # nothing kept -> a clear error naming the knob
@@ -109,3 +109,46 @@ def test_half_written_store_is_not_read(tmp_path):
     with pytest.raises(DistillError, match="sha256"):
         read_generations(tmp_path / "g")
     assert json.loads((tmp_path / "g" / "manifest.json").read_text())["rows"] == 1
+
+
+@pytest.mark.timeout(300)
+def test_sft_mode_lowers_completion_loss_through_ray_train(
+    ray_local, tmp_path, tiny_rows, cache_dir
+):
+    """distill.train in mode sft: 2 DeepSpeed workers, CE on labelled tokens only, loss drops."""
+    import numpy as np
+
+    from distill.models.config import TinySource
+    from distill.models.loader import load_causal_lm, resolve_source
+    from distill.seqkd.local_train import completion_loss
+    from distill.seqkd.sft_data import write_sft_rows
+    from distill.train.config import DistillConfig
+    from distill.train.launch import launch
+    from distill.train.loop import LoopSpec
+
+    student = resolve_source(TinySource(num_hidden_layers=2, seed=1), cache_dir).path
+    ids = tiny_rows[:8, :32].copy()
+    am = np.ones_like(ids)
+    am[::2, 24:] = 0  # padded rows
+    labels = ids.copy()
+    labels[:, :12] = -100  # prompt
+    labels[am == 0] = -100
+    ids[am == 0] = 0
+    rows = {"input_ids": ids, "attention_mask": am, "labels": labels}
+    write_sft_rows(tmp_path / "sft.parquet", rows)
+    cfg = DistillConfig(mode="sft", num_workers=2, batch_size=4, lr=3e-3, max_steps=6)
+    spec = LoopSpec(
+        cfg=cfg,
+        student_path=str(student),
+        sft_path=str(tmp_path / "sft.parquet"),
+        seq_len=32,
+        total_steps=6,
+        out_dir=str(tmp_path / "out"),
+    )
+    before = completion_loss(load_causal_lm(student), rows)
+    final = launch(spec, "sft-test", tmp_path / "ray")
+    after = completion_loss(load_causal_lm(tmp_path / "out"), rows)
+    assert final["step"] == 6 and final["train/kd"] == 0
+    assert after < before - 0.1, (before, after)
+    # the loop's reported CE is the completion-only CE (not the all-token one)
+    assert abs(final["train/ce"] - final["train/loss"]) < 1e-6

@@ -33,8 +33,8 @@ def ray_local():
 def models(tmp_path_factory, tiny_gqa, cache_dir):
     """A teacher with sharp distributions (final norm × 8) and a 2-layer random student."""
     from distill.models.config import TinySource
+    from distill.models.files import copy_tokenizer_files
     from distill.models.loader import load_causal_lm, resolve_source
-    from distill.train.engine import copy_tokenizer_files
 
     teacher_dir = tmp_path_factory.mktemp("sharp-teacher")
     t = load_causal_lm(tiny_gqa.path)

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from distill.config.base import DistillError
@@ -112,3 +113,62 @@ def test_bad_inputs_fail_before_training(tmp_path, tiny_gqa, tiny_mha):
         check_inputs(DistillConfig(mode="offline"), tiny_gqa.path, tiny_mha.path, None, tiny_gqa)
     with pytest.raises(DistillError, match="no soft-label store at"):
         check_inputs(DistillConfig(), tiny_gqa.path, tiny_mha.path, tmp_path / "none", tiny_gqa)
+
+
+def test_sft_mode_is_plain_ce_and_refuses_kd_extras():
+    cfg = DistillConfig(mode="sft", loss={"alpha": 0, "kd_weight": 0})  # loss section ignored
+    assert cfg.loss_weights() == (1.0, 0.0)
+    assert DistillConfig(loss={"alpha": 0.5, "kd_weight": 2}).loss_weights() == (0.5, 2)
+    with pytest.raises(ValidationError, match="needs mode: online"):
+        DistillConfig(mode="sft", feature={"weight": 1.0, "pairs": [[1, 0]]})
+
+
+def test_sft_batches_follow_step_positions_and_keep_masks():
+    from distill.train.data import SFTBatches
+
+    n, seq = 10, 6
+    ids = np.arange(n * seq, dtype=np.int32).reshape(n, seq)
+    rows = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids.copy()}
+    rows["labels"][:, :2] = -100
+    r0, r1 = (SFTBatches(rows, batch_size=2, rank=r, world_size=2) for r in (0, 1))
+    assert r0.per_epoch == 2
+    b0, b1 = r0.get(1), r1.get(1)
+    assert b0["input_ids"][:, 0].tolist() == [4 * seq, 5 * seq]
+    assert b1["input_ids"][:, 0].tolist() == [6 * seq, 7 * seq]
+    assert r0.get(3)["input_ids"].equal(b0["input_ids"])  # epoch wrap, same as a restart
+    assert (b0["labels"][:, :2] == -100).all() and b0["labels"].dtype == torch.long
+    with pytest.raises(DistillError, match="labels"):
+        SFTBatches({"input_ids": ids}, 2, 0, 1)
+
+
+def test_sft_loss_counts_only_labelled_real_positions():
+    """CE with labels: changing logits/targets where labels are -100 or padding changes nothing."""
+    from types import SimpleNamespace
+
+    from distill.losses import LossWeights, total_loss
+
+    torch.manual_seed(0)
+    b, seq, v = 2, 8, 11
+    ids = torch.randint(0, v, (b, seq))
+    am = torch.ones_like(ids)
+    am[1, 6:] = 0  # padding
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt
+    labels[am == 0] = -100
+    logits = torch.randn(b, seq, v)
+    w = LossWeights(ce=1.0, kd=0.0)
+    loss, _ = total_loss(w, SimpleNamespace(logits=logits), ids, am, labels)
+    # reference: mean CE over the shifted completion targets only
+    tgt = labels[:, 1:]
+    keep = tgt != -100
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1][keep], tgt[keep])
+    assert torch.allclose(loss, ref, atol=1e-6)
+    noisy = logits.clone()
+    noisy[:, :3] += 10 * torch.randn(b, 3, v)  # positions predicting prompt tokens 1..3
+    noisy[1, 5:] += 10 * torch.randn(3, v)  # positions predicting padding
+    ids2 = ids.clone()
+    ids2[:, :4] = 0  # prompt token values do not enter the loss either (targets are labels)
+    loss2, _ = total_loss(w, SimpleNamespace(logits=noisy), ids2, am, labels)
+    assert torch.allclose(loss, loss2, atol=1e-6)
+    full, _ = total_loss(w, SimpleNamespace(logits=logits), ids, am)  # no labels: all tokens
+    assert not torch.allclose(full, loss)

@@ -6,16 +6,13 @@ initial student, or the teacher). Loss on completion tokens only. Writes ``<work
 
     distill run pipelines/configs/smoke-seqkd.yaml        # stages: [generate, sft, evaluate]
 
-Training runs in this process (``trainer=local`` in MLflow) until ``distill.train`` accepts
-pre-masked ``labels``; see ``train_student``.
+Training runs on Ray Train + DeepSpeed (``distill.train.loop`` in ``mode: sft``; MLflow tag
+``trainer=ray_train``); see ``train_student``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +28,6 @@ from distill.stages import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
-
-
-def copy_tokenizer(src: Path, dst: Path) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).exists():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
-            copied.append(name)
-    return copied
-
 
 def encode_rows(
     tok: Any, rows: list[dict[str, Any]], chat_template: bool, seq_len: int, packing: bool
@@ -58,15 +36,59 @@ def encode_rows(
     return build_rows([encode_example(tok, r, chat_template) for r in rows], seq_len, pad, packing)
 
 
-def train_student(
-    ctx: StageContext, model: Any, rows: dict[str, np.ndarray], cfg: SFTConfig
-) -> list[float]:
-    """Completion-only CE training. Local single-process fallback (tagged ``trainer=local``)."""
-    from distill.seqkd.local_train import train_local
+def sft_distill_config(cfg: SFTConfig, n_rows: int, cluster_cpus: float) -> Any:
+    """The ``DistillConfig`` (mode sft) for ``cfg``: up to 2 workers, as many as rows and CPUs allow."""
+    from distill.train.config import DistillConfig
 
-    ctx.tracker.set_tags({"trainer": "local"})
-    log.warning("sft: trainer=local (single process); the Ray Train loop takes over later")
-    return train_local(model, rows, cfg, on_step=lambda s, m: ctx.tracker.log_metrics(m, step=s))
+    workers = int(max(1, min(2, n_rows // cfg.batch_size, cluster_cpus)))
+    return DistillConfig(
+        mode="sft",
+        num_workers=workers,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        min_lr_ratio=1.0,  # constant after warmup, like the former local trainer
+        max_steps=cfg.steps,
+        clip=cfg.max_grad_norm,
+        seed=cfg.seed,
+        max_failures=1,
+    )
+
+
+def train_student(
+    ctx: StageContext, src: Path, data_path: Path, n_rows: int, seq_len: int, cfg: SFTConfig
+) -> tuple[Path, list[float]]:
+    """Completion-only CE on Ray Train + DeepSpeed; returns (student dir, per-step losses)."""
+    import ray
+    from mlflow import MlflowClient
+
+    from distill.models.hashing import file_sha256, weights_sha256
+    from distill.raycluster import ensure_ray
+    from distill.train.launch import launch
+    from distill.train.loop import LoopSpec
+    from distill.train.stage import run_name
+
+    ensure_ray(ctx.config.ray)
+    dcfg = sft_distill_config(cfg, n_rows, ray.cluster_resources().get("CPU", 1))
+    out = ctx.output_dir("student")
+    spec = LoopSpec(
+        cfg=dcfg,
+        student_path=str(src),
+        sft_path=str(data_path),
+        seq_len=seq_len,
+        total_steps=cfg.steps,
+        out_dir=str(out),
+        tracking=ctx.tracker.client_info(),
+    )
+    ctx.tracker.set_tags({"trainer": "ray_train"})
+    ctx.tracker.log_params({"sft.num_workers": dcfg.num_workers})
+    name = run_name(dcfg, "sft", weights_sha256(src), file_sha256(data_path))
+    launch(spec, name, ctx.workdir / "ray_results")
+    hist = MlflowClient(ctx.tracker.tracking_uri).get_metric_history(
+        ctx.tracker.run_id, "train/loss"
+    )
+    return out, [m.value for m in sorted(hist, key=lambda m: m.step)]
 
 
 def _filter(
@@ -84,16 +106,6 @@ def _filter(
             log.info("filter %s: %s", r.name, note)
     held_kept, _ = apply_filters(held, cfg.filters)  # the eval set is good answers either way
     return (kept if cfg.use == "kept" else train), held_kept, metrics
-
-
-def _save(model: Any, src_dir: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    model.save_pretrained(tmp)
-    copy_tokenizer(src_dir, tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
@@ -142,12 +154,10 @@ def run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
 
     from distill.seqkd.local_train import completion_loss
 
-    model = load_causal_lm(src)
-    before = completion_loss(model, held, cfg.batch_size)
-    losses = train_student(ctx, model, data, cfg)
-    after = completion_loss(model, held, cfg.batch_size)
-    out = ctx.output_dir("student")
-    _save(model, src, out)
+    before = completion_loss(load_causal_lm(src), held, cfg.batch_size)
+    n_rows = len(data["input_ids"])
+    out, losses = train_student(ctx, Path(src), data_dir / "train.parquet", n_rows, seq_len, cfg)
+    after = completion_loss(load_causal_lm(out), held, cfg.batch_size)
     metrics.update(
         {
             "train.first_loss": losses[0],
@@ -159,11 +169,18 @@ def run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
     )
     metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (no held-out rows)
     ctx.tracker.log_metrics(metrics)
-    ctx.tracker.log_params({"trainer": "local", "student_source": key, "resolved_seq_len": seq_len})
+    ctx.tracker.log_params(
+        {"trainer": "ray_train", "student_source": key, "resolved_seq_len": seq_len}
+    )
     sha = weights_sha256(out)
     ctx.tracker.record_output("student", out, sha)
     return StageResult(
         outputs={"student": out},
         metrics=metrics,
-        summary={"trainer": "local", "student_source": key, "data": stats, "weights_sha256": sha},
+        summary={
+            "trainer": "ray_train",
+            "student_source": key,
+            "data": stats,
+            "weights_sha256": sha,
+        },
     )

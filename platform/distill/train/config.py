@@ -1,7 +1,8 @@
 """Settings of the ``distill`` stage (``distill:`` section of a pipeline YAML)::
 
     distill:
-      mode: offline            # offline: stored top-k soft labels; online: live teacher
+      mode: offline            # offline: stored top-k soft labels; online: live teacher;
+                               # sft: labels only (the seq-KD ``sft`` stage sets this)
       loss: {name: forward_kl, temperature: 1.0, alpha: 0.1, kd_weight: 1.0}
       zero_stage: 2
       num_workers: 2
@@ -58,8 +59,10 @@ class AttentionLossConfig(StrictModel):
 class DistillConfig(StrictModel):
     """Knowledge distillation on Ray Train + DeepSpeed (``distill.train.stage.run``)."""
 
-    mode: Literal["offline", "online"] = Field(
-        "offline", description="offline: soft-label store (artifacts.soft_labels); online: teacher"
+    mode: Literal["offline", "online", "sft"] = Field(
+        "offline",
+        description="offline: soft-label store (artifacts.soft_labels); online: teacher; "
+        "sft: no teacher, cross-entropy on pre-masked labels (LoopSpec.sft_path; loss ignored)",
     )
     loss: KDLossConfig = Field(default_factory=KDLossConfig)
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig)
@@ -110,7 +113,8 @@ class DistillConfig(StrictModel):
                         "(the projections/attention maps are not gathered under ZeRO-3)"
                     )
         if (
-            self.loss.alpha == 0
+            self.mode != "sft"
+            and self.loss.alpha == 0
             and self.loss.kd_weight == 0
             and not (self.feature.weight or self.attention.weight)
         ):
@@ -118,6 +122,12 @@ class DistillConfig(StrictModel):
         if self.dtype == "bfloat16" and not self.use_gpu:
             raise ValueError("dtype bfloat16 is for use_gpu: true; on CPU use float32 (or auto)")
         return self
+
+    def loss_weights(self) -> tuple[float, float]:
+        """``(ce, kd)`` weights the loop uses: sft mode is plain cross-entropy (1, 0)."""
+        if self.mode == "sft":
+            return 1.0, 0.0
+        return self.loss.alpha, self.loss.kd_weight
 
     @property
     def compute_dtype(self) -> str:

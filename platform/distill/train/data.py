@@ -46,6 +46,31 @@ class CorpusBatches:
         return {"input_ids": torch.as_tensor(self.rows[start : start + self.b], dtype=torch.long)}
 
 
+class SFTBatches:
+    """SFT mode: ``input_ids`` / ``attention_mask`` / ``labels`` rows (``-100`` = no loss), as
+    ``distill.seqkd.sft_data.write_sft_rows`` writes them; same positions as ``CorpusBatches``."""
+
+    KEYS = ("input_ids", "attention_mask", "labels")
+
+    def __init__(
+        self, rows: dict[str, np.ndarray], batch_size: int, rank: int, world_size: int
+    ) -> None:
+        missing = [k for k in self.KEYS if k not in rows]
+        if missing:
+            raise DistillError(f"SFT rows lack column(s) {missing}; expected {list(self.KEYS)}")
+        self.rows = rows
+        self.b, self.rank, self.world = batch_size, rank, world_size
+        self.per_epoch = batches_per_epoch(len(rows["input_ids"]), batch_size, world_size)
+
+    def get(self, m: int) -> dict[str, torch.Tensor]:
+        g = self.b * self.world
+        start = (m % self.per_epoch) * g + self.rank * self.b
+        return {
+            k: torch.as_tensor(self.rows[k][start : start + self.b], dtype=torch.long)
+            for k in self.KEYS
+        }
+
+
 class StoreBatches:
     """Offline mode: top-k soft labels from ``distill.labels.store.LabelStore``.
 

@@ -16,18 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from distill.models.files import copy_tokenizer_files
 from distill.train.config import DistillConfig
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 
 
 def build_ds_config(cfg: DistillConfig, world_size: int) -> dict[str, Any]:
@@ -78,12 +68,6 @@ def setup_worker_env(use_gpu: bool, threads: int) -> None:
         torch.set_num_threads(max(threads, 1))
         # DeepSpeed JIT-compiles a shared-memory comm op on CPU (55-80 s); gloo is enough.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).exists():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
 def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, rank: int) -> None:

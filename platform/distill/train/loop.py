@@ -29,6 +29,9 @@ class LoopSpec(StrictModel):
     teacher_path: str | None = Field(None, description="online mode: the live teacher")
     store_path: str | None = Field(None, description="offline mode: the soft-label store")
     train_path: str | None = Field(None, description="online mode: packed train rows (parquet)")
+    sft_path: str | None = Field(
+        None, description="sft mode: input_ids/attention_mask/labels rows (write_sft_rows parquet)"
+    )
     heldout_path: str | None = Field(None, description="packed held-out rows (parquet)")
     seq_len: int = Field(..., ge=2)
     total_steps: int = Field(..., ge=1)
@@ -125,7 +128,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from distill.data.packed import read_rows
     from distill.losses import FeatureLoss, LossWeights, total_loss
     from distill.models.loader import ensure_offline
-    from distill.train.data import CorpusBatches, StoreBatches, heldout_shard, open_store
+    from distill.train.data import (
+        CorpusBatches,
+        SFTBatches,
+        StoreBatches,
+        heldout_shard,
+        open_store,
+    )
     from distill.train.engine import build_ds_config, export_student, lr_lambda
 
     ensure_offline()
@@ -177,15 +186,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         source: Any = StoreBatches(
             open_store(Path(spec.store_path or "")), cfg.batch_size, rank, world
         )
+    elif cfg.mode == "sft":
+        from distill.seqkd.sft_data import read_sft_rows
+
+        source = SFTBatches(read_sft_rows(Path(spec.sft_path or "")), cfg.batch_size, rank, world)
     else:
         source = CorpusBatches(read_rows(Path(spec.train_path or "")), cfg.batch_size, rank, world)
     heldout = np.zeros((0, spec.seq_len), dtype=np.int32)
     if spec.heldout_path:
         heldout = heldout_shard(read_rows(Path(spec.heldout_path)), cfg.eval_rows, rank, world)
 
+    ce_w, kd_w = cfg.loss_weights()
     weights = LossWeights(
-        ce=cfg.loss.alpha,
-        kd=cfg.loss.kd_weight,
+        ce=ce_w,
+        kd=kd_w,
         feature=cfg.feature.weight,
         attention=cfg.attention.weight,
         name=cfg.loss.name,
@@ -211,7 +225,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for j in range(cfg.grad_accum):
             batch = source.get(step * cfg.grad_accum + j)
             ids = batch["input_ids"].to(device)
-            am = torch.ones_like(ids)
+            am = batch["attention_mask"].to(device) if "attention_mask" in batch else None
+            am = torch.ones_like(ids) if am is None else am
+            labels = batch["labels"].to(device) if "labels" in batch else None
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
@@ -229,6 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 s_out,
                 ids,
                 am,
+                labels,
                 teacher_out=t_out,
                 topk=topk,
                 feature_loss=engine.module.feature,

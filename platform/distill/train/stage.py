@@ -40,6 +40,11 @@ def check_inputs(
     from distill.losses.features import check_layer_pairs
     from distill.models.compat import check_tokenizer_compat
 
+    if cfg.mode == "sft":
+        raise DistillError(
+            "distill.mode: sft is what the seq-KD `sft` stage uses internally; for the distill "
+            "stage use mode offline (soft labels) or online (live teacher)"
+        )
     check_tokenizer_compat(teacher_dir, student_dir)
     t_layers, s_layers = _num_layers(teacher_dir), _num_layers(student_dir)
     for name, sec in (("feature", cfg.feature), ("attention", cfg.attention)):
