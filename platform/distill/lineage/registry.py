@@ -68,17 +68,16 @@ def register_checkpoint(
     """Log ``checkpoint`` as a model of ``run``, register it as ``name``; return the version."""
     import mlflow
 
-    mlflow.set_tracking_uri(run.tracking_uri)
-    with mlflow.start_run(run_id=run.run_id):
+    with scoped_tracking_uri(run.tracking_uri), mlflow.start_run(run_id=run.run_id):
         info = mlflow.pyfunc.log_model(
             name="checkpoint",
             python_model=_python_model(),
             artifacts={"checkpoint": str(checkpoint)},
             pip_requirements=["distill", "torch==2.13.0", "transformers==5.23.0"],
         )
-    mv = mlflow.register_model(
-        info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
-    )
+        mv = mlflow.register_model(
+            info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
+        )
     client = run.client
     client.set_model_version_tag(name, mv.version, "source_run_id", run.run_id)
     run.set_tags({f"registered.{name}": mv.version})
