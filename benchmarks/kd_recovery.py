@@ -69,64 +69,9 @@ def depth_prune(teacher_dir: Path, out: Path, keep: int, calib: np.ndarray) -> P
 
 def write_store(root: Path, teacher_dir: Path, rows: np.ndarray, k: int, bs: int = 4) -> float:
     """Soft-label store (distill.labels format) of ``rows``; returns teacher tokens/s."""
-    from distill.labels.manifest import (
-        CorpusRef,
-        Encodings,
-        Manifest,
-        ShardEntry,
-        TeacherRef,
-        write_manifest,
-    )
-    from distill.labels.shards import sha256_of, write_shard
-    from distill.labels.topk import encode_logprobs, topk_with_tail
-    from distill.models.hashing import tokenizer_sha256, weights_sha256
-    from distill.models.loader import load_causal_lm
+    from distill.labels.local import write_local_store
 
-    teacher = load_causal_lm(teacher_dir)
-    parts: dict[str, list[np.ndarray]] = {"topk_ids": [], "topk_logprobs": [], "tail_mass": []}
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(rows), bs):
-            ids, lp, tail = topk_with_tail(
-                teacher(input_ids=torch.as_tensor(rows[i : i + bs]).long()).logits, k
-            )
-            parts["topk_ids"].append(ids.numpy().astype(np.uint16))
-            parts["topk_logprobs"].append(encode_logprobs(lp.numpy(), "float16")["topk_logprobs"])
-            parts["tail_mass"].append(tail.numpy().astype(np.float16))
-    tps = rows.size / (time.perf_counter() - t0)
-    cols = {
-        "input_ids": rows.astype(np.uint16),
-        **{k_: np.concatenate(v) for k_, v in parts.items()},
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    size = write_shard(root / "shard-00000.parquet", cols)
-    n, seq_len = rows.shape
-    m = Manifest(
-        complete=True,
-        teacher=TeacherRef(name="teacher", weights_sha256=weights_sha256(teacher_dir)),
-        tokenizer_sha256=tokenizer_sha256(teacher_dir),
-        vocab_size=teacher.config.vocab_size,
-        k=k,
-        seq_len=seq_len,
-        compute_dtype="float32",
-        encodings=Encodings(input_ids="uint16", topk_ids="uint16", topk_logprobs="float16"),
-        corpus=CorpusRef(fingerprint="kd_recovery", path="stdlib", rows=n),
-        rows_per_shard=n,
-        shards=[
-            ShardEntry(
-                file="shard-00000.parquet",
-                start_row=0,
-                rows=n,
-                sha256=sha256_of(root / "shard-00000.parquet"),
-                bytes=size,
-                tokens=rows.size,
-                tail_sum=float(cols["tail_mass"].astype(np.float64).sum()),
-            )
-        ],
-    )
-    m.finalize()
-    write_manifest(root, m)
-    return tps
+    return write_local_store(root, teacher_dir, rows, k, bs, fingerprint="kd_recovery")
 
 
 def main(argv: list[str] | None = None) -> None:

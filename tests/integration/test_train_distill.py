@@ -5,7 +5,6 @@ Each run takes ~20-30 s on 2 cores (tiny Llamas, seq_len 32, a few steps).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -58,58 +57,10 @@ def data(tmp_path_factory, tiny_rows):
 
 
 def make_store(root: Path, teacher_dir: Path, rows: np.ndarray, k: int = 16) -> Path:
-    """A soft-label store written with distill.labels' own shard/manifest/top-k functions."""
-    from distill.labels.manifest import (
-        CorpusRef,
-        Encodings,
-        Manifest,
-        ShardEntry,
-        TeacherRef,
-        write_manifest,
-    )
-    from distill.labels.shards import sha256_of, write_shard
-    from distill.labels.topk import encode_logprobs, topk_with_tail
-    from distill.models.hashing import tokenizer_sha256, weights_sha256
-    from distill.models.loader import load_causal_lm
+    """A soft-label store written with distill.labels' in-process writer (same format)."""
+    from distill.labels.local import write_local_store
 
-    root.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        logits = load_causal_lm(teacher_dir)(input_ids=torch.as_tensor(rows).long()).logits
-    ids, lp, tail = topk_with_tail(logits, k)
-    cols = {
-        "input_ids": rows.astype(np.uint16),
-        "topk_ids": ids.numpy().astype(np.uint16),
-        **encode_logprobs(lp.numpy(), "float16"),
-        "tail_mass": tail.numpy().astype(np.float16),
-    }
-    n, seq_len = rows.shape
-    size = write_shard(root / "shard-00000.parquet", cols)
-    vocab = json.loads((teacher_dir / "config.json").read_text())["vocab_size"]
-    m = Manifest(
-        complete=True,
-        teacher=TeacherRef(name="t", weights_sha256=weights_sha256(teacher_dir)),
-        tokenizer_sha256=tokenizer_sha256(teacher_dir),
-        vocab_size=vocab,
-        k=k,
-        seq_len=seq_len,
-        compute_dtype="float32",
-        encodings=Encodings(input_ids="uint16", topk_ids="uint16", topk_logprobs="float16"),
-        corpus=CorpusRef(fingerprint="test", path="-", rows=n),
-        rows_per_shard=n,
-        shards=[
-            ShardEntry(
-                file="shard-00000.parquet",
-                start_row=0,
-                rows=n,
-                sha256=sha256_of(root / "shard-00000.parquet"),
-                bytes=size,
-                tokens=n * seq_len,
-                tail_sum=float(cols["tail_mass"].astype(np.float64).sum()),
-            )
-        ],
-    )
-    m.finalize()
-    write_manifest(root, m)
+    write_local_store(root, teacher_dir, rows, k, batch_size=len(rows), fingerprint="test")
     return root
 
 
