@@ -1,12 +1,13 @@
-"""KD recovery of a depth-pruned SmolLM2-135M: no recovery vs CE-only vs offline top-k KD vs
+"""KD recovery of a pruned SmolLM2-135M: no recovery vs CE-only vs offline top-k KD vs
 online full-logit KD, all under the same training-token budget, on Ray Train + DeepSpeed (CPU).
 
     .venv/bin/python benchmarks/kd_recovery.py            # 48k tokens/method, ~30 min on 2 cores
     .venv/bin/python benchmarks/kd_recovery.py --quick    # 6k tokens/method, a few minutes
+    .venv/bin/python benchmarks/kd_recovery.py --policy depth   # drop decoder blocks instead
 
-The student keeps 14 of the teacher's 30 decoder layers, chosen by block importance
-(1 - cos(h_in, h_out) on calibration rows): ~0.58x the parameters. ``distill.prune`` did not
-exist when this was written, so the depth pruning is done here (~20 lines).
+The student is the teacher cut by ``distill.prune`` to ~0.58x the parameters with the demo's plan
+(``pipelines/configs/smollm2.yaml``: MLP channels by activation importance, multiples of 64);
+``--policy depth`` drops whole blocks by block importance (1 - cos(h_in, h_out)) instead.
 Prints held-out perplexity, next-token accuracy, top-1 agreement with the teacher, the recovered
 fraction of the log-perplexity gap, and training tokens/s (offline vs online).
 """
@@ -24,46 +25,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
-def corpus_rows(tok, seq_len: int, train_rows: int, heldout_rows: int):
-    """stdlib docs, split by document (every 10th doc held out), packed to ``seq_len``."""
-    from distill.data.corpus import stdlib_files
-    from distill.data.packing import pack
-
-    files = stdlib_files()
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files[:600]]
-    held = [t for i, t in enumerate(texts) if i % 10 == 0]
-    train = [t for i, t in enumerate(texts) if i % 10 != 0]
-    enc = lambda ts: tok(ts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return (
-        pack(enc(train), seq_len, tok.eos_token_id, max_rows=train_rows),
-        pack(enc(held), seq_len, tok.eos_token_id, max_rows=heldout_rows),
-    )
-
-
-def depth_prune(teacher_dir: Path, out: Path, keep: int, calib: np.ndarray) -> Path:
-    """Keep the ``keep`` most important decoder layers (1 - cos between a block's in and out)."""
-    from distill.models.files import copy_tokenizer_files
+def prune_student(teacher_dir: Path, out: Path, cfg, calib: np.ndarray) -> Path:
+    """The teacher cut by ``distill.prune`` (what the ``prune`` stage runs), saved to ``out``."""
+    from distill.data.packed import make_calib_loop
     from distill.models.loader import load_causal_lm
+    from distill.prune.core import prune_model
+    from distill.prune.stage import save_checkpoint
 
     model = load_causal_lm(teacher_dir)
-    with torch.no_grad():
-        hs = model(input_ids=torch.as_tensor(calib).long(), output_hidden_states=True).hidden_states
-    n = model.config.num_hidden_layers
-    imp = [1 - torch.cosine_similarity(hs[i], hs[i + 1], dim=-1).mean().item() for i in range(n)]
-    kept = sorted(sorted(range(n), key=lambda i: -imp[i])[:keep])
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in kept)
-    for new, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new
-    model.config.num_hidden_layers = keep
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in kept]
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(out)
-    copy_tokenizer_files(teacher_dir, out)
+    result = prune_model(model, cfg, make_calib_loop(calib, cfg.calib_batch_size))
+    print(f"  pruned: {result.plan.summary()}", flush=True)
+    save_checkpoint(model, teacher_dir, out)
     return out
 
 
@@ -79,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="6k tokens/method, seq_len 128")
     ap.add_argument("--tokens", type=int, default=None, help="training tokens per method")
     ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--keep-layers", type=int, default=14, help="of 30 (14 -> ~0.58x params)")
+    ap.add_argument(
+        "--policy", choices=["width", "depth", "combined"], default="width", help="prune policy"
+    )
+    ap.add_argument("--target", type=float, default=0.58, help="parameter ratio of the teacher")
     ap.add_argument("--k", type=int, default=32, help="top-k of the soft-label store")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2, help="rows per worker per step")
@@ -94,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from distill.data.packed import write_rows
+    from distill.data.packing import stdlib_split_rows
     from distill.eval.metrics import evaluate_models
     from distill.models.config import GGUFSource
     from distill.models.loader import (
@@ -102,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         load_tokenizer,
         resolve_source,
     )
+    from distill.prune.config import PruneConfig
     from distill.train.config import DistillConfig
     from distill.train.launch import launch
     from distill.train.loop import LoopSpec
@@ -114,10 +93,21 @@ def main(argv: list[str] | None = None) -> None:
     per_step = args.batch_size * args.workers * seq_len
     steps = math.ceil(tokens / per_step)
     n_train = steps * args.batch_size * args.workers
-    train, held = corpus_rows(tok, seq_len, n_train, heldout_n)
+    train, held = stdlib_split_rows(tok, seq_len, n_train, heldout_n)
     write_rows(wd / "train.parquet", train)
     write_rows(wd / "heldout.parquet", held)
-    pruned = depth_prune(teacher.path, wd / "pruned", args.keep_layers, train[:4])
+    pcfg = PruneConfig.model_validate(
+        {
+            "policy": args.policy,
+            "target_params": args.target,
+            # the demo's plan (smollm2.yaml): MLP channels only, multiples of 64
+            "prune_hidden": args.policy != "width",
+            "prune_heads": args.policy != "width",
+            "round_to": 64,
+            "calib_rows": 8,
+        }
+    )
+    pruned = prune_student(teacher.path, wd / "pruned", pcfg, train[:8])
     t0 = time.perf_counter()
     label_tps = write_store(wd / "labels", teacher.path, train, args.k)
     label_s = time.perf_counter() - t0

@@ -23,26 +23,6 @@ import time
 from pathlib import Path
 
 
-def stdlib_rows(tok, seq_len: int, calib_rows: int, eval_rows: int):
-    """Packed rows from stdlib documents split by document (every 10th held out)."""
-    from distill.data.corpus import stdlib_files
-    from distill.data.packing import pack
-
-    files = stdlib_files()
-    held = (p for i, p in enumerate(files) if i % 10 == 0)
-    train = (p for i, p in enumerate(files) if i % 10 != 0)
-
-    def docs(paths):
-        for p in paths:
-            text = p.read_text(encoding="utf-8", errors="replace")
-            yield tok(text, add_special_tokens=False)["input_ids"]
-
-    return (
-        pack(docs(train), seq_len, tok.eos_token_id, max_rows=calib_rows),
-        pack(docs(held), seq_len, tok.eos_token_id, max_rows=eval_rows),
-    )
-
-
 def _shape(s) -> str:
     return (
         f"{s.num_hidden_layers}/{s.num_attention_heads}/{s.num_key_value_heads}/"
@@ -71,6 +51,7 @@ def main() -> None:
     import torch
 
     from distill.data.packed import make_calib_loop
+    from distill.data.packing import stdlib_split_rows
     from distill.eval.metrics import evaluate_models
     from distill.models.config import GGUFSource
     from distill.models.loader import (
@@ -92,7 +73,7 @@ def main() -> None:
     teacher = resolve_source(GGUFSource())
     tok = load_tokenizer(teacher.path)
     model = load_causal_lm(teacher.path)
-    calib, held = stdlib_rows(tok, args.seq_len, args.calib_rows, args.eval_rows)
+    calib, held = stdlib_split_rows(tok, args.seq_len, args.calib_rows, args.eval_rows)
     print(
         f"[prune-bench] teacher {teacher.name}: loaded in {time.perf_counter() - t0:.0f}s; "
         f"calib {calib.shape}, held-out {held.shape}",

@@ -22,25 +22,6 @@ import time
 from pathlib import Path
 
 
-def corpus_rows(tok, seq_len: int, train_tokens: int, heldout_rows: int):
-    """stdlib docs split by document (every 10th held out), packed to ``seq_len``."""
-    from distill.data.corpus import stdlib_files
-    from distill.data.packing import pack
-
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files()[:600]]
-    held = [t for i, t in enumerate(texts) if i % 10 == 0]
-    train = [t for i, t in enumerate(texts) if i % 10 != 0]
-
-    def enc(ts):
-        return tok(ts, add_special_tokens=False)["input_ids"]
-
-    train_rows = -(-train_tokens // seq_len)
-    return (
-        pack(enc(train), seq_len, tok.eos_token_id, max_rows=train_rows),
-        pack(enc(held), seq_len, tok.eos_token_id, max_rows=heldout_rows),
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bits", type=int, default=4)
@@ -58,6 +39,7 @@ def main() -> None:
 
     import torch
 
+    from distill.data.packing import stdlib_split_rows
     from distill.eval.metrics import evaluate_models, forward_tokens_per_s
     from distill.models.config import GGUFSource
     from distill.models.loader import load_causal_lm, load_tokenizer, resolve_source
@@ -71,9 +53,8 @@ def main() -> None:
     info = resolve_source(GGUFSource())
     check_group_size(args.group_size, check_model_dir(info.path))
     tok = load_tokenizer(info.path)
-    train, held = corpus_rows(
-        tok, args.seq_len, args.calib_rows * args.calib_seq_len, args.heldout_rows
-    )
+    train_rows = -(-args.calib_rows * args.calib_seq_len // args.seq_len)
+    train, held = stdlib_split_rows(tok, args.seq_len, train_rows, args.heldout_rows)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="quant-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cfg = QuantizeConfig(

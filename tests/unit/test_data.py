@@ -5,7 +5,7 @@ from distill.config.base import DistillError
 from distill.data.config import CorpusConfig
 from distill.data.corpus import is_heldout, resolve_files, stdlib_files
 from distill.data.packed import make_calib_loop, read_rows, write_rows
-from distill.data.packing import pack
+from distill.data.packing import pack, stdlib_split_rows
 
 
 def test_pack_concatenates_with_eos_and_drops_tail():
@@ -27,6 +27,20 @@ def test_stdlib_corpus_excludes_tests():
     files = stdlib_files()
     assert len(files) > 200
     assert not any("/test/" in str(f) or f.name.startswith("test_") for f in files)
+
+
+def test_stdlib_split_rows_holds_out_every_tenth_file():
+    class Bytes:  # a byte-level stand-in tokenizer: ids are the file's bytes
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(text.encode())}
+
+    train, held = stdlib_split_rows(Bytes(), 64, train_rows=5, heldout_rows=3)
+    assert train.shape == (5, 64) and held.shape == (3, 64)
+    files = stdlib_files()
+    assert held[0].tolist() == list(files[0].read_bytes()[:64])
+    assert train[0].tolist() == list(files[1].read_bytes()[:64])
 
 
 def test_corpus_errors(tmp_path):

@@ -27,3 +27,27 @@ def pack(
     if not rows:
         return np.zeros((0, seq_len), dtype=np.int32)
     return np.stack(rows)
+
+
+def stdlib_split_rows(
+    tok, seq_len: int, train_rows: int, heldout_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and held-out rows of the stdlib corpus, split by document (every 10th file held
+    out), tokenized with ``tok`` and packed to ``seq_len``; what the benchmarks use::
+
+        .venv/bin/python benchmarks/kd_recovery.py      # and prune.py, quantize.py
+    """
+    from distill.data.corpus import stdlib_files
+
+    files = stdlib_files()
+
+    def docs(keep_heldout: bool):
+        for i, p in enumerate(files):
+            if (i % 10 == 0) == keep_heldout:
+                text = p.read_text(encoding="utf-8", errors="replace")
+                yield tok(text, add_special_tokens=False)["input_ids"]
+
+    return (
+        pack(docs(False), seq_len, tok.eos_token_id, max_rows=train_rows),
+        pack(docs(True), seq_len, tok.eos_token_id, max_rows=heldout_rows),
+    )
