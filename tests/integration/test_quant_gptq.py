@@ -77,3 +77,14 @@ def test_rtn_fake_quant_close_to_gptq_grid(int4, tiny_gqa, tiny_rows):
     fake_quantize_rtn(rtn, 4, 32, True)
     res = evaluate_models({"fp": fp, "rtn": rtn}, tiny_rows[16:], 4, reference="fp")
     assert np.isfinite(res["rtn"]["perplexity"]) and res["rtn"]["agreement"] > 0.8
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_dtype_follows_native_bf16(int4, monkeypatch, native_bf16):
+    """bf16 only where the CPU computes it natively; emulated bf16 is slower than fp32."""
+    from distill.quant import gptq
+
+    monkeypatch.setattr(gptq, "cpu_has_native_bf16", lambda: native_bf16)
+    q = gptq.load_quantized(int4, device="cpu")
+    assert q.model.embed_tokens.weight.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert gptq.load_quantized(int4, device="cpu", dtype="bfloat16").dtype == torch.bfloat16

@@ -52,6 +52,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX); without it bf16 matmuls
+    are emulated and the int4 model runs ~1.8x slower than in fp32 (measured on an AVX2 EPYC)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def calibration_samples(rows: np.ndarray, n: int, seq_len: int) -> list[dict[str, list[int]]]:
     """``n`` samples of ``seq_len`` tokens from packed rows (rows are contiguous, so they are
     flattened and re-chunked); fewer when the rows hold fewer tokens. Raises on none."""
@@ -147,7 +158,8 @@ def load_quantized(
     """A GPTQ checkpoint as a transformers model in eval mode, ready for ``generate``.
 
     Loads through ``GPTQModel.load`` (which picks the int4 kernel: TorchAten on CPU); ``dtype``
-    None lets GPT-QModel choose (bfloat16 on CPU). Used by ``evaluate`` and ``serve``::
+    None: on CPU bfloat16 where the CPU has native bf16, else float32 (GPT-QModel alone would
+    pick bfloat16 everywhere); on CUDA GPT-QModel chooses. Used by ``evaluate`` and ``serve``::
 
         model = load_quantized(Path("runs/smoke/student-int4"), device="cpu")
         model.generate(input_ids, max_new_tokens=16)
@@ -161,10 +173,13 @@ def load_quantized(
     import torch
     from gptqmodel import BACKEND, GPTQModel
 
+    device = resolve_device(device)
+    if dtype is None and device == "cpu":
+        dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     qmodel = GPTQModel.load(
         str(path),
-        device=resolve_device(device),
+        device=device,
         backend=getattr(BACKEND, _BACKENDS[backend]),
         **kwargs,
     )
