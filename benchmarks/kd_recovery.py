@@ -5,9 +5,10 @@ online full-logit KD, all under the same training-token budget, on Ray Train + D
     .venv/bin/python benchmarks/kd_recovery.py --quick    # 6k tokens/method, a few minutes
     .venv/bin/python benchmarks/kd_recovery.py --policy depth   # drop decoder blocks instead
 
-The student is the teacher cut by ``distill.prune`` to ~0.58x the parameters with the demo's plan
-(``pipelines/configs/smollm2.yaml``: MLP channels by activation importance, multiples of 64);
-``--policy depth`` drops whole blocks by block importance (1 - cos(h_in, h_out)) instead.
+The student is the teacher cut by ``distill.prune`` with the demo's plan, read from
+``pipelines/configs/smollm2.yaml`` (MLP channels by activation importance to ~0.58x the
+parameters, multiples of 64); ``--policy depth`` drops whole blocks by block importance
+(1 - cos(h_in, h_out)) instead.
 Prints held-out perplexity, next-token accuracy, top-1 agreement with the teacher, the recovered
 fraction of the log-perplexity gap, and training tokens/s (offline vs online).
 """
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml"
 
 
 def prune_student(teacher_dir: Path, out: Path, cfg, calib: np.ndarray) -> Path:
@@ -54,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=None, help="training tokens per method")
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument(
-        "--policy", choices=["width", "depth", "combined"], default="width", help="prune policy"
+        "--policy", choices=["width", "depth", "combined"], help="prune policy (default: demo's)"
     )
-    ap.add_argument("--target", type=float, default=0.58, help="parameter ratio of the teacher")
+    ap.add_argument("--target", type=float, help="parameter ratio of the teacher (demo's: 0.58)")
     ap.add_argument("--k", type=int, default=32, help="top-k of the soft-label store")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2, help="rows per worker per step")
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
+    from distill.config.loader import load_config
     from distill.data.packed import write_rows
     from distill.data.packing import stdlib_split_rows
     from distill.eval.metrics import evaluate_models
@@ -96,18 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     train, held = stdlib_split_rows(tok, seq_len, n_train, heldout_n)
     write_rows(wd / "train.parquet", train)
     write_rows(wd / "heldout.parquet", held)
+    demo = load_config(DEMO_CONFIG).prune  # the demo's plan; --policy/--target override it
     pcfg = PruneConfig.model_validate(
         {
-            "policy": args.policy,
-            "target_params": args.target,
-            # the demo's plan (smollm2.yaml): MLP channels only, multiples of 64
-            "prune_hidden": args.policy != "width",
-            "prune_heads": args.policy != "width",
-            "round_to": 64,
-            "calib_rows": 8,
+            **demo.model_dump(),
+            "policy": args.policy or demo.policy,
+            "target_params": args.target or demo.target_params,
         }
     )
-    pruned = prune_student(teacher.path, wd / "pruned", pcfg, train[:8])
+    pruned = prune_student(teacher.path, wd / "pruned", pcfg, train[: pcfg.calib_rows])
     t0 = time.perf_counter()
     label_tps = write_store(wd / "labels", teacher.path, train, args.k)
     label_s = time.perf_counter() - t0
