@@ -22,12 +22,40 @@ from distill.models.hashing import dir_size_bytes
 from distill.models.loader import count_parameters
 from distill.stages import StageContext, StageResult
 
-ORDER = ("teacher", "initial_student", "pruned", "student", "int4")
+ORDER = ("teacher", "initial_student", "pruned", "student", "int4", "int4_cpu")
 
 
-def load_for_eval(path: Path, dtype: str = "float32"):
-    """Load an fp or GPTQ checkpoint for evaluation (GPTQ through ``distill.quant``)."""
-    cfg = json.loads((Path(path) / "config.json").read_text())
+def served_as(path: Path, dtype: str = "float32") -> dict[str, str]:
+    """How ``path`` is loaded for evaluation, which is how it is served: engine and dtype."""
+    path = Path(path)
+    if (path / "genai_config.json").exists():
+        from distill.runtime.export import read_manifest
+
+        m = read_manifest(path)
+        return {"engine": f"{m['engine']} {m.get('version', '')}".strip(), "dtype": "int4"}
+    cfg = json.loads((path / "config.json").read_text())
+    if "quantization_config" in cfg:
+        import torch
+
+        from distill.quant.gptq import cpu_dtype
+
+        act = "auto" if torch.cuda.is_available() else cpu_dtype()
+        return {"engine": "gptqmodel", "dtype": f"int4/{act}"}
+    return {"engine": "transformers", "dtype": dtype}
+
+
+def load_for_eval(path: Path, dtype: str = "float32", threads: int | None = None):
+    """Load a checkpoint the way it is served: an ONNX Runtime GenAI directory through the engine
+    (wrapped for the torch metrics), a GPTQ checkpoint through ``distill.quant``, else HF."""
+    path = Path(path)
+    if (path / "genai_config.json").exists():
+        from distill.runtime.export import read_manifest
+        from distill.runtime.ort_genai import OrtGenAIModel
+        from distill.runtime.torch_adapter import engine_as_torch
+
+        threads = threads or read_manifest(path).get("threads")
+        return engine_as_torch(OrtGenAIModel.load(path, threads=threads))
+    cfg = json.loads((path / "config.json").read_text())
     if "quantization_config" in cfg:
         from distill.quant import load_quantized  # type: ignore[attr-defined]
 
@@ -35,6 +63,12 @@ def load_for_eval(path: Path, dtype: str = "float32"):
     from distill.models.loader import load_causal_lm
 
     return load_causal_lm(path, dtype=dtype)
+
+
+def stored_parameters(model) -> int:
+    """Parameters as stored (engine models: their initializers; packed int4 counted as stored)."""
+    engine = getattr(model, "engine", None)
+    return engine.stored_parameters() if engine is not None else count_parameters(model)
 
 
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
@@ -55,7 +89,8 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         entry: dict[str, Any] = {
             "model": key,
             "path": str(paths[key]),
-            "parameters": count_parameters(model),
+            **served_as(paths[key], cfg.dtype),
+            "parameters": stored_parameters(model),
             "size_bytes": dir_size_bytes(paths[key]),
             **quality[key],
             "tokens_per_s": forward_tokens_per_s(model, rows[: cfg.speed_rows]),

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
+from distill.runtime.config import EngineConfig
 
 # Bits the GPTQ checkpoint format and GPT-QModel's torch kernels support (CPU and CUDA).
 SUPPORTED_BITS = (2, 3, 4, 8)
@@ -62,6 +63,10 @@ class QuantizeConfig(StrictModel):
         32, ge=1, description="held-out rows for the before/after metrics (None = all)"
     )
     eval_batch_size: int = Field(4, ge=1, description="batch size of the held-out evaluation")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="export to a CPU int4 runtime (ONNX Runtime GenAI) beside the GPTQ checkpoint",
+    )
 
     @field_validator("bits")
     @classmethod
@@ -81,6 +86,20 @@ class QuantizeConfig(StrictModel):
                 "(e.g. 32, 64, 128) that divides every linear layer's in_features"
             )
         return v
+
+    @model_validator(mode="after")
+    def _engine(self) -> QuantizeConfig:
+        e = self.engine
+        if e.kind != "none" and e.source == "gptq":
+            if self.method != "gptq" or self.bits != 4 or not self.sym:
+                raise ValueError(
+                    "engine.source: gptq carries 4-bit symmetric GPTQ weights into the engine; "
+                    f"got method={self.method} bits={self.bits} sym={self.sym}: use those or "
+                    "engine.source: fp"
+                )
+            if self.group_size == -1:
+                raise ValueError("engine.source: gptq needs a group_size (the engine is blockwise)")
+        return self
 
     @model_validator(mode="after")
     def _cuda_backends(self) -> QuantizeConfig:

@@ -64,6 +64,11 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cpu_dtype() -> str:
+    """The activation dtype ``load_quantized`` picks on this CPU."""
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 def calibration_samples(rows: np.ndarray, n: int, seq_len: int) -> list[dict[str, list[int]]]:
     """``n`` samples of ``seq_len`` tokens from packed rows (rows are contiguous, so they are
     flattened and re-chunked); fewer when the rows hold fewer tokens. Raises on none."""
@@ -176,7 +181,7 @@ def load_quantized(
 
     device = resolve_device(device)
     if dtype is None and device == "cpu":
-        dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+        dtype = cpu_dtype()
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     qmodel = GPTQModel.load(
         str(path),

@@ -22,6 +22,7 @@ from distill.quant.config import QuantizeConfig
 from distill.stages import StageContext, StageResult
 
 OUTPUT_NAME = "student-int4"
+ENGINE_OUTPUT_NAME = "student-int4-cpu"
 
 
 def peak_rss_mb() -> float:
@@ -69,6 +70,10 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
 
     key, model_dir = ctx.latest_model()
     validate(model_dir, cfg)
+    if cfg.engine.kind != "none":  # an engine that is not installed fails before any work
+        from distill.runtime.ort_genai import require_ort_genai
+
+        require_ort_genai()
     rows = calibration_rows(ctx, cfg) if cfg.method == "gptq" else np.zeros((0, 1), np.int32)
     if cfg.method == "gptq":
         calibration_samples(rows, cfg.calib_rows, cfg.calib_seq_len)  # fails early when short
@@ -92,11 +97,18 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         "calib_heldout_overlap_rows": 0.0,
     }
     metrics["compression_ratio"] = metrics["size_bytes_before"] / metrics["size_bytes_after"]
+    outputs = {"int4": out}
+    if cfg.engine.kind != "none":
+        outputs["int4_cpu"] = export_engine(ctx, cfg, model_dir, out, metrics)
 
     heldout = ctx.corpus.heldout(cfg.eval_rows)
     if len(heldout):
         fp = load_causal_lm(model_dir)
         models = {"fp": fp, cfg.method: load_quantized(out, device=cfg.device, backend=cfg.backend)}
+        if "int4_cpu" in outputs:
+            from distill.eval.stage import load_for_eval
+
+            models["engine"] = load_for_eval(outputs["int4_cpu"], threads=cfg.engine.threads)
         if cfg.compare_rtn and cfg.method != "rtn":
             import copy
 
@@ -115,6 +127,8 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     sha = weights_sha256(out)
     ctx.tracker.log_metrics(metrics)
     ctx.tracker.record_output("int4", out, sha)
+    if "int4_cpu" in outputs:
+        ctx.tracker.record_output("int4_cpu", outputs["int4_cpu"], dir_sha256(outputs["int4_cpu"]))
     summary = {
         "source": key,
         "method": cfg.method,
@@ -124,4 +138,40 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         **{k: round(v, 4) for k, v in metrics.items()},
     }
     ctx.tracker.log_dict(summary, "quantize_summary.json")
-    return StageResult(outputs={"int4": out}, metrics=metrics, summary=summary)
+    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+
+def dir_sha256(path: Path) -> str:
+    """sha256 over every file of a directory (sorted by name): an engine model's identity."""
+    import hashlib
+
+    from distill.models.hashing import file_sha256
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def export_engine(
+    ctx: StageContext, cfg: QuantizeConfig, fp_dir: Path, int4_dir: Path, metrics: dict
+) -> Path:
+    """Export to the CPU int4 engine: from the GPTQ checkpoint (its weights carried) or, with
+    ``engine.source: fp``, the engine's own int4 from the fp model (a separate lineage branch)."""
+    from distill.runtime.export import export_ort_genai
+
+    src = int4_dir if cfg.engine.source == "gptq" else fp_dir
+    out = ctx.output_dir(ENGINE_OUTPUT_NAME)
+    t0 = time.perf_counter()
+    export_ort_genai(src, out, cfg.engine, group_size=cfg.group_size)
+    metrics["engine_export_seconds"] = time.perf_counter() - t0
+    metrics["engine_size_bytes"] = float(sum(f.stat().st_size for f in out.rglob("*.onnx*")))
+    ctx.tracker.set_tags(
+        {
+            "engine.kind": cfg.engine.kind,
+            "engine.source": cfg.engine.source,
+            "engine.from": str(src),
+        }
+    )
+    return out

@@ -1,0 +1,362 @@
+"""CPU int4 runtimes side by side on the demo student: HF fp32 generate (the reference), GPT-QModel's
+CPU kernel, ONNX Runtime GenAI int4 (MatMulNBits) built several ways, and OpenVINO GenAI + NNCF int4
+(from a throwaway venv: its optimum-intel extra replaces packages of ours).
+
+    .venv/bin/python benchmarks/int4_engines.py --run /tmp/i17-int4/demo
+    .venv/bin/python benchmarks/int4_engines.py --run runs/smollm2 \\
+        --openvino-python /tmp/ov-venv/bin/python     # adds the OpenVINO row
+
+``--run`` is a pipeline workdir after ``quantize`` (``student/``, ``student-int4/`` = GPTQ,
+``data/heldout.parquet``). Per runtime: held-out perplexity (the same rows for all), prefill
+tokens/s (8 prompts x 128 tokens), decode tokens/s at batch 1 and 8 (64 greedy tokens, no early
+stop), size on disk, export time; ratios to HF fp32. Every runtime gets the same thread count.
+Goals (issue 17): decode at batch 1 >= 8x HF fp32, size <= 0.2x fp32, ppl <= 1.10x fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT_LEN, NEW_TOKENS = 128, 64
+
+# name -> (source, EngineConfig fields); "gptq" = the run's GPTQ checkpoint, "fp" = the student
+ORT_VARIANTS = {
+    "ort fp→int4 rtn g32": ("fp", {"algo": "rtn", "block_size": 32}),
+    "ort fp→int4 k_quant g32": ("fp", {"algo": "k_quant", "block_size": 32}),
+    "ort gptq (head int4)": ("gptq", {}),
+    "ort gptq (head int8)": ("gptq", {"lm_head_bits": 8}),
+    "ort gptq acc1 (fp32 act)": ("gptq", {"accuracy_level": 1}),
+}
+
+
+def size_mb(path: Path, pattern: str) -> float:
+    return sum(f.stat().st_size for f in Path(path).glob(pattern)) / 1e6
+
+
+# ---- HF / GPT-QModel (torch) ---------------------------------------------------------------
+
+
+def torch_row(model, held: np.ndarray, prompts: np.ndarray, bs: int = 4) -> dict[str, float]:
+    import torch
+
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(held), bs):
+            ids = torch.as_tensor(held[i : i + bs], dtype=torch.long)
+            logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+            nll -= logp.gather(-1, ids[:, 1:, None]).sum().item()
+            n += ids[:, 1:].numel()
+        out = {"ppl": math.exp(nll / n)}
+        p8 = torch.as_tensor(prompts, dtype=torch.long)
+        model(input_ids=p8[:1, :8])  # warm-up
+        t0 = time.perf_counter()
+        model(input_ids=p8)
+        out["prefill_tps"] = p8.numel() / (time.perf_counter() - t0)
+        for b in (1, 8):
+            ids = p8[:b]
+            t0 = time.perf_counter()
+            model(input_ids=ids, use_cache=True)
+            pre = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            gen = time.perf_counter() - t0
+            out[f"decode_b{b}"] = b * (NEW_TOKENS - 1) / max(gen - pre, 1e-9)
+    return out
+
+
+# ---- ONNX Runtime GenAI ----------------------------------------------------------------------
+
+
+def ort_row(path: Path, held: np.ndarray, prompts: np.ndarray, threads: int) -> dict[str, float]:
+    from distill.runtime.ort_genai import OrtGenAIModel
+
+    m = OrtGenAIModel.load(path, threads=threads)
+    lp = np.concatenate([m.logprobs(held[i : i + 4]).ravel() for i in range(0, len(held), 4)])
+    out = {"ppl": float(np.exp(-lp.mean()))}
+    m.logits(prompts[:1, :8])
+    t0 = time.perf_counter()
+    m.logits(prompts)
+    out["prefill_tps"] = prompts.size / (time.perf_counter() - t0)
+    og = m._og
+    for b in (1, 8):
+        params = og.GeneratorParams(m._model)
+        total = PROMPT_LEN + NEW_TOKENS
+        params.set_search_options(max_length=total, min_length=total, batch_size=b)
+        gen = og.Generator(m._model, params)
+        gen.append_tokens(prompts[:b].astype(np.int32))
+        gen.generate_next_token()  # the first token comes from the prefill's logits
+        t0 = time.perf_counter()
+        for _ in range(NEW_TOKENS - 1):
+            gen.generate_next_token()
+        out[f"decode_b{b}"] = b * (NEW_TOKENS - 1) / (time.perf_counter() - t0)
+    return out
+
+
+# ---- OpenVINO GenAI (runs in its own venv: `--child openvino`) --------------------------------
+
+
+def openvino_child(args) -> None:
+    """Export with optimum-intel (NNCF int4 sym, group 64, ratio 1.0) and measure; prints JSON."""
+    import openvino_genai as ov_genai
+
+    t0 = time.perf_counter()
+    cmd = [
+        str(Path(sys.executable).parent / "optimum-cli"),
+        "export",
+        "openvino",
+        "-m",
+        str(args.model),
+        "--task",
+        "text-generation-with-past",
+        "--weight-format",
+        "int4",
+        "--sym",
+        "--group-size",
+        str(args.group_size),
+        "--ratio",
+        "1.0",
+        str(args.out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    export_s = time.perf_counter() - t0
+    held, prompts = np.load(args.held), np.load(args.prompts)
+    cfg = {"INFERENCE_NUM_THREADS": args.threads}
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(args.out / "openvino_model.xml"), "CPU", cfg)
+    nll, n = 0.0, 0
+    for row in held:  # stateful model: one row per request, cache reset between rows
+        req = compiled.create_infer_request()
+        req.reset_state()
+        ids = row[None].astype(np.int64)
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1])[None],
+            "beam_idx": np.zeros(1, np.int32),
+        }
+        logits = req.infer(feed)["logits"][0, :-1].astype(np.float64)
+        m = logits.max(-1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+        nll -= logp[np.arange(len(row) - 1), row[1:]].sum()
+        n += len(row) - 1
+    out = {"ppl": math.exp(nll / n), "export_s": export_s}
+    req = compiled.create_infer_request()
+    req.reset_state()
+    p = prompts[:8].astype(np.int64)
+    t0 = time.perf_counter()
+    req.infer(
+        {
+            "input_ids": p,
+            "attention_mask": np.ones_like(p),
+            "position_ids": np.tile(np.arange(p.shape[1]), (len(p), 1)),
+            "beam_idx": np.arange(len(p), dtype=np.int32),
+        }
+    )
+    out["prefill_tps"] = p.size / (time.perf_counter() - t0)
+    pipe = ov_genai.LLMPipeline(str(args.out), "CPU", **cfg)
+    gcfg = ov_genai.GenerationConfig()
+    gcfg.max_new_tokens = gcfg.min_new_tokens = NEW_TOKENS
+    for b in (1, 8):
+        toks = [ov.Tensor(prompts[i : i + 1].astype(np.int64)) for i in range(b)]
+        pipe.generate(toks[0], gcfg)  # warm-up
+        t0 = time.perf_counter()
+        if b == 1:
+            res = pipe.generate(toks[0], gcfg)
+        else:  # batched: one TokenizedInputs of b rows
+            ids = ov.Tensor(prompts[:b].astype(np.int64))
+            res = pipe.generate(
+                ov_genai.TokenizedInputs(ids, ov.Tensor(np.ones_like(prompts[:b]))), gcfg
+            )
+        dt = time.perf_counter() - t0
+        perf = getattr(res, "perf_metrics", None)
+        if perf is not None and b == 1:
+            tpot = perf.get_tpot().mean / 1000.0  # ms per output token
+            out["decode_b1"] = 1.0 / tpot
+        else:
+            out[f"decode_b{b}"] = b * NEW_TOKENS / dt
+    out["size_mb"] = size_mb(args.out, "openvino_model.bin")
+    print("OVJSON " + json.dumps(out))
+
+
+def openvino_row(py: str, student: Path, held, prompts, work: Path, threads: int, group: int):
+    np.save(work / "held.npy", held)
+    np.save(work / "prompts.npy", prompts)
+    cmd = [py, __file__, "--child", "openvino", "--model", str(student), "--out", str(work / "ov")]
+    cmd += ["--held", str(work / "held.npy"), "--prompts", str(work / "prompts.npy")]
+    cmd += ["--threads", str(threads), "--group-size", str(group)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("OVJSON "):
+            return json.loads(line[7:])
+    print(f"  openvino failed:\n{(proc.stderr or proc.stdout)[-2000:]}", flush=True)
+    return None
+
+
+# ---- install timing --------------------------------------------------------------------------
+
+
+def pip_install_seconds(packages: list[str]) -> float:
+    """Wall time of installing ``packages`` (wheels, no deps re-resolution) into a temp dir."""
+    d = tempfile.mkdtemp(prefix="pip-timing-")
+    try:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", d, *packages],
+            check=True,
+            capture_output=True,
+        )
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+ORT_PACKAGES = [
+    "onnxruntime-genai==0.18.0",
+    "onnxruntime==1.32.0",
+    "onnx==1.23.2",
+    "onnx-ir==1.1.0",
+    "onnxscript==0.7.2",
+    "ml_dtypes==0.7.0",
+    "flatbuffers==25.12.19",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, help="pipeline workdir after quantize")
+    ap.add_argument("--heldout-rows", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(ORT_VARIANTS), help="ORT rows to build")
+    ap.add_argument("--openvino-python", default=None, help="python of a venv with optimum-intel")
+    ap.add_argument("--no-torch-rows", action="store_true", help="skip HF fp32 / GPT-QModel rows")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep exports here (default: tmp)")
+    ap.add_argument("--child", choices=["openvino"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--held", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--group-size", type=int, default=64, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child == "openvino":
+        return openvino_child(args)
+    if args.run is None:
+        ap.error("--run is required")
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from distill.data.packed import read_rows
+    from distill.models.loader import load_causal_lm
+    from distill.quant.gptq import load_quantized
+    from distill.runtime.config import EngineConfig
+    from distill.runtime.export import export_ort_genai
+
+    t_start = time.perf_counter()
+    student, gptq = args.run / "student", args.run / "student-int4"
+    held = read_rows(args.run / "data" / "heldout.parquet", args.heldout_rows)
+    prompts = held[:8, :PROMPT_LEN].astype(np.int64)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="int4-engines-"))
+    work.mkdir(parents=True, exist_ok=True)
+    group = json.loads((gptq / "config.json").read_text())["quantization_config"]["group_size"]
+
+    rows: dict[str, dict] = {}
+    if not args.no_torch_rows:
+        print("HF fp32 ...", flush=True)
+        rows["HF fp32 generate"] = torch_row(load_causal_lm(student), held, prompts)
+        rows["HF fp32 generate"].update(size_mb=size_mb(student, "*.safetensors"), export_s=0.0)
+        print("GPT-QModel ...", flush=True)
+        rows["GPT-QModel torch kernel"] = torch_row(
+            load_quantized(gptq, device="cpu"), held, prompts
+        )
+        rows["GPT-QModel torch kernel"].update(size_mb=size_mb(gptq, "*.safetensors"), export_s=0.0)
+    install_ort = pip_install_seconds(ORT_PACKAGES)
+    for name in [v for v in args.variants.split(",") if v]:
+        source, fields = ORT_VARIANTS[name]
+        cfg = EngineConfig(kind="ort-genai", source=source, **fields)
+        out = work / name.replace(" ", "_").replace("→", "-").replace("(", "").replace(")", "")
+        print(f"{name} ...", flush=True)
+        t0 = time.perf_counter()
+        export_ort_genai(gptq if source == "gptq" else student, out, cfg, group_size=group)
+        export_s = time.perf_counter() - t0
+        rows[name] = ort_row(out, held, prompts, args.threads)
+        rows[name].update(size_mb=size_mb(out, "model.onnx*"), export_s=export_s)
+        rows[name]["install_s"] = install_ort
+    if args.openvino_python:
+        print("openvino ...", flush=True)
+        r = openvino_row(args.openvino_python, student, held, prompts, work, args.threads, group)
+        if r is not None:
+            rows[f"openvino nncf int4 sym g{group}"] = r
+
+    print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; threads {args.threads}; torch {torch.__version__}"
+    )
+    print(
+        f"student: {student}; held-out {len(held)}x{held.shape[1]}; prompts 8x{PROMPT_LEN}, "
+        f"{NEW_TOKENS} greedy tokens; ORT wheels install {install_ort:.0f} s (--no-deps, warm cache)"
+    )
+    ref = rows.get("HF fp32 generate")
+    hdr = (
+        f"{'runtime':<26} {'size MB':>8} {'x fp32':>6} {'ppl':>7} {'x fp32':>6} {'prefill':>8} "
+        f"{'dec b1':>7} {'x fp32':>6} {'dec b8':>7} {'export s':>8}"
+    )
+    print(hdr + "\n" + "-" * len(hdr))
+    for name, r in rows.items():
+        rs = (r["size_mb"] / ref["size_mb"]) if ref else float("nan")
+        rp = (r["ppl"] / ref["ppl"]) if ref else float("nan")
+        rd = (r.get("decode_b1", float("nan")) / ref["decode_b1"]) if ref else float("nan")
+        print(
+            f"{name:<26} {r['size_mb']:>8.1f} {rs:>6.2f} {r['ppl']:>7.2f} {rp:>6.3f} "
+            f"{r['prefill_tps']:>8.0f} {r.get('decode_b1', float('nan')):>7.1f} {rd:>6.1f} "
+            f"{r.get('decode_b8', float('nan')):>7.1f} {r['export_s']:>8.0f}"
+        )
+    if ref:
+        print("\ngoals (decode b1 >= 8x, size <= 0.2x, ppl <= 1.10x HF fp32):")
+        for name, r in rows.items():
+            if name == "HF fp32 generate":
+                continue
+            ok = (
+                r.get("decode_b1", 0) >= 8 * ref["decode_b1"],
+                r["size_mb"] <= 0.2 * ref["size_mb"],
+                r["ppl"] <= 1.10 * ref["ppl"],
+            )
+            verdict = (
+                "MET"
+                if all(ok)
+                else "missed: "
+                + ", ".join(
+                    k for k, good in zip(("speed", "size", "ppl"), ok, strict=True) if not good
+                )
+            )
+            print(f"  {name:<26} {verdict}")
+    print(f"total wall time {time.perf_counter() - t_start:.0f} s; exports in {work}")
+    print("JSON " + json.dumps(rows))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Export an HF checkpoint (fp or GPTQ) to an ONNX Runtime GenAI int4 model directory.
+
+    export_ort_genai(Path("runs/x/student-int4"), Path("runs/x/student-int4-ort"), EngineConfig(
+        kind="ort-genai", source="gptq"))
+
+Runs ONNX Runtime GenAI's model builder (``python -m onnxruntime_genai.models.builder``) in a
+child process (it imports its own torch/transformers code paths and holds the whole model in
+memory), into a temp directory renamed when whole. A GPTQ checkpoint's packed int4 weights are
+carried into ``MatMulNBits`` as they are; an fp checkpoint is quantized by the builder itself.
+``distill_engine.json`` beside the model records the engine, its version and the options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from distill.config.base import DistillError
+from distill.runtime.config import EngineConfig
+from distill.runtime.ort_genai import ENGINE, require_ort_genai
+
+MANIFEST = "distill_engine.json"
+
+
+def builder_options(src: Path, cfg: EngineConfig, group_size: int) -> dict[str, str]:
+    """``--extra_options`` for the builder (values as the builder's CLI takes them)."""
+    raw = json.loads((Path(src) / "config.json").read_text())
+    qcfg = raw.get("quantization_config")
+    opts = {"accuracy_level": str(cfg.accuracy_level)}
+    if qcfg is None:
+        opts["block_size"] = str(cfg.block_size or group_size)
+        opts["algo_config"] = cfg.algo
+    if cfg.lm_head_bits == 8:
+        opts["matmul_mixed_precision"] = "last_matmul:int8"
+        opts["shared_embeddings"] = "false"
+    elif raw.get("tie_word_embeddings"):
+        opts["shared_embeddings"] = "true"
+    return opts
+
+
+def check_source(src: Path, cfg: EngineConfig) -> None:
+    """What the engine cannot import, refused before the export (naming the fix)."""
+    raw = json.loads((Path(src) / "config.json").read_text())
+    qcfg = raw.get("quantization_config")
+    if cfg.source == "gptq" and qcfg is None:
+        raise DistillError(
+            f"quantize.engine.source=gptq but {src} is not a GPTQ checkpoint; "
+            "run GPTQ first (quantize.method: gptq) or set engine.source: fp"
+        )
+    if qcfg is not None:
+        method = qcfg.get("quant_method")
+        if method != "gptq" or qcfg.get("bits") != 4:
+            raise DistillError(
+                f"engine {ENGINE!r} imports 4-bit GPTQ checkpoints; {src} is "
+                f"{method} {qcfg.get('bits')}-bit: use quantize.bits: 4 or engine.source: fp"
+            )
+        if not qcfg.get("sym", True):
+            raise DistillError(
+                f"engine {ENGINE!r}: asymmetric GPTQ ({src}) is not carried exactly; "
+                "use quantize.sym: true or engine.source: fp"
+            )
+
+
+def export_ort_genai(src: Path, out: Path, cfg: EngineConfig, group_size: int = 32) -> Path:
+    """Build the engine model from ``src`` into ``out`` (temp dir + rename); return ``out``."""
+    src, out = Path(src), Path(out)
+    require_ort_genai()
+    check_source(src, cfg)
+    opts = builder_options(src, cfg, group_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    cache = Path(tempfile.mkdtemp(prefix="ort-builder-cache-"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(src),
+        "-o",
+        str(tmp),
+        "-p",
+        "int4",
+        "-e",
+        "cpu",
+        "-c",
+        str(cache),
+        "--extra_options",
+        *[f"{k}={v}" for k, v in opts.items()],
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+            raise DistillError(f"engine {ENGINE!r} could not import {src}:\n{tail}")
+        manifest = {
+            "engine": ENGINE,
+            "version": metadata.version("onnxruntime-genai"),
+            "onnxruntime": metadata.version("onnxruntime"),
+            "source": str(src),
+            "source_kind": "gptq" if cfg.source == "gptq" else f"fp+{cfg.algo}",
+            "builder_options": opts,
+            "threads": cfg.threads,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def read_manifest(path: Path) -> dict:
+    f = Path(path) / MANIFEST
+    return json.loads(f.read_text()) if f.exists() else {"engine": ENGINE}
