@@ -58,6 +58,21 @@ def tiny_rows(tiny_gqa) -> np.ndarray:
     return rows
 
 
+@pytest.fixture(scope="session")
+def tiny_gptq(tmp_path_factory, tiny_gqa, tiny_rows) -> Path:
+    """GPTQ int4 (group 32) checkpoint of ``tiny_gqa``, calibrated on ``tiny_rows[:12]``.
+
+    The first quantize on a fresh machine JIT-compiles GPT-QModel's C++ packing op (~1.5 min,
+    cached in ~/.cache/gptqmodel): give tests using it a generous timeout.
+    """
+    from distill.quant.config import QuantizeConfig
+    from distill.quant.gptq import quantize
+
+    cfg = QuantizeConfig(group_size=32, calib_rows=8, calib_seq_len=64, device="cpu")
+    out = tmp_path_factory.mktemp("quant") / "student-int4"
+    return quantize(tiny_gqa.path, cfg, tiny_rows[:12], out)
+
+
 @pytest.fixture
 def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
     """Factory for a ``StageContext`` on the tiny GQA teacher with a local SQLite MLflow.

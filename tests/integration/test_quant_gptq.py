@@ -12,18 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.quant.config import QuantizeConfig
-
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def int4(tmp_path_factory, tiny_gqa, tiny_rows):
-    from distill.quant.gptq import quantize
-
-    cfg = QuantizeConfig(group_size=32, calib_rows=8, calib_seq_len=64, device="cpu")
-    out = tmp_path_factory.mktemp("quant") / "student-int4"
-    return quantize(tiny_gqa.path, cfg, tiny_rows[:12], out)
+def int4(tiny_gptq):
+    return tiny_gptq
 
 
 def test_checkpoint_layout(int4, tiny_gqa):
