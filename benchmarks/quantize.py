@@ -1,7 +1,9 @@
-"""GPTQ int4 vs round-to-nearest int4 vs the fp model, on the real teacher (SmolLM2-135M).
+"""GPTQ int4 vs round-to-nearest int4 vs the fp model, on the real teacher (SmolLM2-135M); with
+``--run``, a sweep of GPT-QModel's knobs on a pipeline's student instead.
 
     .venv/bin/python benchmarks/quantize.py                                  # 16x256 calibration
     .venv/bin/python benchmarks/quantize.py --calib-rows 32 --calib-seq-len 512 --heldout-rows 32
+    .venv/bin/python benchmarks/quantize.py --run runs/smollm2 --sweep all   # knobs on the student
 
 Calibration rows come from the train documents only; held-out documents (every 10th stdlib file)
 are never seen by GPTQ. Prints quantize time, size on disk (fp32, bf16, int4), held-out
@@ -35,7 +37,11 @@ def main() -> None:
     ap.add_argument("--damp-percent", type=float, default=0.01)
     ap.add_argument("--desc-act", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: tmp)")
+    ap.add_argument("--run", type=Path, default=None, help="sweep on this run's student + data")
+    ap.add_argument("--sweep", default="all", help=f"with --run: 'all' or names from {list(SWEEP)}")
     args = ap.parse_args()
+    if args.run is not None:
+        return sweep(args)
 
     import torch
 
@@ -131,6 +137,118 @@ def main() -> None:
     ratio = sizes["fp32"] / sizes[f"gptq int{args.bits}"]
     print(f"  >= 4x smaller than fp32: {ratio:.2f}x -> {'yes' if ratio >= 4 else 'NO'}")
     print(f"  RTN int{args.bits} speed equals GPTQ's (same kernel); RTN row is fake-quant fp32")
+    print(f"total wall time {time.perf_counter() - t_start:.0f} s; outputs in {work}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# name -> QuantizeConfig overrides of the demo's quantize section (group 64, 16x256 train rows)
+SWEEP: dict[str, dict] = {
+    "demo: g64 GAR damp.01": {},
+    "g32": {"group_size": 32},
+    "g128": {"group_size": 128},
+    "no GAR": {"act_group_aware": False},
+    "desc_act": {"desc_act": True},
+    "mse 2.4": {"mse": 2.4},
+    "damp 0.05": {"damp_percent": 0.05},
+    "damp 0.1": {"damp_percent": 0.1},
+    "64 calib rows": {"calib_rows": 64},
+    "teacher-generated calib": {"calib_source": "teacher"},
+    "v2 (GPTAQ a=0.25)": {"v2_alpha": 0.25},
+}
+
+
+def sweep(args) -> None:
+    """Each knob alone on the run's student: quantize time, held-out ppl (GPT-QModel kernel)."""
+    import torch
+    import yaml
+
+    from distill.config.base import DistillError
+    from distill.data.packed import read_rows
+    from distill.eval.metrics import evaluate_models
+    from distill.models.loader import load_causal_lm
+    from distill.quant.calib import teacher_generations
+    from distill.quant.config import QuantizeConfig
+    from distill.quant.gptq import load_quantized, quantize
+    from distill.quant.rtn import fake_quantize_rtn
+    from distill.quant.stage import weights_bytes
+
+    t_start = time.perf_counter()
+    demo = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml").read_text()
+    )
+    base = {
+        k: v
+        for k, v in demo["quantize"].items()
+        if k in ("group_size", "calib_rows", "calib_seq_len", "batch_size")
+    }
+    student = args.run / "student"
+    held = read_rows(args.run / "data" / "heldout.parquet", args.heldout_rows)
+    train = read_rows(args.run / "data" / "train.parquet")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="quant-sweep-"))
+    names = list(SWEEP) if args.sweep == "all" else [n.strip() for n in args.sweep.split(",")]
+    fp = load_causal_lm(student)
+    results: dict[str, dict] = {}
+    for g in (64, 32):
+        rtn = copy.deepcopy(fp)
+        fake_quantize_rtn(rtn, 4, g, sym=True)
+        results[f"RTN g{g}"] = evaluate_models({"fp": fp, "q": rtn}, held, 4, "fp")["q"]
+        results[f"RTN g{g}"]["quant_s"] = 0.0
+    teacher_rows = None
+    for name in names:
+        over = SWEEP[name]
+        source = over.get("calib_source", "train")
+        fields = {**base, **{k: v for k, v in over.items() if k != "calib_source"}}
+        try:
+            cfg = QuantizeConfig(**fields, device="cpu")
+            rows = train
+            if source == "teacher":
+                if teacher_rows is None:
+                    from distill.models.config import GGUFSource
+                    from distill.models.loader import resolve_source
+
+                    t0 = time.perf_counter()
+                    teacher = resolve_source(GGUFSource()).path
+                    teacher_rows = teacher_generations(
+                        teacher, train, cfg.calib_rows, cfg.calib_seq_len
+                    )
+                    print(f"teacher generations: {time.perf_counter() - t0:.0f} s", flush=True)
+                rows = teacher_rows
+            print(f"{name} ...", flush=True)
+            t0 = time.perf_counter()
+            out = quantize(student, cfg, rows, work / name.replace(" ", "_").replace(":", ""))
+            quant_s = time.perf_counter() - t0
+        except (DistillError, ValueError) as e:
+            results[name] = {"error": str(e).splitlines()[0][:150]}
+            print(f"  {name}: refused: {results[name]['error']}", flush=True)
+            continue
+        q = load_quantized(out, device="cpu")
+        results[name] = evaluate_models({"fp": fp, "q": q}, held, 4, "fp")["q"]
+        results[name].update(quant_s=quant_s, size_mb=weights_bytes(out) / 1e6)
+        del q
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    fp_q = evaluate_models({"fp": fp}, held, 4)["fp"]
+
+    print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}"
+    )
+    print(f"student: {student}; held-out {len(held)}x{held.shape[1]}; base {base}")
+    hdr = f"{'config':<26} {'quant s':>7} {'ppl':>8} {'x fp':>6} {'acc':>6} {'agree':>6} {'KL':>6}"
+    print(hdr + "\n" + "-" * len(hdr))
+    print(
+        f"{'fp32 student':<26} {'':>7} {fp_q['perplexity']:>8.3f} {1:>6.3f} {fp_q['next_token_accuracy']:>6.3f}"
+    )
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<26} refused: {r['error']}")
+            continue
+        print(
+            f"{name:<26} {r['quant_s']:>7.0f} {r['perplexity']:>8.3f} "
+            f"{r['perplexity'] / fp_q['perplexity']:>6.3f} {r['next_token_accuracy']:>6.3f} "
+            f"{r['agreement']:>6.3f} {r['kl_to_reference']:>6.3f}"
+        )
     print(f"total wall time {time.perf_counter() - t_start:.0f} s; outputs in {work}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

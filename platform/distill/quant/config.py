@@ -36,6 +36,20 @@ class QuantizeConfig(StrictModel):
         "power of two that divides every linear layer's in_features",
     )
     desc_act: bool = Field(False, description="quantize columns by decreasing activation order")
+    act_group_aware: bool | None = Field(
+        None,
+        description="group-aware activation reordering (GAR; GPT-QModel's default for GPTQ when "
+        "desc_act is off); None = GPT-QModel's default",
+    )
+    mse: float = Field(
+        0.0, ge=0.0, description="> 0: search each group's scale minimizing the L^mse error (2.4)"
+    )
+    v2_alpha: float | None = Field(
+        None,
+        gt=0.0,
+        description="GPTQ v2 (GPTAQ: asymmetric calibration against the fp layer inputs) with "
+        "this alpha (0.25 recommended); None = GPTQ v1",
+    )
     sym: bool = Field(True, description="symmetric quantization (no zero point)")
     damp_percent: float = Field(
         0.01, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, fraction of the mean diagonal"
@@ -86,6 +100,12 @@ class QuantizeConfig(StrictModel):
                 "(e.g. 32, 64, 128) that divides every linear layer's in_features"
             )
         return v
+
+    @model_validator(mode="after")
+    def _ordering(self) -> QuantizeConfig:
+        if self.desc_act and self.act_group_aware:
+            raise ValueError("act_group_aware: true needs desc_act: false (they are exclusive)")
+        return self
 
     @model_validator(mode="after")
     def _engine(self) -> QuantizeConfig:

@@ -100,7 +100,16 @@ def gptqmodel_config(cfg: QuantizeConfig):
         from gptqmodel.quantization.config import WeightOnlyConfig
 
         return GQConfig(**common, weight_only=WeightOnlyConfig(method="rtn"))
-    return GQConfig(**common, desc_act=cfg.desc_act, damp_percent=cfg.damp_percent)
+    extra: dict = {"mse": cfg.mse}
+    if cfg.act_group_aware is not None:
+        extra["act_group_aware"] = cfg.act_group_aware
+    elif cfg.desc_act:
+        extra["act_group_aware"] = False  # GPT-QModel would warn and turn it off itself
+    if cfg.v2_alpha is not None:
+        from gptqmodel.quantization.config import GPTAQConfig
+
+        extra["gptaq"] = GPTAQConfig(alpha=cfg.v2_alpha, device="cpu")
+    return GQConfig(**common, desc_act=cfg.desc_act, damp_percent=cfg.damp_percent, **extra)
 
 
 def validate(model_dir: Path, cfg: QuantizeConfig) -> dict[str, int]:
