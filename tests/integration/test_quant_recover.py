@@ -48,3 +48,48 @@ def test_recover_then_pack_reloads_with_the_fake_quant_forward(tiny_gptq, tiny_r
     assert (reloaded.argmax(-1) == trained.argmax(-1)).float().mean() > 0.95
     again = _logits(load_fake_quant(out), rows)
     assert torch.allclose(again, trained, atol=5e-2)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_stage_recovers_through_the_distill_loop_and_exports(stage_ctx, ray_local):
+    """quantize with recover + engine: store -> GPTQ int4 -> recovered int4 -> CPU engine."""
+    pytest.importorskip("onnxruntime_genai")
+    from mlflow import MlflowClient
+
+    from distill.labels.local import write_local_store
+    from distill.models.hashing import weights_sha256
+    from distill.quant.stage import run
+
+    quant = {"group_size": 32, "calib_rows": 8, "calib_seq_len": 64, "eval_rows": 4}
+    recover = {"steps": 2, "num_workers": 1, "zero_stage": 0, "batch_size": 2, "lr": 1e-4}
+    ctx = stage_ctx(
+        ["quantize"],
+        quantize={**quant, "device": "cpu", "recover": recover, "engine": {"kind": "ort-genai"}},
+    )
+    labels = ctx.workdir / "labels"
+    write_local_store(labels, ctx.teacher.path, ctx.corpus.train(), 8, batch_size=8)
+    ctx.artifacts["soft_labels"] = labels
+    res = run(ctx, ctx.config.quantize)
+    out = res.outputs
+    assert set(out) == {"int4", "int4_gptq", "int4_cpu"}
+    assert out["int4"].name == "student-int4-recovered"
+    assert weights_sha256(out["int4"]) != weights_sha256(out["int4_gptq"])
+    m = res.metrics
+    for name in ("gptq", "recovered", "engine"):
+        assert m[f"{name}.perplexity"] > 1
+    assert m["recover.tokens"] > 0
+    manifest = (out["int4_cpu"] / "distill_engine.json").read_text()
+    assert str(out["int4"]) in manifest  # the engine is built from the recovered checkpoint
+    tags = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id).data.tags
+    assert tags["output.int4_gptq.uri"] == str(out["int4_gptq"])
+    assert tags["input.soft_labels.uri"] == str(labels)
+    assert tags["output.int4_cpu.uri"] == str(out["int4_cpu"])

@@ -22,7 +22,7 @@ from distill.models.hashing import dir_size_bytes
 from distill.models.loader import count_parameters
 from distill.stages import StageContext, StageResult
 
-ORDER = ("teacher", "initial_student", "pruned", "student", "int4", "int4_cpu")
+ORDER = ("teacher", "initial_student", "pruned", "student", "int4_gptq", "int4", "int4_cpu")
 
 
 def served_as(path: Path, dtype: str = "float32") -> dict[str, str]:

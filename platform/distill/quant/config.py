@@ -14,11 +14,34 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
 from distill.runtime.config import EngineConfig
+from distill.train.config import KDLossConfig
 
 # Bits the GPTQ checkpoint format and GPT-QModel's torch kernels support (CPU and CUDA).
 SUPPORTED_BITS = (2, 3, 4, 8)
 
 Backend = Literal["auto", "torch", "torch_aten", "triton", "exllama_v2", "marlin"]
+
+
+class RecoverConfig(StrictModel):
+    """Quantization-aware distillation after GPTQ: the int4 model (weights fake-quantized on its
+    own grid, straight-through estimator; scales, norms and latent weights trainable) trained
+    against the soft-label store through the distill stage's Ray Train + DeepSpeed loop, then
+    packed again. ``steps: 0`` = off."""
+
+    steps: int = Field(0, ge=0, description="optimizer steps; 0 = no recovery")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (latent weights are ~1e-2)")
+    warmup_steps: int = Field(2, ge=0)
+    batch_size: int = Field(2, ge=1, description="rows per worker per step")
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2] = Field(2, description="ZeRO stage (3 would shard the int4 grid)")
+    loss: KDLossConfig = Field(default_factory=lambda: KDLossConfig(alpha=0.0))
+    freeze_embeddings: bool = Field(
+        True,
+        description="keep the embedding / LM head as GPTQ left them (the engine quantizes "
+        "them separately)",
+    )
+    eval_rows: int = Field(16, ge=1, description="held-out rows of the loop's final evaluation")
 
 
 class QuantizeConfig(StrictModel):
@@ -77,6 +100,10 @@ class QuantizeConfig(StrictModel):
         32, ge=1, description="held-out rows for the before/after metrics (None = all)"
     )
     eval_batch_size: int = Field(4, ge=1, description="batch size of the held-out evaluation")
+    recover: RecoverConfig = Field(
+        default_factory=RecoverConfig,
+        description="quantization-aware distillation of the GPTQ result (needs soft_labels)",
+    )
     engine: EngineConfig = Field(
         default_factory=EngineConfig,
         description="export to a CPU int4 runtime (ONNX Runtime GenAI) beside the GPTQ checkpoint",
@@ -100,6 +127,15 @@ class QuantizeConfig(StrictModel):
                 "(e.g. 32, 64, 128) that divides every linear layer's in_features"
             )
         return v
+
+    @model_validator(mode="after")
+    def _recover(self) -> QuantizeConfig:
+        if self.recover.steps and (self.method != "gptq" or self.group_size == -1):
+            raise ValueError(
+                "recover.steps > 0 trains the GPTQ checkpoint's int4 grid: needs method: gptq "
+                "and a group_size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ordering(self) -> QuantizeConfig:

@@ -63,14 +63,15 @@ def calibration_rows(ctx: StageContext, cfg: QuantizeConfig) -> np.ndarray:
 
 
 def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
-    from distill.eval.metrics import evaluate_models
-    from distill.models.loader import load_causal_lm
-    from distill.quant.gptq import calibration_samples, load_quantized, quantize, validate
-    from distill.quant.rtn import fake_quantize_rtn
+    from distill.quant.gptq import calibration_samples, quantize, validate
 
     key, model_dir = ctx.latest_model()
     validate(model_dir, cfg)
-    if cfg.engine.kind != "none":  # an engine that is not installed fails before any work
+    if cfg.recover.steps:  # a missing store fails before any work
+        from distill.quant.recover import check_store
+
+        check_store(ctx)
+    if cfg.engine.kind != "none":  # so does an engine that is not installed
         from distill.runtime.ort_genai import require_ort_genai
 
         require_ort_genai()
@@ -85,12 +86,9 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     out = ctx.output_dir(OUTPUT_NAME)
     t0 = time.perf_counter()
     quantize(model_dir, cfg, rows, out)
-    seconds = time.perf_counter() - t0
-    peak_quant = peak_rss_mb()
-
     metrics: dict[str, float] = {
-        "quantize_seconds": seconds,
-        "peak_rss_mb": peak_quant,
+        "quantize_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
         "size_bytes_before": float(weights_bytes(model_dir)),
         "size_bytes_after": float(weights_bytes(out)),
         "calib_samples": float(min(cfg.calib_rows, rows.size // cfg.calib_seq_len)),
@@ -98,35 +96,22 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     }
     metrics["compression_ratio"] = metrics["size_bytes_before"] / metrics["size_bytes_after"]
     outputs = {"int4": out}
+    if cfg.recover.steps:  # lineage: soft labels -> int4 (GPTQ) -> recovered int4
+        from distill.quant.recover import recover
+
+        t0 = time.perf_counter()
+        outputs["int4"], rec = recover(ctx, cfg, out)
+        outputs["int4_gptq"] = out
+        metrics.update(rec, recover_seconds=time.perf_counter() - t0)
+        ctx.tracker.record_output("int4_gptq", out, weights_sha256(out))
     if cfg.engine.kind != "none":
-        outputs["int4_cpu"] = export_engine(ctx, cfg, model_dir, out, metrics)
+        outputs["int4_cpu"] = export_engine(ctx, cfg, model_dir, outputs["int4"], metrics)
 
-    heldout = ctx.corpus.heldout(cfg.eval_rows)
-    if len(heldout):
-        fp = load_causal_lm(model_dir)
-        models = {"fp": fp, cfg.method: load_quantized(out, device=cfg.device, backend=cfg.backend)}
-        if "int4_cpu" in outputs:
-            from distill.eval.stage import load_for_eval
-
-            models["engine"] = load_for_eval(outputs["int4_cpu"], threads=cfg.engine.threads)
-        if cfg.compare_rtn and cfg.method != "rtn":
-            import copy
-
-            models["rtn"] = copy.deepcopy(fp)
-            fake_quantize_rtn(models["rtn"], cfg.bits, cfg.group_size, cfg.sym)
-        quality = evaluate_models(models, heldout, cfg.eval_batch_size, reference="fp")
-        for name, q in quality.items():
-            for m, v in q.items():
-                metrics[f"{name}.{m}"] = float(v)
-        fp_ppl = quality["fp"]["perplexity"]
-        for name in models:
-            if name != "fp":
-                metrics[f"{name}.ppl_increase"] = quality[name]["perplexity"] / fp_ppl - 1
+    metrics.update(heldout_quality(ctx, cfg, model_dir, outputs))
     metrics["peak_rss_mb"] = peak_rss_mb()
-
-    sha = weights_sha256(out)
+    sha = weights_sha256(outputs["int4"])
     ctx.tracker.log_metrics(metrics)
-    ctx.tracker.record_output("int4", out, sha)
+    ctx.tracker.record_output("int4", outputs["int4"], sha)
     if "int4_cpu" in outputs:
         ctx.tracker.record_output("int4_cpu", outputs["int4_cpu"], dir_sha256(outputs["int4_cpu"]))
     summary = {
@@ -134,11 +119,50 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         "method": cfg.method,
         "bits": cfg.bits,
         "group_size": cfg.group_size,
+        "recovered": bool(cfg.recover.steps),
         "int4_sha256": sha,
         **{k: round(v, 4) for k, v in metrics.items()},
     }
     ctx.tracker.log_dict(summary, "quantize_summary.json")
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+
+def heldout_quality(
+    ctx: StageContext, cfg: QuantizeConfig, fp_dir: Path, outputs: dict[str, Path]
+) -> dict[str, float]:
+    """Held-out ppl / accuracy / agreement of the fp model, the GPTQ model (before and after
+    recovery), the engine export and (``compare_rtn``) an RTN baseline; ``<name>.ppl_increase``."""
+    from distill.eval.metrics import evaluate_models
+    from distill.models.loader import load_causal_lm
+    from distill.quant.gptq import load_quantized
+    from distill.quant.rtn import fake_quantize_rtn
+
+    heldout = ctx.corpus.heldout(cfg.eval_rows)
+    if not len(heldout):
+        return {}
+    fp = load_causal_lm(fp_dir)
+    q_dir = outputs.get("int4_gptq", outputs["int4"])
+    models = {"fp": fp, cfg.method: load_quantized(q_dir, device=cfg.device, backend=cfg.backend)}
+    if "int4_gptq" in outputs:
+        models["recovered"] = load_quantized(
+            outputs["int4"], device=cfg.device, backend=cfg.backend
+        )
+    if "int4_cpu" in outputs:
+        from distill.eval.stage import load_for_eval
+
+        models["engine"] = load_for_eval(outputs["int4_cpu"], threads=cfg.engine.threads)
+    if cfg.compare_rtn and cfg.method != "rtn":
+        import copy
+
+        models["rtn"] = copy.deepcopy(fp)
+        fake_quantize_rtn(models["rtn"], cfg.bits, cfg.group_size, cfg.sym)
+    quality = evaluate_models(models, heldout, cfg.eval_batch_size, reference="fp")
+    metrics = {f"{name}.{m}": float(v) for name, q in quality.items() for m, v in q.items()}
+    fp_ppl = quality["fp"]["perplexity"]
+    for name in models:
+        if name != "fp":
+            metrics[f"{name}.ppl_increase"] = quality[name]["perplexity"] / fp_ppl - 1
+    return metrics
 
 
 def dir_sha256(path: Path) -> str:

@@ -48,6 +48,11 @@ class LoopSpec(StrictModel):
     total_steps: int = Field(..., ge=1)
     out_dir: str = Field(..., description="final student HF dir (written by rank 0)")
     tracking: dict[str, str] | None = Field(None, description="StageRun.client_info()")
+    fake_quant: bool = Field(
+        False,
+        description="student_path is a GPTQ checkpoint: train it on its int4 grid "
+        "(distill.quant.fakequant: STE, scales trainable) and export it repacked as GPTQ",
+    )
 
 
 @dataclass
@@ -111,9 +116,14 @@ def build(w: Worker) -> None:
     cfg, spec = w.spec.cfg, w.spec
     torch.manual_seed(cfg.seed)
     eager = {"attn_implementation": "eager"} if cfg.attention.weight else {}
-    student = AutoModelForCausalLM.from_pretrained(
-        spec.student_path, dtype=torch.float32, local_files_only=True, **eager
-    )
+    if spec.fake_quant:
+        from distill.quant.fakequant import load_fake_quant
+
+        student = load_fake_quant(Path(spec.student_path)).train()
+    else:
+        student = AutoModelForCausalLM.from_pretrained(
+            spec.student_path, dtype=torch.float32, local_files_only=True, **eager
+        )
     if cfg.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
@@ -336,6 +346,12 @@ def export(w: Worker) -> None:
 
     spec = w.spec
     student = w.engine.module.student
+    if spec.fake_quant:  # ZeRO 1/2 (the recover config refuses 3): every rank holds all weights
+        if w.rank == 0:
+            from distill.quant.fakequant import pack_gptq
+
+            pack_gptq(student, Path(spec.student_path), Path(spec.out_dir))
+        return
     export_student(w.engine, student, Path(spec.out_dir), Path(spec.student_path), w.rank)
 
 

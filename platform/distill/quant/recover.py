@@ -1,0 +1,88 @@
+"""Quantization-aware distillation (``quantize.recover``): GPTQ int4 → recovered int4.
+
+The GPTQ checkpoint is trained against the teacher's soft-label store through the same Ray Train +
+DeepSpeed loop as the ``distill`` stage, with ``LoopSpec.fake_quant``: the loop loads it with
+:func:`distill.quant.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
+exports it repacked as a GPTQ checkpoint::
+
+    distill run pipelines/configs/smollm2.yaml --set quantize.recover.steps=20
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.config.base import DistillError
+from distill.quant.config import QuantizeConfig
+from distill.stages import StageContext
+
+OUTPUT_NAME = "student-int4-recovered"
+
+
+def distill_config(cfg: QuantizeConfig):
+    """The ``distill`` loop's settings for the recovery run (offline KD on the store)."""
+    from distill.train.config import DistillConfig
+
+    r = cfg.recover
+    return DistillConfig(
+        mode="offline",
+        loss=r.loss,
+        zero_stage=r.zero_stage,
+        num_workers=r.num_workers,
+        cpus_per_worker=r.cpus_per_worker,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        warmup_steps=r.warmup_steps,
+        max_steps=r.steps,
+        eval_rows=r.eval_rows,
+        freeze_embeddings=r.freeze_embeddings,
+    )
+
+
+def check_store(ctx: StageContext) -> Path:
+    store = ctx.artifacts.get("soft_labels")
+    if store is None:
+        raise DistillError(
+            "quantize.recover.steps > 0 trains against the teacher's soft-label store: add the "
+            "soft_labels stage before quantize, or set quantize.recover.steps: 0"
+        )
+    return Path(store)
+
+
+def recover(ctx: StageContext, cfg: QuantizeConfig, gptq_dir: Path) -> tuple[Path, dict]:
+    """Train ``gptq_dir`` on its int4 grid; returns the repacked checkpoint and final metrics."""
+    from distill.models.hashing import file_sha256, weights_sha256
+    from distill.raycluster import ensure_ray
+    from distill.train.launch import launch
+    from distill.train.loop import LoopSpec
+    from distill.train.stage import check_inputs, manifest_value, run_name
+
+    store_dir = check_store(ctx)
+    dcfg = distill_config(cfg)
+    store = check_inputs(dcfg, Path(ctx.teacher.path), Path(gptq_dir), store_dir, ctx.teacher)
+    seq_len = int(manifest_value(store.manifest, "seq_len") or ctx.corpus.seq_len)
+    out = ctx.output_dir(OUTPUT_NAME)
+    spec = LoopSpec(
+        cfg=dcfg,
+        student_path=str(gptq_dir),
+        store_path=str(store_dir),
+        heldout_path=str(ctx.corpus.heldout_path) if ctx.corpus.heldout_rows else None,
+        seq_len=seq_len,
+        total_steps=dcfg.total_steps(seq_len),
+        out_dir=str(out),
+        tracking=ctx.tracker.client_info(),
+        fake_quant=True,
+    )
+    ctx.tracker.record_input("soft_labels", store_dir)
+    ensure_ray(ctx.config.ray)
+    name = run_name(
+        dcfg,
+        weights_sha256(Path(gptq_dir)),
+        ctx.teacher.weights_sha256,
+        file_sha256(store_dir / "manifest.json"),
+        spec.model_dump_json(exclude={"tracking", "out_dir"}),
+    ).replace("distill-", "recover-")
+    final = launch(spec, name, ctx.workdir / "ray_results")
+    keep = ("train/loss", "eval/loss", "eval/ppl", "tokens_per_s", "tokens")
+    metrics = {f"recover.{k.replace('/', '_')}": float(final[k]) for k in keep if k in final}
+    return out, metrics
