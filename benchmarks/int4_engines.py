@@ -35,7 +35,8 @@ PROMPT_LEN, NEW_TOKENS = 128, 64
 ORT_VARIANTS = {
     "ort fp→int4 rtn g32": ("fp", {"algo": "rtn", "block_size": 32}),
     "ort fp→int4 k_quant g32": ("fp", {"algo": "k_quant", "block_size": 32}),
-    "ort gptq (head int4)": ("gptq", {}),
+    "ort gptq (head int4 rtn)": ("gptq", {"algo": "rtn"}),
+    "ort gptq (head int4 kq)": ("gptq", {}),
     "ort gptq (head int8)": ("gptq", {"lm_head_bits": 8}),
     "ort gptq acc1 (fp32 act)": ("gptq", {"accuracy_level": 1}),
 }

@@ -24,6 +24,7 @@ def _table(report: dict) -> None:
     t = Table(title=f"distill results — {report['pipeline']} ({report['machine']})")
     cols = [
         ("model", "model", "{}"),
+        ("engine", "engine", "{}"),
         ("params", "parameters", "{:,}"),
         ("size MB", "size_bytes", "{:.1f}"),
         ("held-out ppl", "perplexity", "{:.2f}"),

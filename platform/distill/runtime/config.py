@@ -29,7 +29,8 @@ class EngineConfig(StrictModel):
     )
     algo: Literal["rtn", "k_quant"] = Field(
         "k_quant",
-        description="source fp only: the engine's quantizer (round-to-nearest or k-quant)",
+        description="the engine's quantizer (round-to-nearest or k-quant) for what is not "
+        "already int4: the whole model from an fp source, the LM head/embedding from GPTQ",
     )
     block_size: int | None = Field(
         None, description="source fp only: int4 block size; None = quantize.group_size"

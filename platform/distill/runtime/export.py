@@ -32,10 +32,11 @@ def builder_options(src: Path, cfg: EngineConfig, group_size: int) -> dict[str, 
     """``--extra_options`` for the builder (values as the builder's CLI takes them)."""
     raw = json.loads((Path(src) / "config.json").read_text())
     qcfg = raw.get("quantization_config")
-    opts = {"accuracy_level": str(cfg.accuracy_level)}
+    # algo: the body's quantizer from an fp source; from GPTQ only the layers GPTQ left in fp
+    # (the LM head, and with it the tied embedding)
+    opts = {"accuracy_level": str(cfg.accuracy_level), "algo_config": cfg.algo}
     if qcfg is None:
         opts["block_size"] = str(cfg.block_size or group_size)
-        opts["algo_config"] = cfg.algo
     if cfg.lm_head_bits == 8:
         opts["matmul_mixed_precision"] = "last_matmul:int8"
         opts["shared_embeddings"] = "false"
