@@ -60,6 +60,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_stage_recovers_through_the_distill_loop_and_exports(stage_ctx, ray_local):
     """quantize with recover + engine: store -> GPTQ int4 -> recovered int4 -> CPU engine."""
     pytest.importorskip("onnxruntime_genai")

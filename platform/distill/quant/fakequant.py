@@ -70,11 +70,12 @@ class FakeQuantLinear(nn.Module):
         super().__init__()
         self.bits = bits
         self.maxq = (1 << bits) - 1
-        self.weight = nn.Parameter(weight.float().clone())
-        self.scales = nn.Parameter(scales.float().clone())
-        self.register_buffer("zeros", zeros.float().clone())
-        self.register_buffer("g_idx", g_idx.long().clone())
-        self.bias = nn.Parameter(bias.float().clone()) if bias is not None else None
+        # contiguous copies: DeepSpeed broadcasts parameters as flat byte views
+        self.weight = nn.Parameter(weight.float().contiguous().clone())
+        self.scales = nn.Parameter(scales.float().contiguous().clone())
+        self.register_buffer("zeros", zeros.float().contiguous().clone())
+        self.register_buffer("g_idx", g_idx.long().contiguous().clone())
+        self.bias = nn.Parameter(bias.float().contiguous().clone()) if bias is not None else None
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     @classmethod
