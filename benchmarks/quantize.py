@@ -216,8 +216,12 @@ def sweep(args) -> None:
                 rows = teacher_rows
             print(f"{name} ...", flush=True)
             t0 = time.perf_counter()
-            out = quantize(student, cfg, rows, work / name.replace(" ", "_").replace(":", ""))
-            quant_s = time.perf_counter() - t0
+            reuse = args.run / "student-int4"
+            if not over and (reuse / "config.json").exists():  # the run's own GPTQ = the base
+                out, quant_s = reuse, float("nan")
+            else:
+                out = quantize(student, cfg, rows, work / name.replace(" ", "_").replace(":", ""))
+                quant_s = time.perf_counter() - t0
         except (DistillError, ValueError) as e:
             results[name] = {"error": str(e).splitlines()[0][:150]}
             print(f"  {name}: refused: {results[name]['error']}", flush=True)
