@@ -255,7 +255,7 @@ def micro_step(w: Worker, m: int, denominator: float) -> list[float]:
         feature_loss=w.engine.module.feature,
         head=head,
         teacher_head=t_head,
-        chunk=max(cfg.loss_chunk, 1) if head is not None else 1 << 30,
+        chunk=cfg.loss_chunk if cfg.loss_chunk > 0 else 1 << 30,
         denominator=denominator,
     )
     w.engine.backward(loss)
