@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
 from distill.data.config import DataConfig
-from distill.eval.config import EvaluateConfig
+from distill.eval.config import EvaluateConfig, GateConfig
 from distill.labels.config import SoftLabelsConfig
 from distill.lineage.config import RayConfig, TrackingConfig
 from distill.models.config import GGUFSource, ModelSource
@@ -40,6 +40,7 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig, description="release gate after evaluate")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -50,3 +51,14 @@ class PipelineConfig(StrictModel):
         if dup:
             raise ValueError(f"stages listed twice: {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _gate_corpora(self) -> PipelineConfig:
+        have = {c.name for c in self.evaluate.extra_corpora}
+        missing = sorted(self.gate.extra_corpora_named() - have)
+        if missing:
+            raise ValueError(
+                f"gate: metrics name extra corpora {missing} that evaluate.extra_corpora does "
+                f"not define (it has {sorted(have) or 'none'})"
+            )
+        return self
