@@ -121,7 +121,8 @@ class GateConfig(StrictModel):
 
     ``vs_teacher``: value compared with the teacher's value times the bound (every judged model);
     ``vs_fp_student``: quantized models (``int4``) against the fp model they were made from;
-    ``absolute``: plain bounds. A metric that was not measured fails its rule.
+    ``absolute``: plain bounds. A metric the model lacks fails its rule, unless its reference
+    lacks it too (e.g. no code prompts in a prose corpus): then the rule is skipped and listed.
     """
 
     enabled: bool = True

@@ -30,8 +30,11 @@ class Check:
     limit: float | None  # the bound after scaling by the reference value
     bound: str  # "min 0.7" / "max 3.0"
     passed: bool
+    skipped: bool = False  # measured for neither the model nor its reference: not applied
 
     def describe(self) -> str:
+        if self.skipped:
+            return f"{self.metric} not measured: rule skipped ({self.rule} {self.bound})"
         if self.value is None:
             return f"{self.metric} not measured ({self.rule} {self.bound})"
         if self.reference_value is None and self.reference is not None:
@@ -54,11 +57,17 @@ class Verdict:
         """Human-readable failures (empty when the model passed)."""
         return [c.describe() for c in self.checks if not c.passed]
 
+    @property
+    def skipped(self) -> list[str]:
+        """Rules not applied because neither the model nor its reference has the metric."""
+        return [c.describe() for c in self.checks if c.skipped]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "passed": self.passed,
             "reasons": self.reasons,
+            "skipped": self.skipped,
             "checks": [asdict(c) for c in self.checks],
         }
 
@@ -88,10 +97,13 @@ def _check(
         if b is None:
             continue
         limit = b if ref_name is None else (None if ref_value is None else b * ref_value)
+        skipped = value is None and (ref_name is None or ref_value is None)
         ok = value is not None and limit is not None
         if ok:
             ok = value >= limit if kind == "min" else value <= limit  # type: ignore[operator]
-        out.append(Check(rule, metric, value, ref_name, ref_value, limit, f"{kind} {b:g}", ok))
+        check = Check(rule, metric, value, ref_name, ref_value, limit, f"{kind} {b:g}", ok, skipped)
+        check.passed = ok or skipped
+        out.append(check)
     return out
 
 
