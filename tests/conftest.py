@@ -148,3 +148,14 @@ def code_lm(cache_dir, tiny_gqa) -> Path:
     if not (out / "config.json").exists():
         train_code_lm(tiny_gqa.path, out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run no faster on 2 threads, and far slower when the cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -74,6 +74,9 @@ class GenerationEvalConfig(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(8, ge=1)
     prompt_tokens: int = Field(96, ge=8, description="longest prompt, in tokens")
+    max_rows: int | None = Field(
+        1024, ge=1, description="held-out rows searched for prompts (None = all)"
+    )
 
 
 class EvaluateConfig(StrictModel):

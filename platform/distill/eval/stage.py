@@ -73,7 +73,7 @@ def _quality(
 
 
 def _generation(
-    ctx: StageContext, cfg: EvaluateConfig, models: dict[str, Any], rows: np.ndarray
+    ctx: StageContext, cfg: EvaluateConfig, models: dict[str, Any]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Generation checks: per model metrics, and the report's ``generation`` section."""
     from distill.eval.generation import (
@@ -86,6 +86,7 @@ def _generation(
 
     g = cfg.generation
     tok = load_tokenizer(ctx.teacher.path)
+    rows = ctx.corpus.heldout(g.max_rows)
     pset = prompt_set(rows, ctx.corpus.fingerprint, tok, g, ctx.workdir / "eval")
     prompts = pset["prompts"]
     if not prompts:
@@ -139,7 +140,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     quality = _quality(models, rows, extra, cfg)
     gen_metrics, gen_section = ({}, {})
     if cfg.generation.enabled:
-        gen_metrics, gen_section = _generation(ctx, cfg, models, rows)
+        gen_metrics, gen_section = _generation(ctx, cfg, models)
     entries: list[dict[str, Any]] = []
     metrics: dict[str, float] = {}
     for key, model in models.items():
