@@ -61,11 +61,9 @@ def resolve_registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
         try:
+            source = client.get_model_version_download_uri(name, mv.version)
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{mv.version}",
-                dst_path=str(tmp),
-                tracking_uri=tracking_uri,
-                registry_uri=tracking_uri,
+                artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri
             )
             tmp.rename(dst)
         finally:
