@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.config.base import StrictModel
+from distill.config.base import DistillError, StrictModel
 from distill.data.config import DataConfig
 from distill.eval.config import EvaluateConfig, GateConfig
 from distill.labels.config import SoftLabelsConfig
@@ -51,6 +51,19 @@ class PipelineConfig(StrictModel):
         if dup:
             raise ValueError(f"stages listed twice: {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _offline_objective(self) -> PipelineConfig:
+        """An offline objective the configured store cannot give fails before any stage runs."""
+        stages = set(self.stages)
+        if {"distill", "soft_labels"} <= stages and self.distill.mode == "offline":
+            from distill.train.stage import check_offline_objective
+
+            try:
+                check_offline_objective(self.distill, self.soft_labels.encoding)
+            except DistillError as e:
+                raise ValueError(str(e)) from None
+        return self
 
     @model_validator(mode="after")
     def _gate_corpora(self) -> PipelineConfig:
