@@ -100,6 +100,7 @@ def test_gate_passes_decent_student_blocks_pruned_and_broken_int4(
     }
     said: list[str] = []
     final = release(ctx.tracker, ctx.config.gate, report, versions, name, ctx.workdir, said.append)
+    print("\n".join(said))
     verdicts = final["gate"]["verdicts"]
     assert verdicts["student"]["passed"], verdicts["student"]["reasons"]
     assert not verdicts["pruned"]["passed"] and not verdicts["int4"]["passed"]
