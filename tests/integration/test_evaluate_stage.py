@@ -21,7 +21,9 @@ def test_evaluate_compares_models_to_teacher(stage_ctx, tiny_mha):
     assert result.metrics["student.perplexity"] == pytest.approx(by["student"]["perplexity"])
     # the teacher compared with itself would agree fully: check the metric is computed, not assumed
     ctx.artifacts["student"] = ctx.teacher.path
-    again = run(ctx, EvaluateConfig(max_rows=4, batch_size=2, speed_rows=2, generation=GEN)).summary["models"]
+    again = run(
+        ctx, EvaluateConfig(max_rows=4, batch_size=2, speed_rows=2, generation=GEN)
+    ).summary["models"]
     s = {m["model"]: m for m in again}["student"]
     assert s["agreement"] == 1.0 and s["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
 

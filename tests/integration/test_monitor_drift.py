@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_thread")]
 
 SHIFT_AT, PROSE = 300, 200
 
