@@ -62,7 +62,7 @@ def report(
     for line, _ in lines.values():
         print(line)
     cols = (
-        f"{'model':24} {'tok/s':>6} {'train s':>7} {'proc s':>6} {'RSS GiB':>11} {'B/tok':>6} "
+        f"{'model':24} {'tok/s':>6} {'train s':>7} {'proc s':>6} {'mem GiB':>11} {'B/tok':>6} "
         f"{'ppl':>7} {'acc':>6} {'agree':>6} {'t→GKD ppl':>9} {'×GKD t':>6} {'load':>4}"
     )
     print(cols)
@@ -77,7 +77,7 @@ def report(
         row.update(time_to_gkd_ppl=tt, time_ratio_vs_gkd=ratio, store_bytes_per_token=bpt)
         rows.append(row)
         rss = (
-            f"{r['peak_rss'] / GIB:5.2f}/{r['peak_rss_largest'] / GIB:4.2f}" if r else f"{'-':>11}"
+            f"{r['peak_pss'] / GIB:5.2f}/{r['peak_rss_largest'] / GIB:4.2f}" if r else f"{'-':>11}"
         )
         print(
             f"{name:24} {_f(r.get('tokens_per_s'), 6, 0)} {_f(r.get('train_seconds'), 7, 0)} "
@@ -86,7 +86,10 @@ def report(
             f"{qm.get('agreement', 1.0):6.3f} {_f(tt, 9, 0)} {_f(ratio, 6, 2)} "
             f"{_f(r.get('load_avg'), 4, 1)}"
         )
-    print("RSS: peak Σ over the method's process tree / its largest process (distill: + Ray)")
+    print(
+        "mem: peak Σ PSS over the method's process tree (distill: incl. Ray) / peak RSS of its "
+        "largest process"
+    )
     _goals(results, q, store_bpt, gkd, target, time_to)
     out = {"header": header, "opts": o, "stores": store_info, "rows": rows}
     out["curves"] = {m: r["curve"] for m, r in results.items()}
@@ -117,8 +120,8 @@ def _goals(results, q, store_bpt, gkd, target, time_to) -> None:
         print(
             f"goal {name}: as good as TRL GKD on ppl/acc/agree: {'MET' if better else 'MISSED'}; "
             f"time to GKD's final ppl {t_ratio} of GKD's train time (goal <= 0.5x); "
-            f"train tok/s {speed:.2f}x GKD (goal >= 2x); peak RSS {r['peak_rss'] / GIB:.2f} vs "
-            f"{gkd['peak_rss'] / GIB:.2f} GiB (goal <=)"
+            f"train tok/s {speed:.2f}x GKD (goal >= 2x); peak memory {r['peak_pss'] / GIB:.2f} vs "
+            f"{gkd['peak_pss'] / GIB:.2f} GiB (goal <=)"
         )
     if "distill_sampled" in q and "distill_online" in q:
         gap = q["distill_sampled"]["perplexity"] / q["distill_online"]["perplexity"] - 1

@@ -10,8 +10,8 @@ with the demo's plan (``pipelines/configs/smollm2.yaml``). Train rows: the stdli
 to 256 tokens in a seeded random document order (every 10th file held out); every method sees
 the same rows once (TRL in its RandomSampler order, distill in its seeded permutation). The
 stores (top-k 32, sampled) come from one teacher pass before any method runs; their cost is
-printed separately. Each method runs in its own process (peak RSS of its process tree, Ray
-included for distill). Train time is the training clock (evaluation time excluded on both
+printed separately. Each method runs in its own process (peak memory: Σ PSS of its process tree,
+Ray included for distill, and the largest process's RSS). Train time is the training clock (evaluation time excluded on both
 sides); the held-out curve gives the time each method needs to reach TRL GKD's final ppl.
 """
 
@@ -172,23 +172,26 @@ def run_distill(method: str, prep: Path, out: Path, o: dict[str, Any]) -> dict[s
     }
 
 
-def _tree_rss(pid: int) -> tuple[int, int]:
-    """(Σ RSS, max RSS) over ``pid`` and its descendants, bytes."""
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(Σ PSS, max RSS) over ``pid`` and its descendants, bytes. PSS counts pages shared
+    between processes (libtorch mapped by every Ray process) once in total, not once each."""
     import psutil
 
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0, 0
-    rss = []
+    pss, rss = [], []
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            rss.append(p.memory_info().rss)
-    return sum(rss), max(rss, default=0)
+            info = p.memory_full_info()
+            pss.append(info.pss)
+            rss.append(info.rss)
+    return sum(pss), max(rss, default=0)
 
 
 def run_method(method: str, prep: Path, wd: Path, o: dict[str, Any]) -> dict[str, Any]:
-    """One method in its own process; peak RSS of its process tree sampled every 0.5 s."""
+    """One method in its own process; peak memory of its process tree sampled every 0.5 s."""
     out = wd / method
     res_path = out / "result.json"
     res_path.unlink(missing_ok=True)
@@ -197,7 +200,7 @@ def run_method(method: str, prep: Path, wd: Path, o: dict[str, Any]) -> dict[str
     proc = subprocess.Popen(cmd)
     peak, peak_one, loads = 0, 0, []
     while proc.poll() is None:
-        total, one = _tree_rss(proc.pid)
+        total, one = _tree_memory(proc.pid)
         peak, peak_one = max(peak, total), max(peak_one, one)
         loads.append(os.getloadavg()[0])
         time.sleep(0.5)
@@ -206,7 +209,7 @@ def run_method(method: str, prep: Path, wd: Path, o: dict[str, Any]) -> dict[str
     res = json.loads(res_path.read_text())
     res.update(
         process_seconds=time.perf_counter() - t0,
-        peak_rss=peak,
+        peak_pss=peak,
         peak_rss_largest=peak_one,
         load_avg=float(np.mean(loads)) if loads else 0.0,
     )

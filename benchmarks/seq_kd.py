@@ -6,7 +6,9 @@ student's held-out results after SFT on the filtered vs the unfiltered set (same
     .venv/bin/python benchmarks/seq_kd.py --teacher tiny         # mechanics only, seconds
 
 The student is the teacher with every other decoder layer removed (a crude depth cut, so SFT has
-something to recover). Generation runs in-process (``LocalGenerator``, the class the generate
+something to recover). The SFT comparison trains in this process (``train_single_process``), not
+through the pipeline's Ray Train + DeepSpeed trainer: it measures what the filters change at equal
+steps, not the trainer. Generation runs in-process (``LocalGenerator``, the class the generate
 stage puts on its Ray actor pool). Held-out results: completion loss on held-out prompts' teacher
 answers (filtered), and perplexity on held-out stdlib rows.
 """
@@ -56,6 +58,40 @@ def _ppl(model, rows: np.ndarray, batch: int = 4) -> float:
     return float(np.exp(np.mean(losses)))
 
 
+def train_single_process(model, rows: dict[str, np.ndarray], cfg) -> list[float]:
+    """``cfg.steps`` AdamW steps in this process over shuffled SFT rows (labels pre-masked).
+
+    Benchmark only: it compares SFT on the filtered vs the unfiltered set at equal steps. The
+    pipeline's ``sft`` stage trains through Ray Train + DeepSpeed instead (``distill.train``).
+    """
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
+    )
+    n = len(rows["input_ids"])
+    order, pos, losses = rng.permutation(n), 0, []
+    for _ in range(cfg.steps):
+        if pos >= n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        batch = {k: torch.as_tensor(v[idx], dtype=torch.long) for k, v in rows.items()}
+        loss = model(**batch).loss  # HF shifts labels and ignores -100
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses
+
+
 def _heldout_rows(tok, seq_len: int, n: int) -> np.ndarray:
     from distill.data.corpus import is_heldout, stdlib_files
     from distill.data.packing import pack
@@ -86,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from distill.data.corpus import stdlib_files
     from distill.data.filters import FiltersConfig, apply_filters
     from distill.models.loader import load_causal_lm, load_tokenizer
+    from distill.seqkd.completion_loss import completion_loss
     from distill.seqkd.config import DecodingConfig, PromptsConfig, SFTConfig
     from distill.seqkd.generate_stage import _items
-    from distill.seqkd.local_train import completion_loss, train_local
     from distill.seqkd.prompts import load_prompts
     from distill.seqkd.sft_data import build_rows, encode_example
     from distill.seqkd.teachers import LocalGenerator
@@ -159,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             data, _ = build_rows(examples(subset), args.seq_len, pad, True)
             model = load_causal_lm(Path(tmp))
             t0 = time.perf_counter()
-            train_local(model, data, scfg)
+            train_single_process(model, data, scfg)
             took = time.perf_counter() - t0
             results[label] = (
                 len(subset),
@@ -194,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"| **all** | | {len(train)} → {len(kept)} ({len(kept) / max(len(train), 1):.0%}) |")
     print(
-        f"\n| model ({args.steps} SFT steps, batch 4, seq {args.seq_len}) | train examples "
+        f"\n| model ({args.steps} single-process SFT steps, batch 4, seq {args.seq_len}) | train examples "
         f"| held-out completion loss | held-out stdlib ppl | train s |\n|---|---|---|---|---|"
     )
     for label, (n, cl, ppl, took) in results.items():

@@ -112,3 +112,65 @@ def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
 
     yield make
     stack.close()
+
+
+def train_code_lm(base: Path, out: Path, steps: int = 120, seed: int = 0) -> Path:
+    """The first 2 blocks of ``base`` trained for ``steps`` AdamW steps on 12 stdlib modules (not
+    the ones in ``tiny_rows``): a tiny model with a real held-out perplexity that is sure how a
+    line of code goes on and unsure about prose. About 10 s on 2 cores (one torch thread)."""
+    import torch
+
+    from distill.data.corpus import stdlib_files
+    from distill.data.packing import pack
+    from distill.models.files import copy_tokenizer_files
+    from distill.models.loader import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(base)
+    files = [f for f in stdlib_files() if "pydoc_data" not in f.parts][100:112]
+    docs = [
+        tok(f.read_text(errors="replace"), add_special_tokens=False)["input_ids"] for f in files
+    ]
+    rows = pack(docs, 64, tok.eos_token_id, max_rows=2000)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = load_causal_lm(base)
+    model.model.layers = torch.nn.ModuleList(list(model.model.layers)[:2])
+    model.config.num_hidden_layers = 2
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:2]
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from more; avoids oversubscription
+    try:
+        for _ in range(steps):
+            x = torch.as_tensor(rows[rng.integers(0, len(rows), 16)], dtype=torch.long)
+            loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval().save_pretrained(out)
+    copy_tokenizer_files(base, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def code_lm(cache_dir, tiny_gqa) -> Path:
+    """Checkpoint dir of the tiny GQA Llama trained briefly on stdlib code (``train_code_lm``)."""
+    out = cache_dir / "code-lm"
+    if not (out / "config.json").exists():
+        train_code_lm(tiny_gqa.path, out)
+    return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run no faster on 2 threads, and far slower when the cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

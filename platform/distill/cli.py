@@ -3,6 +3,7 @@
 distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
 distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
 distill serve deploy/serve.yaml
+distill monitor runs/serve-log --reference runs/smollm2/report.json
 distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
 distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
 """
@@ -59,8 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.config), overrides)
     summary = run_pipeline(cfg)
     if summary.report:
+        from distill.eval.release import verdict_lines
+
         _table(summary.report)
-        print(f"report: {summary.workdir / 'report.json'}")
+        for line in verdict_lines(summary.report):
+            print(line)
+        print(f"report: {summary.workdir / 'report.json'}  ({summary.workdir / 'report.md'})")
     print(f"mlflow run: {summary.run_id}  (tracking {summary.tracking_uri})")
     print(f"lineage: distill lineage {summary.run_id} --workdir {summary.workdir}")
     return 0
@@ -96,6 +101,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from distill.monitor.report import format_summary, run_monitor
+
+    result = run_monitor(
+        Path(args.log),
+        Path(args.reference),
+        args.model,
+        args.scoring,
+        args.window,
+        args.step,
+        args.alpha,
+        Path(args.out) if args.out else None,
+    )
+    for line in format_summary(result):
+        print(line)
+    out = Path(result.out)
+    print(f"wrote {out / 'monitor.json'} and {out / 'monitor.png'}")
+    return 3 if (args.fail_on_drift and result.first_drift is not None) else 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from distill import jobs
 
@@ -120,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--no-block", action="store_true")
     s.set_defaults(fn=cmd_serve)
+    m = sub.add_parser("monitor", help="fallback rate and confidence drift of a request log")
+    m.add_argument("log", help="request log directory (args.request_log.path) or one file")
+    m.add_argument("--reference", required=True, help="report.json of the evaluated run")
+    m.add_argument("--model", help="model whose evaluation confidences to compare with")
+    m.add_argument("--scoring", help="mean_logprob | min_prob | entropy (default: the log's)")
+    m.add_argument("--window", type=int, default=100, help="scored requests per KS window")
+    m.add_argument("--step", type=int, default=25, help="requests between windows")
+    m.add_argument("--alpha", type=float, default=1e-3, help="p-value below which a window drifts")
+    m.add_argument("--out", help="where monitor.json / monitor.png go (default: the log dir)")
+    m.add_argument("--fail-on-drift", action="store_true", help="exit code 3 when drift is found")
+    m.set_defaults(fn=cmd_monitor)
     for name, helptext in [
         ("submit", "submit a pipeline config as a Ray job"),
         ("status", "status of a Ray job"),

@@ -97,6 +97,10 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
         from distill.prune.stage import preflight
 
         preflight(cfg.prune, (initial_student or teacher).path)
+    if "evaluate" in cfg.stages:  # a missing / empty extra corpus too
+        from distill.eval.extra import check_extra_corpora
+
+        check_extra_corpora(cfg.evaluate.extra_corpora)
     ensure_ray(cfg.ray)
     say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
     corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data")
@@ -180,14 +184,18 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
                     versions.update(registered)
                     _save(cache_file, chain, result, run.run_id, registered)
                 artifacts.update(result.outputs)
+                if name == "evaluate":  # the release gate: verdicts, report.md, alias
+                    from distill.eval.release import release
+
+                    summary.report = release(
+                        run, cfg.gate, result.summary, versions, registered_name, workdir, say
+                    )
             took = time.perf_counter() - st
             summary_stages[name] = {
                 "seconds": took,
                 "metrics": result.metrics,
                 "run_id": run.run_id,
             }
-            if name == "evaluate":
-                summary.report = result.summary
             say(f"[distill] stage {name}: done in {took:.0f}s")
         parent.log_dict({k: str(v) for k, v in artifacts.items()}, "artifacts.json")
         parent.set_tags({f"registered.{k}": v for k, v in versions.items()})

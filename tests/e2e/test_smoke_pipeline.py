@@ -57,6 +57,23 @@ def test_smoke_report_and_table(smoke_run):
         if m["model"] != "teacher":
             assert 0 <= m["agreement"] <= 1 and m["kl_to_reference"] >= 0
     assert "held-out ppl" in out and "distill results" in out
+    # generation checks, the release gate and the readable report
+    gen = {m["model"]: m.get("generation") for m in report["models"]}
+    assert all(g and 0 <= g["degenerate"] <= 1 for g in gen.values()), gen
+    verdicts = report["gate"]["verdicts"]
+    assert set(verdicts) == {"student", "int4"}
+    for name, v in verdicts.items():
+        assert f"gate: {name} {'PASS' if v['passed'] else 'FAIL'}" in out
+    assert "## Release gate" in (workdir / "report.md").read_text()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    champ = report["gate"]["champion"]
+    if champ:  # the alias follows the verdict: set on the first passing model's version
+        mv = client.get_model_version_by_alias("smoke-student", "champion")
+        assert str(mv.version) == champ["version"] and verdicts[champ["model"]]["passed"]
+    else:
+        assert not any(v["passed"] for v in verdicts.values())
 
 
 @pytest.mark.timeout(900)
@@ -89,7 +106,7 @@ def test_smoke_lineage_chain(smoke_run):
         if s["stage"] == "distill":
             assert "training_curves.png" in names, names
         if s["stage"] == "evaluate":
-            assert {"report.json", "quality_vs_size.png"} <= names, names
+            assert {"report.json", "report.md", "pareto.png", "quality_vs_size.png"} <= names
     cli = _distill("lineage", run_id, "--workdir", str(workdir))
     assert cli.returncode == 0 and "evaluate" in cli.stdout
 
@@ -135,3 +152,15 @@ def test_bad_inputs_give_one_clear_message(tmp_path):
         "run", str(SMOKE), "--set", "teacher.license=llama3", "--workdir", str(tmp_path)
     )
     assert proc.returncode == 2 and "license refused" in proc.stderr
+    missing = tmp_path / "missing-corpus"
+    proc = _distill(
+        "run",
+        str(SMOKE),
+        "--workdir",
+        str(tmp_path),
+        "--set",
+        f"evaluate.extra_corpora=[{{name: ood, paths: [{missing}]}}]",
+    )
+    assert proc.returncode == 2 and "evaluate.extra_corpora[0] (ood)" in proc.stderr
+    proc = _distill("run", str(SMOKE), "--set", "gate.vs_teacher.perplexty.max=2")
+    assert proc.returncode == 2 and "unknown metric 'perplexty'" in proc.stderr

@@ -120,7 +120,7 @@ def test_sft_mode_lowers_completion_loss_through_ray_train(
 
     from distill.models.config import TinySource
     from distill.models.loader import load_causal_lm, resolve_source
-    from distill.seqkd.local_train import completion_loss
+    from distill.seqkd.completion_loss import completion_loss
     from distill.seqkd.sft_data import write_sft_rows
     from distill.train.config import DistillConfig
     from distill.train.launch import launch

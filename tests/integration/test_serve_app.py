@@ -33,6 +33,7 @@ def server(tiny_gqa, tiny_mha, tmp_path_factory):
     if started_ray:
         ray.init(num_cpus=2, include_dashboard=False)
     port = _free_port()
+    log_dir = tmp_path_factory.mktemp("request-log")
     args = {
         "served_model_name": "tiny",
         "student": {"model": str(tiny_mha.path), "num_cpus": 0.5},
@@ -42,6 +43,8 @@ def server(tiny_gqa, tiny_mha, tmp_path_factory):
         "max_tokens_limit": 16,
         "default_max_tokens": 4,
         "context_limit": 64,
+        # every answered request becomes a record at once (rows_per_file 1), prompts included
+        "request_log": {"path": str(log_dir), "rows_per_file": 1, "include_prompts": True},
     }
     cfg = {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -58,7 +61,7 @@ def server(tiny_gqa, tiny_mha, tmp_path_factory):
     path.write_text(yaml.safe_dump(cfg))
     base = run_from_config(path, blocking=False)
     assert base == f"http://127.0.0.1:{port}"
-    yield {"base": base}
+    yield {"base": base, "log": log_dir}
     serve.shutdown()
     if started_ray:
         ray.shutdown()
@@ -150,6 +153,20 @@ def test_threshold_one_always_falls_back_zero_never(server, client):
         assert zero["answered_by"] == "student" and not zero["fallback"]
     _, stats = _get(server, "/v1/stats")
     assert stats["fallbacks"] >= 3 and 0 < stats["fallback_rate"] < 1
+
+
+def test_router_logs_each_answered_request(server, client):
+    from distill.monitor.log import read_request_log
+
+    client.completions.create(
+        model="tiny", prompt="y = 1", max_tokens=2, extra_body={"distill": {"threshold": 1}}
+    )
+    rows = read_request_log(server["log"]).to_pylist()
+    last = rows[-1]
+    assert last["route"] == "cascade" and last["answered_by"] == "teacher" and last["fallback"]
+    assert last["prompt"] == "y = 1" and last["completion_tokens"] <= 2
+    assert last["confidence"] is not None and last["teacher_ms"] > 0 and last["latency_ms"] > 0
+    assert {r["route"] for r in rows} >= {"cascade"}
 
 
 @pytest.mark.parametrize(

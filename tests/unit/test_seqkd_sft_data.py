@@ -70,7 +70,7 @@ def test_completion_loss_ignores_prompt_tokens(tiny_gqa, tok):
     import torch
 
     from distill.models.loader import load_causal_lm
-    from distill.seqkd.local_train import completion_loss
+    from distill.seqkd.completion_loss import completion_loss
 
     model = load_causal_lm(tiny_gqa.path)
     ex = [encode_example(tok, ROW, True)]

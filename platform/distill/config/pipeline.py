@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import DistillError, StrictModel
 from distill.data.config import DataConfig
-from distill.eval.config import EvaluateConfig
+from distill.eval.config import EvaluateConfig, GateConfig
 from distill.labels.config import SoftLabelsConfig
 from distill.lineage.config import RayConfig, TrackingConfig
 from distill.models.config import GGUFSource, ModelSource
@@ -40,6 +40,7 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig, description="release gate after evaluate")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -62,4 +63,15 @@ class PipelineConfig(StrictModel):
                 check_offline_objective(self.distill, self.soft_labels.encoding)
             except DistillError as e:
                 raise ValueError(str(e)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _gate_corpora(self) -> PipelineConfig:
+        have = {c.name for c in self.evaluate.extra_corpora}
+        missing = sorted(self.gate.extra_corpora_named() - have)
+        if missing:
+            raise ValueError(
+                f"gate: metrics name extra corpora {missing} that evaluate.extra_corpora does "
+                f"not define (it has {sorted(have) or 'none'})"
+            )
         return self

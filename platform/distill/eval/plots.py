@@ -32,6 +32,47 @@ def quality_size_speed(entries: list[dict[str, Any]]):
     return fig
 
 
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats on both size and perplexity (lower is better)."""
+    front = []
+    for name, size, ppl in points:
+        dominated = any(
+            s <= size and p <= ppl and (s < size or p < ppl) for n, s, p in points if n != name
+        )
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def quality_pareto(entries: list[dict[str, Any]], verdicts: dict[str, bool] | None = None):
+    """Held-out perplexity vs size, the Pareto front drawn, models coloured by gate verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    verdicts = verdicts or {}
+    pts = [(e["model"], e["size_bytes"] / 1e6, e["perplexity"]) for e in entries]
+    front = set(pareto_front(pts))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    line = sorted((s, p) for n, s, p in pts if n in front)
+    ax.step([s for s, _ in line], [p for _, p in line], where="post", color="0.6", lw=1, zorder=1)
+    colors = {True: "tab:green", False: "tab:red"}
+    for name, size, ppl in pts:
+        color = colors.get(verdicts[name], "tab:blue") if name in verdicts else "tab:blue"
+        ax.scatter(size, ppl, s=60, color=color, zorder=2, marker="o" if name in front else "x")
+        label = name + (
+            "" if name not in verdicts else (" (pass)" if verdicts[name] else " (FAIL)")
+        )
+        ax.annotate(label, (size, ppl), fontsize=8, xytext=(5, 5), textcoords="offset points")
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.set_title("quality vs size: Pareto front (o, line), gate verdicts in colour")
+    fig.tight_layout()
+    return fig
+
+
 CURVES = ("train/loss", "train/kd", "train/ce", "eval/loss")
 
 

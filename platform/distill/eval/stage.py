@@ -1,7 +1,9 @@
 """Stage ``evaluate``: every model the run produced, side by side, on the held-out split.
 
-Writes ``<workdir>/report.json`` (one entry per model: parameters, size on disk, perplexity,
-next-token accuracy, agreement and KL to the teacher, tokens/s) and logs it to MLflow::
+Writes ``<workdir>/report.json`` and ``report.md`` (one entry per model: parameters, size on
+disk, perplexity, next-token accuracy, agreement and KL to the teacher, tokens/s, the same on each
+``evaluate.extra_corpora`` entry, and the generation checks) and logs them to MLflow; the release
+gate (``distill.eval.release``, run by the pipeline right after this stage) adds its verdicts::
 
     distill run pipelines/configs/smoke.yaml     # stages: [..., evaluate]
 """
@@ -14,12 +16,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill.eval.config import EvaluateConfig
-from distill.eval.contamination import check_run_contamination
-from distill.eval.metrics import evaluate_models, forward_tokens_per_s
-from distill.eval.plots import quality_size_speed
-from distill.models.hashing import dir_size_bytes
-from distill.models.loader import count_parameters
 from distill.stages import StageContext, StageResult
 
 ORDER = ("teacher", "initial_student", "pruned", "student", "int4_gptq", "int4", "int4_cpu")
@@ -67,22 +66,117 @@ def load_for_eval(path: Path, dtype: str = "float32", threads: int | None = None
 
 def stored_parameters(model) -> int:
     """Parameters as stored (engine models: their initializers; packed int4 counted as stored)."""
+    from distill.models.loader import count_parameters
+
     engine = getattr(model, "engine", None)
     return engine.stored_parameters() if engine is not None else count_parameters(model)
 
 
+def _contamination(ctx: StageContext, cfg: EvaluateConfig, extra: dict[str, np.ndarray]):
+    """The run's contamination check, extra corpora included as eval sets (fails when over)."""
+    from distill.eval.contamination import check_contamination, check_run_contamination
+
+    report = check_run_contamination(
+        ctx.corpus, ctx.artifacts.get("generations"), ctx.teacher.path, cfg.contamination
+    )
+    if extra:
+        c = cfg.contamination
+        more = check_contamination(
+            {f"extra.{k}": v for k, v in extra.items()},
+            {"corpus.train": ctx.corpus.train(c.max_rows)},
+            c.n,
+            c.threshold,
+            raise_error=c.action == "error",
+        )
+        report.pairs.extend(more.pairs)
+    return report
+
+
+def _quality(
+    models: dict[str, Any], rows: np.ndarray, extra: dict[str, np.ndarray], cfg: EvaluateConfig
+) -> dict[str, dict[str, Any]]:
+    """Held-out and per-extra-corpus quality of every model against the teacher."""
+    from distill.eval.metrics import evaluate_models
+
+    out: dict[str, dict[str, Any]] = {
+        k: dict(v) for k, v in evaluate_models(models, rows, cfg.batch_size, "teacher").items()
+    }
+    for name, extra_rows in extra.items():
+        scores = evaluate_models(models, extra_rows, cfg.batch_size, "teacher")
+        for key, m in scores.items():
+            out[key].setdefault("extra", {})[name] = m
+    return out
+
+
+def _generation(
+    ctx: StageContext, cfg: EvaluateConfig, models: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Generation checks: per model metrics, and the report's ``generation`` section."""
+    from distill.eval.generation import (
+        confidence_distribution,
+        generate_answers,
+        score_answers,
+    )
+    from distill.eval.prompts import prompt_set
+    from distill.models.loader import load_tokenizer
+
+    g = cfg.generation
+    tok = load_tokenizer(ctx.teacher.path)
+    rows = ctx.corpus.heldout(g.max_rows)
+    pset = prompt_set(rows, ctx.corpus.fingerprint, tok, g, ctx.workdir / "eval")
+    prompts = pset["prompts"]
+    if not prompts:
+        return {}, {}
+    answers = {
+        k: generate_answers(m, tok, prompts, g.max_new_tokens, g.batch_size)
+        for k, m in models.items()
+    }
+    per_model = {
+        k: score_answers(prompts, a, None if k == "teacher" else answers["teacher"])
+        for k, a in answers.items()
+    }
+    out = ctx.workdir / "eval" / "answers.jsonl"
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w") as f:
+        for k, a in answers.items():
+            for p, ans in zip(prompts, a, strict=True):
+                f.write(json.dumps({"model": k, "id": p["id"], "kind": p["kind"], **ans.to_dict()}))
+                f.write("\n")
+    os.replace(tmp, out)
+    ctx.tracker.log_artifact(out, "eval")
+    ctx.tracker.log_artifact(ctx.workdir / "eval" / "prompts.json", "eval")
+    ctx.tracker.set_tags({"eval.prompt_set.sha256": pset["sha256"]})
+    section = {
+        "prompt_set": {k: pset[k] for k in ("version", "sha256", "counts")},
+        "max_new_tokens": g.max_new_tokens,
+        "confidence": {k: confidence_distribution(a) for k, a in answers.items()},
+    }
+    return per_model, section
+
+
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
+    from distill.eval.extra import load_extra_corpora
+    from distill.eval.metrics import forward_tokens_per_s
+    from distill.eval.report import save_report
+    from distill.models.hashing import dir_size_bytes
+    from distill.models.loader import load_tokenizer
+
+    extra: dict[str, np.ndarray] = {}
+    if cfg.extra_corpora:  # read before any model is loaded: bad paths fail here
+        tok = load_tokenizer(ctx.teacher.path)
+        extra = load_extra_corpora(cfg.extra_corpora, tok, ctx.corpus.seq_len)
     contamination = None
     if cfg.contamination.enabled:  # fails here, before any model is loaded, when contaminated
-        contamination = check_run_contamination(
-            ctx.corpus, ctx.artifacts.get("generations"), ctx.teacher.path, cfg.contamination
-        )
+        contamination = _contamination(ctx, cfg, extra)
     rows = ctx.corpus.heldout(cfg.max_rows)
     paths = {k: ctx.artifacts[k] for k in ORDER if k in ctx.artifacts}
     models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
     for k, p in paths.items():
         ctx.tracker.record_input(k, p)
-    quality = evaluate_models(models, rows, cfg.batch_size, reference="teacher")
+    quality = _quality(models, rows, extra, cfg)
+    gen_metrics, gen_section = ({}, {})
+    if cfg.generation.enabled:
+        gen_metrics, gen_section = _generation(ctx, cfg, models)
     entries: list[dict[str, Any]] = []
     metrics: dict[str, float] = {}
     for key, model in models.items():
@@ -95,30 +189,49 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
             **quality[key],
             "tokens_per_s": forward_tokens_per_s(model, rows[: cfg.speed_rows]),
         }
+        if key in gen_metrics:
+            entry["generation"] = gen_metrics[key]
         entries.append(entry)
-        for name, value in entry.items():
-            if isinstance(value, int | float):
-                metrics[f"{key}.{name}"] = float(value)
-    report = {
+        metrics.update(_flat_metrics(key, entry))
+    report: dict[str, Any] = {
         "pipeline": ctx.config.name,
         "heldout_rows": len(rows),
         "seq_len": int(rows.shape[1]),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "models": entries,
+        "extra_corpora": {
+            ec.name: {"rows": int(len(extra[ec.name])), "paths": [str(p) for p in ec.paths]}
+            for ec in cfg.extra_corpora
+        },
     }
+    if gen_section:
+        report["generation"] = gen_section
     if contamination is not None:
         report["contamination"] = contamination.to_dict()
         metrics.update(contamination.metrics())
-    out = ctx.workdir / "report.json"
-    tmp = out.with_name(".report.json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
     ctx.tracker.log_metrics(metrics)
-    ctx.tracker.log_dict(report, "report.json")
-    fig = quality_size_speed(entries)
-    ctx.tracker.log_figure(fig, "quality_vs_size.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    out = save_report(report, ctx.workdir, ctx.tracker)
+    _log_speed_figure(ctx, entries)
     ctx.tracker.record_output("report", out)
     return StageResult(outputs={"report": out}, metrics=metrics, summary=report)
+
+
+def _flat_metrics(key: str, entry: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``student.perplexity``, ``student.generation.syntax_valid``, ``student.extra.x.perplexity``."""
+    out: dict[str, float] = {}
+    for name, value in entry.items():
+        if isinstance(value, dict):
+            out.update(_flat_metrics(key, value, f"{prefix}{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{key}.{prefix}{name}"] = float(value)
+    return out
+
+
+def _log_speed_figure(ctx: StageContext, entries: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    from distill.eval.plots import quality_size_speed
+
+    fig = quality_size_speed(entries)
+    ctx.tracker.log_figure(fig, "quality_vs_size.png")
+    plt.close(fig)

@@ -1,8 +1,10 @@
 """Registered model versions for checkpoints (MLflow 3 registers logged models only).
 
-A checkpoint directory is logged as a pyfunc model (artifacts = the HF directory) under the stage
-run that produced it, then registered; version tags point back to that run and to the parent
-version it was made from (student → int4).
+A checkpoint directory is logged as a pyfunc model (artifacts = the HF directory, the ``distill``
+package as code, requirements pinned to the versions installed here) under the stage run that
+produced it, then registered; version tags point back to that run and to the parent version it
+was made from (student → int4). The release gate (``distill.eval.release``) moves the alias
+``champion``; ``distill.lineage.resolve`` turns ``models:/NAME@champion`` into a local path.
 """
 
 from __future__ import annotations
@@ -41,6 +43,37 @@ def _python_model():
     return HFCheckpoint()
 
 
+# What loading a logged checkpoint imports (distill.eval.stage.load_for_eval + the tokenizer).
+RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pydantic")
+GPTQ_PACKAGES = ("gptqmodel", "optimum")
+
+
+def pinned_requirements(checkpoint: Path) -> list[str]:
+    """``name==version`` of what is installed here for the packages loading ``checkpoint``
+    needs (GPT-QModel too for a GPTQ checkpoint). distill itself travels as logged code."""
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = list(RUNTIME_PACKAGES)
+    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    if "quantization_config" in cfg:
+        names += GPTQ_PACKAGES
+    out = []
+    for n in names:
+        try:
+            out.append(f"{n}=={version(n)}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def distill_code_path() -> str:
+    """The ``distill`` package directory, logged with the model (``code_paths``)."""
+    import distill
+
+    return str(Path(distill.__file__).parent)
+
+
 @contextmanager
 def scoped_tracking_uri(uri: str) -> Iterator[None]:
     """``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which child processes
@@ -73,7 +106,8 @@ def register_checkpoint(
             name="checkpoint",
             python_model=_python_model(),
             artifacts={"checkpoint": str(checkpoint)},
-            pip_requirements=["distill", "torch==2.13.0", "transformers==5.23.0"],
+            pip_requirements=pinned_requirements(checkpoint),
+            code_paths=[distill_code_path()],
         )
         mv = mlflow.register_model(
             info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}

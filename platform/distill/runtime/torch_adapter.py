@@ -30,16 +30,31 @@ def engine_as_torch(engine: Any):
             rows = input_ids.detach().cpu().numpy()
             return SimpleNamespace(logits=torch.from_numpy(self.engine.logits(rows)))
 
-        def generate(self, input_ids, max_new_tokens: int = 16, **kw: Any):
+        def generate(self, input_ids, max_new_tokens: int = 16, attention_mask=None, **kw: Any):
             """Greedy (or sampled with ``temperature``) continuation, HF-style: ``[B, S + n]``
-            token ids, finished rows padded with the engine's pad id."""
+            token ids (left padding in ``attention_mask`` is removed before the engine sees the
+            prompts), finished rows padded with the engine's pad id; with
+            ``return_dict_in_generate`` also ``logits``: one ``[B, vocab]`` tensor per step."""
             temperature = float(kw.get("temperature") or 0.0) if kw.get("do_sample") else 0.0
-            prompts = [list(map(int, r)) for r in input_ids.detach().cpu().numpy()]
-            outs = self.engine.generate(prompts, max_new_tokens, temperature=temperature)
-            width = max(len(o.token_ids) for o in outs)
-            new = np.full((len(outs), width), self.engine.pad_id, dtype=np.int64)
-            for i, o in enumerate(outs):
-                new[i, : len(o.token_ids)] = o.token_ids
-            return torch.cat([input_ids.cpu(), torch.from_numpy(new)], dim=1)
+            ids = input_ids.detach().cpu().numpy()
+            mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy()
+            prompts = [
+                [int(t) for t, m in zip(r, mr, strict=True) if m]
+                for r, mr in zip(ids, mask, strict=True)
+            ]
+            want_logits = bool(kw.get("return_dict_in_generate"))
+            steps = list(
+                self.engine.generate_steps(
+                    prompts, max_new_tokens, temperature=temperature, return_logits=want_logits
+                )
+            )
+            new = np.full((len(prompts), len(steps)), self.engine.pad_id, dtype=np.int64)
+            for j, st in enumerate(steps):
+                new[:, j] = np.where(st.token_ids < 0, self.engine.pad_id, st.token_ids)
+            seq = torch.cat([input_ids.cpu(), torch.from_numpy(new)], dim=1)
+            if not want_logits:
+                return seq
+            logits = tuple(torch.from_numpy(st.logits) for st in steps)
+            return SimpleNamespace(sequences=seq, logits=logits)
 
     return EngineAsTorch().eval()

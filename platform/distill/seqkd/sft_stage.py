@@ -152,7 +152,7 @@ def run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
         metrics.update(report.metrics())
         ctx.tracker.log_dict(report.to_dict(), "contamination.json")
 
-    from distill.seqkd.local_train import completion_loss
+    from distill.seqkd.completion_loss import completion_loss
 
     before = completion_loss(load_causal_lm(src), held, cfg.batch_size)
     n_rows = len(data["input_ids"])

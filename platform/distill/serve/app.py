@@ -7,18 +7,18 @@
     distill serve deploy/serve.yaml             # run_from_config(path): same app, same args
 
 Model refs resolve here, in the process that builds the app (local paths become absolute,
-``models:/NAME/VERSION`` is downloaded once into ``$DISTILL_CACHE/serve-models``), so replicas
-only ever see local HF directories. With ``tracking_uri`` set, every build is recorded as an MLflow
+``models:/NAME/VERSION`` or ``models:/NAME@champion`` is downloaded once into
+``$DISTILL_CACHE/serve-models`` by ``distill.lineage.resolve``), so replicas only ever see local
+HF directories. With ``tracking_uri`` set, every build is recorded as an MLflow
 run (args as params, model paths / hashes / registered versions as tags).
 """
 
 # No `from __future__ import annotations`: Ray inspects build_app's annotation as a class.
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.lineage.resolve import resolve_registered
 from distill.serve.config import ModelDeployment, ServeArgs
 
 ROLES = ("student", "teacher")
@@ -27,41 +27,6 @@ DEMO_HINT = (
     "`distill run pipelines/configs/smollm2.yaml` first, or point args.student.model / "
     "args.teacher.model at HF checkpoint directories"
 )
-
-
-def _registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str]]:
-    """Download ``models:/NAME/VERSION`` once; return the checkpoint dir inside it and tags."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from distill.models.gguf import cache_root
-
-    name, version = ref.removeprefix("models:/").strip("/").split("/")
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        mv = client.get_model_version(name, version)
-    except Exception as e:
-        raise DistillError(f"cannot resolve {ref} at {tracking_uri}: {e}") from None
-    import hashlib
-
-    store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:8]
-    dst = cache_root() / "serve-models" / f"{store}-{name}-{version}"
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
-        try:
-            mlflow.set_registry_uri(tracking_uri)
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=ref, dst_path=str(tmp), tracking_uri=tracking_uri
-            )
-            tmp.rename(dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    configs = sorted(dst.rglob("config.json"), key=lambda p: len(p.parts))
-    if not configs:
-        raise DistillError(f"{ref} holds no HF checkpoint (no config.json under {dst})")
-    tags = {"registered": ref, "source_run_id": str(mv.run_id or "")}
-    return configs[0].parent, tags
 
 
 def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict[str, str]]:
@@ -74,7 +39,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict
     if ref.startswith("models:/"):
         if not tracking_uri:
             raise DistillError(f"{ref} needs args.tracking_uri to resolve")
-        return _registered(ref, tracking_uri)
+        return resolve_registered(ref, tracking_uri)  # models:/NAME/VERSION | models:/NAME@ALIAS
     path = Path(ref).expanduser().resolve()
     if not (path / "config.json").exists():
         raise DistillError(

@@ -5,8 +5,8 @@ Ray validates ``args`` against :class:`ServeArgs` before building anything (type
     serve run deploy/serve.yaml          # or: distill serve deploy/serve.yaml
 
 A model is named by a local HF directory, an MLflow registered version ``models:/NAME/VERSION``
-(resolved through ``tracking_uri``), or ``gguf:default`` (the packaged SmolLM2 teacher, converted
-once into ``~/.cache/distill``).
+or alias ``models:/NAME@champion`` (resolved through ``tracking_uri``), or ``gguf:default`` (the
+packaged SmolLM2 teacher, converted once into ``~/.cache/distill``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
+from distill.lineage.resolve import parse_model_uri
+from distill.monitor.config import RequestLogConfig
 
 Scoring = Literal["mean_logprob", "min_prob", "entropy"]
-MODEL_REF_HELP = "a local HF directory, 'models:/NAME/VERSION' (MLflow) or 'gguf:default'"
+MODEL_REF_HELP = (
+    "a local HF directory, 'models:/NAME/VERSION' or 'models:/NAME@ALIAS' (MLflow), "
+    "or 'gguf:default'"
+)
 
 
 class ModelDeployment(StrictModel):
@@ -43,8 +48,8 @@ class ModelDeployment(StrictModel):
         v = v.strip()
         if not v:
             raise ValueError(f"model must be {MODEL_REF_HELP}")
-        if v.startswith("models:/") and len(v.removeprefix("models:/").strip("/").split("/")) != 2:
-            raise ValueError(f"registered model must look like 'models:/NAME/VERSION', got {v!r}")
+        if v.startswith("models:/"):
+            parse_model_uri(v)  # models:/NAME/VERSION or models:/NAME@ALIAS (e.g. @champion)
         if v.startswith("gguf:") and v != "gguf:default":
             raise ValueError(f"only 'gguf:default' is supported as a gguf model ref, got {v!r}")
         return v
@@ -101,6 +106,9 @@ class ServeArgs(StrictModel):
         None, description="MLflow URI: resolves models:/ refs and records the deployment as a run"
     )
     experiment: str = Field("distill-serve", description="MLflow experiment of deployment runs")
+    request_log: RequestLogConfig | None = Field(
+        None, description="Parquet log of answered requests, for `distill monitor` (unset = off)"
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> ServeArgs:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from distill.monitor.log import open_request_log
 from distill.serve.cascade import RequestFailed, run_cascade
 from distill.serve.config import CascadeConfig, ServeArgs
 from distill.serve.schemas import (
@@ -75,6 +76,7 @@ class Router:
         self.created = int(time.time())
         self.stats = Stats()
         self.metrics = ServeMetrics()
+        self.request_log = open_request_log(self.args.request_log)  # distill monitor reads it
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {cascade: {threshold: 0.3, scoring: entropy, ...}}``."""
@@ -139,6 +141,8 @@ class Router:
             "completion_tokens": g["completion_tokens"],
             "total_tokens": g["prompt_tokens"] + g["completion_tokens"],
         }
+        if self.request_log is not None:
+            self.request_log.record(route, info, usage, total_ms, payload)
         return g, info, usage
 
     @api.post("/v1/completions")

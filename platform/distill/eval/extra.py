@@ -1,0 +1,90 @@
+"""Extra held-out corpora (``evaluate.extra_corpora``): read with the corpus readers of
+``distill.data`` (text dirs, JSONL, Parquet on Ray Data), tokenized with the teacher's tokenizer,
+packed to ``data.seq_len`` and scored like the held-out split::
+
+    evaluate:
+      extra_corpora:
+        - {name: ood-python, paths: [/data/other_python], max_rows: 32}
+        - {name: docs, paths: [/data/docs.jsonl], text_field: body}
+
+A missing path, an empty corpus or one too short for a single row is one ``DistillError`` naming
+``evaluate.extra_corpora[<i>]``; ``check_extra_corpora`` runs before the pipeline starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.config.base import DistillError
+from distill.data.config import CorpusConfig, DataConfig
+from distill.eval.config import ExtraCorpus
+
+
+def _where(i: int, ec: ExtraCorpus) -> str:
+    return f"evaluate.extra_corpora[{i}] ({ec.name})"
+
+
+def corpus_config(ec: ExtraCorpus) -> CorpusConfig:
+    return CorpusConfig(
+        kind="files",
+        paths=ec.paths,
+        format=ec.format,
+        text_field=ec.text_field,
+        glob=ec.glob,
+        max_documents=ec.max_documents,
+    )
+
+
+def extra_files(i: int, ec: ExtraCorpus) -> list[Path]:
+    """The corpus files (``distill.data.corpus.resolve_files``), errors re-labelled."""
+    from distill.data.corpus import resolve_files
+
+    try:
+        return resolve_files(corpus_config(ec))
+    except DistillError as e:
+        msg = str(e).replace("data.corpus.paths", "paths").replace("data.corpus.", "")
+        raise DistillError(f"{_where(i, ec)}: {msg}") from None
+
+
+def check_extra_corpora(corpora: list[ExtraCorpus]) -> None:
+    """Fail fast (before any stage) on a missing or empty extra corpus."""
+    for i, ec in enumerate(corpora):
+        extra_files(i, ec)
+
+
+def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
+    """The corpus' documents in a deterministic order (Ray Data readers of ``distill.data``)."""
+    from distill.data.pipeline import _read
+
+    files = extra_files(i, ec)
+    cfg = DataConfig(corpus=corpus_config(ec), seq_len=seq_len)
+    try:
+        docs: list[dict[str, Any]] = _read(cfg, files).take_all()
+    except DistillError as e:
+        raise DistillError(f"{_where(i, ec)}: {e}") from None
+    docs.sort(key=lambda d: str(d["doc_id"]))
+    return [str(d["text"])[: cfg.corpus.max_doc_chars] for d in docs]
+
+
+def extra_corpus_rows(i: int, ec: ExtraCorpus, tok: Any, seq_len: int) -> np.ndarray:
+    """``[n ≤ max_rows, seq_len]`` token rows of one extra corpus."""
+    from distill.data.packing import pack
+
+    texts = [t for t in read_texts(i, ec, seq_len) if t.strip()]
+    if not texts:
+        raise DistillError(f"{_where(i, ec)}: the corpus is empty (no document has text)")
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    rows = pack(ids, seq_len, tok.eos_token_id, ec.max_rows)
+    if len(rows) == 0:
+        n = sum(len(x) for x in ids)
+        raise DistillError(
+            f"{_where(i, ec)}: {n} tokens, fewer than one row of data.seq_len={seq_len}"
+        )
+    return rows
+
+
+def load_extra_corpora(corpora: list[ExtraCorpus], tok: Any, seq_len: int) -> dict[str, np.ndarray]:
+    return {ec.name: extra_corpus_rows(i, ec, tok, seq_len) for i, ec in enumerate(corpora)}

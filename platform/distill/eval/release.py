@@ -1,0 +1,99 @@
+"""After ``evaluate``: the release gate's verdicts go into ``report.json`` / ``report.md``, the
+evaluate run (metrics ``gate.<model>.passed``, tags) and the model registry (version tags
+``gate.verdict`` / ``gate.reasons``; the alias ``champion`` on the first passing model)::
+
+    distill run pipelines/configs/smollm2.yaml   # prints the verdicts; serve models:/NAME@champion
+
+A model that fails leaves the alias where it was: the last model that passed stays champion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distill.eval.config import GateConfig
+from distill.eval.gate import Verdict, judge, pick_champion
+
+Say = Callable[[str], None]
+
+
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """What the CLI prints: one line per judged model (with the reasons of a failure)."""
+    gate = report.get("gate")
+    if not gate:
+        return []
+    lines = []
+    for name, v in gate["verdicts"].items():
+        if v["passed"]:
+            lines.append(f"gate: {name} PASS")
+        else:
+            lines.append(f"gate: {name} FAIL: " + "; ".join(v["reasons"]))
+    champ = gate.get("champion")
+    alias = gate["alias"]
+    if champ and champ.get("uri"):
+        lines.append(f"gate: champion = {champ['model']} → {champ['uri']} ({champ['registered']})")
+    elif champ:
+        lines.append(f"gate: champion = {champ['model']} (not a registered model: no alias set)")
+    else:
+        lines.append(f"gate: no model passed; alias {alias!r} not moved")
+    return lines
+
+
+def _tag_versions(
+    client: Any, name: str, versions: dict[str, str], verdicts: dict[str, Verdict]
+) -> None:
+    for model, v in verdicts.items():
+        version = versions.get(model)
+        if version is None:
+            continue
+        client.set_model_version_tag(name, version, "gate.verdict", "pass" if v.passed else "fail")
+        client.set_model_version_tag(name, version, "gate.reasons", "; ".join(v.reasons)[:5000])
+
+
+def release(
+    run: Any,
+    gate: GateConfig,
+    report: dict[str, Any],
+    versions: dict[str, str],
+    registered_name: str,
+    workdir: Path,
+    say: Say = print,
+) -> dict[str, Any]:
+    """Judge the report's models, move the alias, save the report with ``gate``; return it."""
+    from mlflow import MlflowClient
+
+    from distill.eval.report import save_report
+
+    if not gate.enabled:
+        return report
+    verdicts = judge(report, gate)
+    champion = pick_champion(verdicts, gate.champion_order)
+    client = MlflowClient(run.tracking_uri, registry_uri=run.tracking_uri)
+    _tag_versions(client, registered_name, versions, verdicts)
+    champ: dict[str, Any] | None = None
+    if champion is not None:
+        version = versions.get(champion)
+        champ = {"model": champion, "version": version, "registered": None, "uri": None}
+        if version is not None:
+            client.set_registered_model_alias(registered_name, gate.alias, version)
+            champ["registered"] = f"models:/{registered_name}/{version}"
+            champ["uri"] = f"models:/{registered_name}@{gate.alias}"
+    report = {
+        **report,
+        "gate": {
+            "alias": gate.alias,
+            "config": gate.model_dump(mode="json"),
+            "verdicts": {m: v.to_dict() for m, v in verdicts.items()},
+            "champion": champ,
+        },
+    }
+    run.log_metrics({f"gate.{m}.passed": float(v.passed) for m, v in verdicts.items()})
+    tags = {f"gate.{m}": "pass" if v.passed else "fail" for m, v in verdicts.items()}
+    tags["gate.champion"] = champion or "none"
+    run.set_tags(tags)
+    save_report(report, Path(workdir), run)
+    for line in verdict_lines(report):
+        say(f"[distill] {line}")
+    return report
