@@ -78,6 +78,9 @@ def test_extra_corpus_and_absolute_rules():
     )
     v = judge(report, cfg)["student"]
     assert not v.passed and v.reasons == ["extra.ood.perplexity 50 FAILS ≤ 40 = 2 × teacher 20"]
+    report["models"][1]["tokens_per_s"] = 80.0  # a failing absolute rule has no reference
+    v = judge(report, cfg)["student"]
+    assert "tokens_per_s 80 FAILS ≥ 100" in v.reasons
 
 
 @pytest.mark.parametrize(

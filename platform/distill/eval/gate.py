@@ -40,8 +40,9 @@ class Check:
         if self.reference_value is None and self.reference is not None:
             return f"{self.metric}: {self.reference} has no value to compare with"
         op = "≥" if self.bound.startswith("min") else "≤"
-        scale = f" = {self.bound.split()[1]} × {self.reference} {self.reference_value:.4g}"
-        rel = scale if self.reference else ""
+        rel = ""
+        if self.reference is not None and self.reference_value is not None:
+            rel = f" = {self.bound.split()[1]} × {self.reference} {self.reference_value:.4g}"
         word = "ok" if self.passed else "FAILS"
         return f"{self.metric} {self.value:.4g} {word} {op} {self.limit:.4g}{rel}"
 
