@@ -16,6 +16,10 @@ mode the token comes from ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or
 ``~/.ray/auth_token`` (print it on the head with ``ray get-auth-token``) and is sent as an
 ``Authorization: Bearer`` header. This does not depend on ``RAY_AUTH_MODE`` in this process,
 which Ray caches when it is first imported. The job gets ``RAY_AUTH_MODE`` = the cluster's mode.
+
+Only Ray's public job API is used (``JobSubmissionClient`` with ``headers``, ``submit_job``,
+``get_job_status``, ``tail_job_logs``); ``JobsClient`` bounds each call with a timeout and turns
+its errors into one ``distill: error:`` line.
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ EXCLUDES = [
     "/build",
     "/dist",
 ]
-PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "DISTILL_CACHE", "DS_ACCELERATOR", "HF_HOME")
+# DeepSpeed's accelerator is not among them: each trainer sets it from distill.use_gpu
+# (distill.raycluster.worker_env), so a job-wide value can never reach a GPU worker.
+PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "DISTILL_CACHE", "HF_HOME")
 Say = Callable[[str], None]
 
 
@@ -72,7 +78,6 @@ class ClusterInfo:
     address: str
     auth_mode: str  # "token" | "disabled"
     headers: dict[str, str] = field(default_factory=dict, repr=False)
-    has_gpus: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,47 +161,91 @@ def probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ClusterInfo:
                 "(or RAY_AUTH_TOKEN_PATH=<file>), then retry"
             )
         headers["Authorization"] = f"Bearer {token}"
-    gpus = False
-    try:
-        s = requests.get(f"{address}/api/cluster_status", headers=headers, timeout=timeout_s)
-        usage = s.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-        gpus = usage.get("GPU", [0, 0])[1] > 0
-    except Exception:  # only a hint for DS_ACCELERATOR
-        pass
-    return ClusterInfo(address, mode, headers, gpus)
+    return ClusterInfo(address, mode, headers)
 
 
-def connect(address: str | None = None) -> tuple[Any, ClusterInfo]:
-    """A ``JobSubmissionClient`` with timeouts and the auth header the cluster needs."""
-    import requests
-    from ray.exceptions import AuthenticationError
+class JobsClient:
+    """Ray's public ``JobSubmissionClient`` (headers for auth), wrapped: every call is bounded
+    by a timeout and its errors become one ``DistillError`` naming the cluster."""
+
+    def __init__(self, client: Any, info: ClusterInfo) -> None:
+        self.client, self.info = client, info
+
+    def _call(self, fn: Callable[..., Any], *args: Any, timeout_s: float = READ_TIMEOUT_S, **kw):
+        import concurrent.futures
+
+        import requests
+        from ray.exceptions import AuthenticationError
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            return pool.submit(fn, *args, **kw).result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise DistillError(
+                f"{self.info.address} did not answer within {timeout_s:.0f}s ({fn.__name__})"
+            ) from None
+        except requests.RequestException as e:
+            raise _unreachable(self.info.address, e) from None
+        except AuthenticationError as e:
+            raise DistillError(
+                f"{self.info.address} rejected the auth token: {str(e).splitlines()[0]}. Use "
+                "the cluster's token (`ray get-auth-token` on the head) in RAY_AUTH_TOKEN"
+            ) from None
+        except RuntimeError as e:  # the client's "Request failed with status code N: ..."
+            msg = str(e).strip()
+            if re.search(r"status code 50[03]", msg) and "try again" in msg:
+                raise RetryLater(f"{self.info.address}: {msg}") from None
+            raise DistillError(f"{self.info.address}: {msg}") from None
+        finally:
+            pool.shutdown(wait=False)
+
+    def submit_job(self, **kw: Any) -> str:
+        return self._call(self.client.submit_job, **kw)
+
+    def get_job_status(self, job_id: str) -> str:
+        return str(
+            self._call(self.client.get_job_status, job_id, timeout_s=CONNECT_TIMEOUT_S).value
+        )
+
+    def get_job_info(self, job_id: str) -> Any:
+        return self._call(self.client.get_job_info, job_id, timeout_s=CONNECT_TIMEOUT_S)
+
+    def get_job_logs(self, job_id: str) -> str:
+        return self._call(self.client.get_job_logs, job_id)
+
+    def tail(self, job_id: str, say: Say, timeout_s: float | None) -> str:
+        """Stream the job's log with ``tail_job_logs`` (a websocket) until it closes; returns
+        the text seen. ``timeout_s`` bounds the whole stream."""
+        import asyncio
+
+        chunks: list[str] = []
+
+        async def run() -> None:
+            async for chunk in self.client.tail_job_logs(job_id):
+                chunks.append(chunk)
+                if chunk.strip():
+                    say(chunk.rstrip("\n"))
+
+        try:
+            asyncio.run(asyncio.wait_for(run(), timeout_s))
+        except TimeoutError:
+            raise DistillError(f"job {job_id} still running after {timeout_s:.0f}s") from None
+        except RuntimeError as e:  # the websocket closed abnormally: the log so far stands
+            say(f"[distill] log stream of {job_id} ended early ({e}); reading the stored log")
+            return self.get_job_logs(job_id)
+        return "".join(chunks)
+
+
+def connect(address: str | None = None) -> tuple[JobsClient, ClusterInfo]:
+    """A ``JobsClient`` with the auth header the cluster needs (from ``probe``)."""
     from ray.job_submission import JobSubmissionClient
 
     info = probe(resolve_address(address))
-
-    class _Client(JobSubmissionClient):
-        def _do_request(self, method: str, endpoint: str, **kw: Any) -> Any:
-            kw.setdefault("timeout", (CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
-            try:
-                return super()._do_request(method, endpoint, **kw)
-            except requests.RequestException as e:
-                raise _unreachable(info.address, e) from None
-            except AuthenticationError as e:
-                raise DistillError(
-                    f"{info.address} rejected the auth token: {str(e).splitlines()[0]}. Use "
-                    "the cluster's token (`ray get-auth-token` on the head) in RAY_AUTH_TOKEN"
-                ) from None
-
-        def _raise_error(self, r: Any) -> None:
-            if r.status_code in (500, 503) and "try again" in r.text:
-                raise RetryLater(f"{info.address}: {r.text.strip()}")
-            raise DistillError(f"{info.address}: HTTP {r.status_code}: {r.text.strip()}")
-
-    try:
-        client = _Client(info.address, headers=dict(info.headers))
-    except (ConnectionError, RuntimeError) as e:
-        raise DistillError(f"{info.address}: {e}") from None
-    return client, info
+    jobs = JobsClient(None, info)
+    jobs.client = jobs._call(
+        JobSubmissionClient, info.address, headers=dict(info.headers), timeout_s=CONNECT_TIMEOUT_S
+    )
+    return jobs, info
 
 
 def repo_root(config: Path) -> Path:
@@ -215,6 +264,7 @@ def job_spec(
     overrides: list[str],
     info: ClusterInfo,
     environ: Mapping[str, str] = os.environ,
+    verbose: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Entrypoint and runtime_env for ``config``; validates the config before anything runs."""
     import shlex
@@ -228,6 +278,8 @@ def job_spec(
     parts = ["python", "-m", "distill.cli", "run", rel]
     for item in overrides:
         parts += ["--set", item]
+    if verbose:
+        parts.append("--verbose")
     env = {
         "RAY_AUTH_MODE": info.auth_mode,
         "HF_HUB_OFFLINE": "1",
@@ -239,8 +291,6 @@ def job_spec(
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
     }
     env.update({k: environ[k] for k in PASS_THROUGH_ENV if environ.get(k)})
-    if "DS_ACCELERATOR" not in env and not info.has_gpus:
-        env["DS_ACCELERATOR"] = "cpu"
     runtime_env = {
         "working_dir": str(root),
         "py_modules": [str(Path(distill.__file__).parent)],
@@ -257,24 +307,16 @@ def parse_run_id(logs: str) -> str | None:
 
 
 def follow(
-    client: Any, job_id: str, say: Say = print, timeout_s: float | None = None
+    client: JobsClient, job_id: str, say: Say = print, timeout_s: float | None = None
 ) -> tuple[str, str]:
-    """Print new log text until the job is terminal; return (status, full logs)."""
-    seen = ""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        logs = client.get_job_logs(job_id)
-        # a log that no longer starts with what was printed (rotated) is printed again
-        new = logs[len(seen) :] if logs.startswith(seen) else logs
-        if new:
-            say(new.rstrip("\n"))
-        seen = logs
-        if status in TERMINAL:
-            return status, logs
-        if deadline is not None and time.monotonic() > deadline:
-            raise DistillError(f"job {job_id} still {status} after {timeout_s:.0f}s")
+    """Stream the job's log until the job ends; return (status, full log)."""
+    logs = client.tail(job_id, say, timeout_s)
+    deadline = time.monotonic() + 30  # the stream closes as the job ends; the status follows
+    status = client.get_job_status(job_id)
+    while status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(POLL_S)
+        status = client.get_job_status(job_id)
+    return status, logs
 
 
 def submit(
@@ -284,6 +326,7 @@ def submit(
     wait: bool = True,
     say: Say = print,
     timeout_s: float | None = None,
+    verbose: bool = False,
 ) -> JobOutcome:
     """Submit ``config`` as a Ray job; with ``wait`` stream its logs until it ends."""
     config = Path(config)
@@ -293,7 +336,7 @@ def submit(
     load_config(config, overrides)  # a bad config fails before any connection
     repo_root(config)
     client, info = connect(address)
-    entrypoint, runtime_env = job_spec(config, overrides, info)
+    entrypoint, runtime_env = job_spec(config, overrides, info, verbose=verbose)
     name = config.stem
     submission_id = f"distill-{name}-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + AGENT_WAIT_S
@@ -330,7 +373,13 @@ def submit(
 def main(args: argparse.Namespace) -> int:
     """``distill submit | status | logs`` (called by ``distill.cli``)."""
     if args.command == "submit":
-        out = submit(Path(args.target), args.set, args.address, wait=not args.no_wait)
+        out = submit(
+            Path(args.target),
+            args.set,
+            args.address,
+            wait=not args.no_wait,
+            verbose=getattr(args, "verbose", False),
+        )
         if out.status == "PENDING":
             print(f"job: {out.job_id}")
             return 0

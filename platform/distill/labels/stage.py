@@ -44,23 +44,11 @@ def teacher_vocab_size(model_dir: Path) -> int:
 
 
 def read_corpus_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (global indices, sorted) of a packed-corpus Parquet as int32 ``[n, L]``;
-    reads only the row groups that hold them."""
-    import pyarrow.parquet as pq
+    """Rows ``rows`` (global indices, sorted) of the packed corpus as int32 ``[n, L]``; reads
+    only the row groups that hold them (a Parquet file or a directory of part files)."""
+    from distill.data.packed import take_rows
 
-    pf = pq.ParquetFile(path, memory_map=True)
-    starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
-    groups = sorted({int(g) for g in np.searchsorted(starts, rows, side="right") - 1})
-    table = pf.read_row_groups(groups, columns=["input_ids"])
-    local = (
-        np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-        if groups
-        else np.zeros(0, dtype=np.int64)
-    )
-    pos = np.searchsorted(local, rows)
-    col = table.column("input_ids").combine_chunks().take(pos)
-    seq_len = col.type.list_size
-    return col.flatten().to_numpy().reshape(len(rows), seq_len).astype(np.int32)
+    return take_rows(path, rows)
 
 
 def _read_todo_rows(
