@@ -1,6 +1,6 @@
 """The ``distill`` command line.
 
-distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
+distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5] [-v]
 distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
 distill serve deploy/serve.yaml
 distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")
     cfg = load_config(Path(args.config), overrides)
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, verbose=args.verbose)
     if summary.report:
         _table(summary.report)
         print(f"report: {summary.workdir / 'report.json'}")
@@ -101,6 +101,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return jobs.main(args)
 
 
+VERBOSE_HELP = (
+    "stream Ray's worker logs and Ray Data progress to the console (always kept on disk: "
+    "<workdir>/logs/distill.log and <workdir>/logs/ray)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("--workdir")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     r.set_defaults(fn=cmd_run)
     lg = sub.add_parser("lineage", help="print the stage tree of a pipeline run")
     lg.add_argument("run_id")
@@ -129,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HOST:8265")
         j.add_argument("--set", action="append", metavar="KEY=VALUE")
         j.add_argument("--no-wait", action="store_true")
+        if name == "submit":
+            j.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
         j.set_defaults(fn=cmd_jobs)
     return p
 
