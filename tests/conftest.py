@@ -17,6 +17,22 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--skip-cluster",
+        action="store_true",
+        help="skip tests marked `cluster` (a two-node Ray cluster; also DISTILL_SKIP_CLUSTER=1)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--skip-cluster") or os.environ.get("DISTILL_SKIP_CLUSTER") == "1":
+        skip = pytest.mark.skip(reason="--skip-cluster / DISTILL_SKIP_CLUSTER=1")
+        for item in items:
+            if "cluster" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("distill-cache")

@@ -85,6 +85,11 @@ def _row_docs(batch: dict[str, Any], field: str) -> dict[str, Any]:
     return {"doc_id": [hashlib.sha256(t.encode()).hexdigest() for t in texts], "text": texts}
 
 
+# Reads and light maps take half a CPU: beside tokenizer actors (0.5 CPU each, spread over the
+# nodes) a whole-CPU task may never find a free CPU on a cluster of small nodes.
+READ_CPUS = 0.5
+
+
 def read_documents(cfg: DataConfig, files: list[Path]):
     """A Ray Dataset with columns ``doc_id`` and ``text``: one row per document."""
     import ray.data
@@ -92,17 +97,22 @@ def read_documents(cfg: DataConfig, files: list[Path]):
     fmt = detect_format(cfg.corpus, files)
     paths = [str(f) for f in files]
     if fmt == "text":
-        ds = ray.data.read_binary_files(paths, include_paths=True)
+        ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=READ_CPUS)
         ids = {os.path.abspath(p): d for p, d in document_ids(cfg.corpus, files).items()}
-        return ds.map_batches(_text_docs, fn_kwargs={"ids": ids})
-    ds = ray.data.read_json(paths, lines=True) if fmt == "jsonl" else ray.data.read_parquet(paths)
+        return ds.map_batches(_text_docs, fn_kwargs={"ids": ids}, num_cpus=READ_CPUS)
+    if fmt == "jsonl":
+        ds = ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
+    else:
+        ds = ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     field = cfg.corpus.text_field
     if field not in ds.schema().names:
         raise DistillError(
             f"data.corpus.text_field {field!r} is not a column of the corpus "
             f"(columns: {ds.schema().names})"
         )
-    ds = ds.map_batches(_row_docs, fn_kwargs={"field": field}, batch_format="numpy")
+    ds = ds.map_batches(
+        _row_docs, fn_kwargs={"field": field}, batch_format="numpy", num_cpus=READ_CPUS
+    )
     if cfg.corpus.max_documents:
         ds = ds.limit(cfg.corpus.max_documents)
     return ds

@@ -54,6 +54,7 @@ class TeacherScorer:
         self.id_dtype = np.dtype(id_dtype)
         self.seq_len = seq_len
         self.fidelity_stride = fidelity_stride
+        self.node_id = _node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -107,4 +108,15 @@ class TeacherScorer:
             "_fid_kl": fid_kl,
             "_fid_mass": fid_mass,
             "_score_s": np.full(b, took / b),
+            "_node": np.full(b, self.node_id),
         }
+
+
+def _node_id() -> str:
+    """The Ray node this scorer runs on ("local" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:
+        return "local"

@@ -55,7 +55,7 @@ def _read_todo_rows(
     batch: dict[str, np.ndarray], path: str, ranges: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Ray Data map: row numbers → the rows of shards still to score, with their tokens."""
-    rows = np.asarray(batch["id"], dtype=np.int64)
+    rows = np.asarray(batch["data"], dtype=np.int64)
     keep = np.zeros(len(rows), dtype=bool)
     for lo, hi in ranges:
         keep |= (rows >= lo) & (rows < hi)
@@ -74,7 +74,10 @@ def scoring_dataset(
     from ray.data import ActorPoolStrategy
 
     ranges = [(s.start_row, s.stop_row) for s in todo]
-    ds = ray.data.range(num_rows).map_batches(
+    # Row numbers as in-memory blocks (one per shard to score), not a read: a read task wants a
+    # whole CPU, which a multi-node cluster whose CPUs the scorer actors split may never free.
+    blocks = [np.arange(s.start_row, s.stop_row, dtype=np.int64) for s in todo]
+    ds = ray.data.from_numpy(blocks).map_batches(
         _read_todo_rows,
         fn_kwargs={"path": str(train_path), "ranges": ranges},
         batch_format="numpy",
@@ -104,6 +107,7 @@ def _shard_columns(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.nda
         "tail_sum": float(cols["tail_mass"].astype(np.float64).sum()),
         "score_s": float(cols["_score_s"].sum()),
         "rows": cols["row"],
+        "nodes": sorted({str(n) for n in cols["_node"]}) if "_node" in cols else [],
     }
     return {key: cols[key] for key in STORE_COLUMNS if key in cols}, stats
 
@@ -143,6 +147,7 @@ def score_shards(
                     tokens=spec.rows * manifest.seq_len,
                     tail_sum=stats["tail_sum"],
                     fidelity=stats["fid"],
+                    nodes=stats["nodes"],
                 )
             )
             write_manifest(root, manifest)
@@ -244,6 +249,7 @@ def _report(
         "captured_mass_all": fid.captured_mass_all,
         "shards_scored": float(len(todo)),
         "shards_reused": float(len(m.shards) - len(todo)),
+        "scoring_nodes": float(len(m.nodes)),
         "stage_seconds": time.perf_counter() - t_start,
     }
     metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (no fidelity sample)
@@ -273,5 +279,6 @@ def _report(
         "compute_dtype": m.compute_dtype,
         "shards": len(m.shards),
         "shards_scored": len(todo),
+        "nodes": m.nodes,
     }
     return StageResult(outputs={"soft_labels": root}, metrics=metrics, summary=summary)
