@@ -68,6 +68,7 @@ class Cluster:
         self.gcs_port = _free_ports(1)[0]
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.watcher: NodeWatcher | None = None
         self.env = dict(os.environ)
         self.env.update(
             PATH=f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}",
@@ -90,7 +91,7 @@ class Cluster:
             "--node-ip-address=127.0.0.1",
             "--num-cpus=1",
             f"--resources={json.dumps({resource: 1})}",
-            "--object-store-memory=200000000",
+            "--object-store-memory=1000000000",
             f"--node-manager-port={ports[0]}",
             f"--object-manager-port={ports[1]}",
             f"--dashboard-agent-listen-port={ports[2]}",
@@ -119,7 +120,9 @@ class Cluster:
         """Until the live nodes are exactly ``resources``; a node whose `ray start` exited (a
         raylet slow to register on a loaded machine: Ray waits only 30 s) is started again."""
         deadline = time.monotonic() + timeout_s
-        while sorted(_alive_nodes(self.address, self.env).values()) != sorted(resources):
+        if self.watcher is None:
+            self.watcher = NodeWatcher(self.address, self.env)
+        while sorted(self.watcher.alive().values()) != sorted(resources):
             for name, proc in list(self.nodes.items()):
                 if proc.poll() is not None:
                     self.start(name, "head_node" if name == "head" else "worker_node")
@@ -146,30 +149,53 @@ class Cluster:
             shutil.copytree(logs, dest / logs.parts[-3], dirs_exist_ok=True)
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
         for proc in self.nodes.values():
             _end_group(proc)
 
 
-def _alive_nodes(address: str, env: dict) -> dict[str, str]:
-    """``{node id: resource name}`` of the live nodes, from a short-lived driver."""
-    code = (
-        "import json, os, ray\n"
-        "ray.init(address=os.environ['RAY_ADDRESS'], logging_level='ERROR', log_to_driver=False)\n"
-        "print(json.dumps({n['NodeID']: [k for k in n['Resources'] if k.endswith('_node')] "
-        "for n in ray.nodes() if n['Alive']}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "RAY_ADDRESS": address},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    found = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode or not found:
-        return {}
-    nodes = json.loads(found[-1])
-    return {k: (v[0] if v else "") for k, v in nodes.items()}
+_WATCH = """
+import json, os, sys, time, ray
+for attempt in range(60):
+    try:
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+        break
+    except Exception:
+        time.sleep(2)
+for _ in sys.stdin:
+    nodes = {n["NodeID"]: [k for k in n["Resources"] if k.endswith("_node")]
+             for n in ray.nodes() if n["Alive"]}
+    print(json.dumps(nodes), flush=True)
+"""
+
+
+class NodeWatcher:
+    """One driver connected for the whole module (a driver costs seconds to start): each
+    ``alive()`` asks it for ``{node id: custom resource}`` of the live nodes."""
+
+    def __init__(self, address: str, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WATCH],
+            env={**env, "RAY_ADDRESS": address},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def alive(self) -> dict[str, str]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the node watcher could not connect to the cluster")
+        return {k: (v[0] if v else "") for k, v in json.loads(line).items()}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +215,7 @@ def cluster():
 
 @pytest.mark.timeout(1800)
 def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
-    nodes = _alive_nodes(cluster.address, cluster.env)
+    nodes = cluster.watcher.alive()
     head_id = next(k for k, v in nodes.items() if v == "head_node")
     worker_id = next(k for k, v in nodes.items() if v == "worker_node")
     workdir, ckpt = tmp_path / "run", tmp_path / "ckpt"

@@ -53,7 +53,7 @@ class DataConfig(StrictModel):
     seed: int = Field(0, description="split and document order (same corpus + seed → same rows)")
     tokenize_batch_size: int = Field(16, ge=1)
     tokenize_actors: int | None = Field(
-        None, ge=1, description="tokenizer actors (0.5 CPU each); unset = one per cluster CPU"
+        None, ge=1, description="tokenizer actors (0.5 CPU each); unset = one per 2 cluster CPUs"
     )
     pack_group_rows: int = Field(
         64,

@@ -119,13 +119,13 @@ def read_documents(cfg: DataConfig, files: list[Path]):
 
 
 def tokenizer_pool_size(cfg: DataConfig) -> int:
-    """``data.tokenize_actors``, else one actor (0.5 CPU) per cluster CPU: half the CPUs, the
-    other half reads."""
+    """``data.tokenize_actors``, else one actor (0.5 CPU) per 2 cluster CPUs: a quarter of the
+    CPUs tokenize and the rest read, so reads never starve (on a 2-CPU cluster: one actor)."""
     import ray
 
     if cfg.tokenize_actors:
         return cfg.tokenize_actors
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
 
 
 def tokenize_to(cfg: DataConfig, files: list[Path], tokenizer_dir: Path, out: Path) -> None:
@@ -241,19 +241,30 @@ def write_documents(path: Path, plan: Plan) -> None:
 
 @contextmanager
 def data_context() -> Iterator[None]:
-    """Ordered execution (``limit`` keeps the first documents) and a task-based sort shuffle
-    (no aggregator actors to place on small clusters) for the datasets built inside."""
+    """For the datasets built inside: ordered execution (``limit`` keeps the first documents),
+    a task-based sort shuffle (no aggregator actors to place on small clusters), and no
+    per-operator CPU reservation (on a cluster of 1-CPU nodes it left the read operator
+    without a budget beside the tokenizer actors: Ray Data warned "may hang forever")."""
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
     ctx = DataContext.get_current()
-    saved = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
+    saved = (
+        ctx.execution_options.preserve_order,
+        ctx.shuffle_strategy,
+        ctx.op_resource_reservation_enabled,
+    )
     ctx.execution_options.preserve_order = True
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        ctx.execution_options.preserve_order, ctx.shuffle_strategy = saved
+        (
+            ctx.execution_options.preserve_order,
+            ctx.shuffle_strategy,
+            ctx.op_resource_reservation_enabled,
+        ) = saved
 
 
 def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
