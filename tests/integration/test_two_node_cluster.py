@@ -226,6 +226,7 @@ def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
         "data.corpus.max_documents": "16",
         "data.max_train_rows": "32",
         "data.max_heldout_rows": "8",
+        "data.tokenize_batch_size": "64",
         "soft_labels.num_actors": "2",
         "soft_labels.rows_per_shard": "8",
         "distill.num_workers": "2",

@@ -241,30 +241,19 @@ def write_documents(path: Path, plan: Plan) -> None:
 
 @contextmanager
 def data_context() -> Iterator[None]:
-    """For the datasets built inside: ordered execution (``limit`` keeps the first documents),
-    a task-based sort shuffle (no aggregator actors to place on small clusters), and no
-    per-operator CPU reservation (on a cluster of 1-CPU nodes it left the read operator
-    without a budget beside the tokenizer actors: Ray Data warned "may hang forever")."""
+    """Ordered execution (``limit`` keeps the first documents) and a task-based sort shuffle
+    (no aggregator actors to place on small clusters) for the datasets built inside."""
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
     ctx = DataContext.get_current()
-    saved = (
-        ctx.execution_options.preserve_order,
-        ctx.shuffle_strategy,
-        ctx.op_resource_reservation_enabled,
-    )
+    saved = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
     ctx.execution_options.preserve_order = True
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    ctx.op_resource_reservation_enabled = False
     try:
         yield
     finally:
-        (
-            ctx.execution_options.preserve_order,
-            ctx.shuffle_strategy,
-            ctx.op_resource_reservation_enabled,
-        ) = saved
+        ctx.execution_options.preserve_order, ctx.shuffle_strategy = saved
 
 
 def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
