@@ -60,9 +60,16 @@ def worker_nodes(nodes_uri: str) -> list[str]:
     return sorted({json.loads(t)["node_id"] for t in read_texts(nodes_uri)})
 
 
-def launch(spec: LoopSpec, run_name: str, storage_path: str | os.PathLike) -> dict[str, Any]:
+def launch(
+    spec: LoopSpec,
+    run_name: str,
+    storage_path: str | os.PathLike,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run the loop on ``cfg.num_workers`` workers; return rank 0's final reported metrics plus
-    ``train_node_ids``."""
+    ``train_node_ids``.
+
+    ``env`` adds environment variables to the workers (the tests' fault injection uses it)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -84,7 +91,9 @@ def launch(spec: LoopSpec, run_name: str, storage_path: str | os.PathLike) -> di
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env(cfg.use_gpu, cfg.cpus_per_worker)},
+            worker_runtime_env={
+                "env_vars": {**worker_env(cfg.use_gpu, cfg.cpus_per_worker), **(env or {})}
+            },
         ),
     )
     try:
