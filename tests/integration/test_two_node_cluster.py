@@ -189,6 +189,8 @@ class NodeWatcher:
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
+        while line and not line.startswith("{"):  # Ray's own notices (a node marked dead...)
+            line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the node watcher could not connect to the cluster")
         return {k: (v[0] if v else "") for k, v in json.loads(line).items()}

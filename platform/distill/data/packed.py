@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from distill.config.base import DistillError
+
+PART = re.compile(r"^rows-(\d{12})\.parquet$")
+ROW_GROUP = 256  # rows per Parquet row group of a part file: the unit the soft-label stage reads
+
+
+def part_name(first_row: int) -> str:
+    return f"rows-{first_row:012d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -174,3 +184,17 @@ def make_calib_loop(rows: np.ndarray, batch_size: int = 4) -> Callable[[object],
                 model(input_ids=torch.as_tensor(b, dtype=torch.long, device=device))
 
     return calib_loop
+
+
+def check_parts(path: Path, expected_rows: int) -> None:
+    """The part files of ``path`` tile rows ``0..expected_rows-1`` exactly (footers only)."""
+    import pyarrow.parquet as pq
+
+    nxt = 0
+    for f in sorted(Path(path).glob("*.parquet")):
+        m = PART.match(f.name)
+        if not m or int(m.group(1)) != nxt:
+            raise DistillError(f"{path}: part {f.name} does not start at row {nxt}")
+        nxt += pq.ParquetFile(f).metadata.num_rows
+    if nxt != expected_rows:
+        raise DistillError(f"{path}: {nxt} rows written, the plan has {expected_rows}")

@@ -140,7 +140,7 @@ def tokenize_to(cfg: DataConfig, files: list[Path], tokenizer_dir: Path, out: Pa
         compute=ActorPoolStrategy(min_size=1, max_size=tokenizer_pool_size(cfg)),
         num_cpus=0.5,
     )
-    ds.write_parquet(str(out))
+    ds.write_parquet(str(out), ray_remote_args={"num_cpus": READ_CPUS})
 
 
 def read_metadata(docs: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,14 +211,14 @@ def pack_to(cfg: DataConfig, docs: Path, plan: Plan, eos: int, out: Path) -> Non
     from distill.data.sink import PackedRowsDatasink
 
     groups = {"split": plan.group_split, "first": plan.group_first_row, "rows": plan.group_rows}
-    ds = ray.data.read_parquet(str(docs), columns=["doc_id", "input_ids"])
+    ds = ray.data.read_parquet(str(docs), columns=["doc_id", "input_ids"], num_cpus=READ_CPUS)
     ds = ds.map_batches(_assign, fn_kwargs={"plan": ray.put(plan)}, batch_format="pyarrow")
     ds = ds.groupby("group").map_groups(
         _pack_group,
         fn_kwargs={"groups": groups, "seq_len": cfg.seq_len, "eos": eos},
         batch_format="pyarrow",
     )
-    ds.write_datasink(PackedRowsDatasink(str(out)))
+    ds.write_datasink(PackedRowsDatasink(str(out)), ray_remote_args={"num_cpus": READ_CPUS})
 
 
 def write_documents(path: Path, plan: Plan) -> None:
@@ -273,7 +273,7 @@ def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
 
 def prepare_corpus(cfg: DataConfig, tokenizer_dir: Path, out_dir: Path) -> PackedCorpus:
     """Tokenize, split and pack the corpus into ``out_dir`` (reused when its key matches)."""
-    from distill.data.sink import check_parts
+    from distill.data.packed import check_parts
     from distill.models.loader import load_tokenizer
 
     files = resolve_files(cfg.corpus)

@@ -5,12 +5,11 @@ named by its first row (temp name + rename), so the files read in name order are
 order, whatever the block order was::
 
     ds.write_datasink(PackedRowsDatasink("runs/x/.data-tmp"))    # columns split, row, input_ids
-    check_parts(Path("runs/x/.data-tmp/train.parquet"), expected_rows)
+    check_parts(Path("runs/x/.data-tmp/train.parquet"), expected_rows)   # distill.data.packed
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,7 @@ import numpy as np
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
-from distill.config.base import DistillError
-
-PART = re.compile(r"^rows-(\d{12})\.parquet$")
-ROW_GROUP = 256  # rows per Parquet row group: the unit the soft-label stage reads
-
-
-def part_name(first_row: int) -> str:
-    return f"rows-{first_row:012d}.parquet"
+from distill.data.packed import ROW_GROUP, part_name
 
 
 class PackedRowsDatasink(Datasink[list]):
@@ -68,17 +60,3 @@ class PackedRowsDatasink(Datasink[list]):
     def on_write_complete(self, write_result: Any) -> None:
         for ret in write_result.write_returns:
             self.written.extend(ret)
-
-
-def check_parts(path: Path, expected_rows: int) -> None:
-    """The part files of ``path`` tile rows ``0..expected_rows-1`` exactly (footers only)."""
-    import pyarrow.parquet as pq
-
-    nxt = 0
-    for f in sorted(Path(path).glob("*.parquet")):
-        m = PART.match(f.name)
-        if not m or int(m.group(1)) != nxt:
-            raise DistillError(f"{path}: part {f.name} does not start at row {nxt}")
-        nxt += pq.ParquetFile(f).metadata.num_rows
-    if nxt != expected_rows:
-        raise DistillError(f"{path}: {nxt} rows written, the plan has {expected_rows}")
