@@ -21,6 +21,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--skip-cluster",
+        action="store_true",
+        help="skip tests marked `cluster` (a two-node Ray cluster; also DISTILL_SKIP_CLUSTER=1)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--skip-cluster") or os.environ.get("DISTILL_SKIP_CLUSTER") == "1":
+        skip = pytest.mark.skip(reason="--skip-cluster / DISTILL_SKIP_CLUSTER=1")
+        for item in items:
+            if "cluster" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("distill-cache")

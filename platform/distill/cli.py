@@ -1,6 +1,6 @@
 """The ``distill`` command line.
 
-distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5]
+distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_params=0.5] [-v]
 distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
 distill serve deploy/serve.yaml
 distill monitor runs/serve-log --reference runs/smollm2/report.json
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")
     cfg = load_config(Path(args.config), overrides)
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, verbose=args.verbose)
     if summary.report:
         from distill.eval.release import verdict_lines
 
@@ -127,6 +127,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return jobs.main(args)
 
 
+VERBOSE_HELP = (
+    "stream Ray's worker logs and Ray Data progress to the console (always kept on disk: "
+    "<workdir>/logs/distill.log and <workdir>/logs/ray)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("--workdir")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     r.set_defaults(fn=cmd_run)
     lg = sub.add_parser("lineage", help="print the stage tree of a pipeline run")
     lg.add_argument("run_id")
@@ -166,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HOST:8265")
         j.add_argument("--set", action="append", metavar="KEY=VALUE")
         j.add_argument("--no-wait", action="store_true")
+        if name == "submit":
+            j.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
         j.set_defaults(fn=cmd_jobs)
     return p
 

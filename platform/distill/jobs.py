@@ -10,12 +10,9 @@ The config is validated here first; the repository (the config's nearest ancesto
 ``py_module``, so the cluster needs the dependencies but not this checkout. The job runs
 ``python -m distill.cli run <config> [--set ...]``; its ``mlflow run: <id>`` line gives the id.
 
-Token authentication (Ray ≥ 2.52, on by default when ``~/.ray/auth_token`` exists): the
-cluster's mode is read from the public ``/api/authentication_mode`` endpoint, and in ``token``
-mode the token comes from ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or
-``~/.ray/auth_token`` (print it on the head with ``ray get-auth-token``) and is sent as an
-``Authorization: Bearer`` header. This does not depend on ``RAY_AUTH_MODE`` in this process,
-which Ray caches when it is first imported. The job gets ``RAY_AUTH_MODE`` = the cluster's mode.
+The cluster's auth mode and token, and the bounded client over Ray's public job API
+(``JobSubmissionClient``, ``tail_job_logs``): ``distill.jobs_client``. The job gets
+``RAY_AUTH_MODE`` = the cluster's mode.
 """
 
 from __future__ import annotations
@@ -26,15 +23,21 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.jobs_client import (  # noqa: F401 - re-exported: the CLI and tests use distill.jobs
+    ClusterInfo,
+    JobsClient,
+    RetryLater,
+    connect,
+    find_token,
+    probe,
+    resolve_address,
+)
 
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0  # uploads of the working_dir go through the same session
 POLL_S = 2.0
 AGENT_WAIT_S = 90.0  # a freshly started head takes a while to register its job agent
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -57,22 +60,10 @@ EXCLUDES = [
     "/build",
     "/dist",
 ]
-PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "DISTILL_CACHE", "DS_ACCELERATOR", "HF_HOME")
+# DeepSpeed's accelerator is not among them: each trainer sets it from distill.use_gpu
+# (distill.raycluster.worker_env), so a job-wide value can never reach a GPU worker.
+PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "DISTILL_CACHE", "HF_HOME")
 Say = Callable[[str], None]
-
-
-class RetryLater(DistillError):
-    """The cluster is up but not ready to take a job yet (e.g. no job agent registered)."""
-
-
-@dataclass(frozen=True)
-class ClusterInfo:
-    """What the client learned from the dashboard before submitting."""
-
-    address: str
-    auth_mode: str  # "token" | "disabled"
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
-    has_gpus: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,122 +72,6 @@ class JobOutcome:
     status: str
     run_id: str | None
     message: str | None = None
-
-
-def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """``--address`` or ``$RAY_API_SERVER_ADDRESS`` / ``$RAY_ADDRESS`` or the local default."""
-    addr = (
-        address
-        or environ.get("RAY_API_SERVER_ADDRESS")
-        or environ.get("RAY_ADDRESS")
-        or DEFAULT_ADDRESS
-    )
-    if addr.startswith("ray://") or addr == "auto":
-        raise DistillError(
-            f"address {addr!r} is not a dashboard address: give --address http://HOST:8265"
-        )
-    if "://" not in addr:
-        addr = f"http://{addr}"
-    return addr.rstrip("/")
-
-
-def find_token(environ: Mapping[str, str] = os.environ, home: Path | None = None) -> str | None:
-    """The Ray auth token, in Ray's order: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray."""
-    if environ.get("RAY_AUTH_TOKEN", "").strip():
-        return environ["RAY_AUTH_TOKEN"].strip()
-    if environ.get("RAY_AUTH_TOKEN_PATH"):
-        p = Path(environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
-        try:
-            token = p.read_text().strip()
-        except OSError as e:
-            raise DistillError(f"RAY_AUTH_TOKEN_PATH={p}: cannot read the token: {e}") from None
-        if not token:
-            raise DistillError(f"RAY_AUTH_TOKEN_PATH={p} is empty")
-        return token
-    default = (home or Path.home()) / ".ray" / "auth_token"
-    if default.is_file():
-        return default.read_text().strip() or None
-    return None
-
-
-def _unreachable(address: str, e: Exception) -> DistillError:
-    return DistillError(
-        f"cannot reach the Ray dashboard at {address} ({type(e).__name__}). Start a cluster "
-        "(ray start --head --dashboard-host 127.0.0.1) or pass --address http://HOST:8265 "
-        "(or set RAY_ADDRESS)"
-    )
-
-
-def probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> ClusterInfo:
-    """Ask the dashboard for its auth mode (public endpoint) and pick the token if needed."""
-    import requests
-
-    try:
-        r = requests.get(f"{address}/api/authentication_mode", timeout=timeout_s)
-    except requests.RequestException as e:
-        raise _unreachable(address, e) from None
-    if r.status_code == 404:
-        mode = "disabled"  # a Ray older than 2.52 has no token auth
-    else:
-        try:
-            r.raise_for_status()
-            mode = str(r.json().get("authentication_mode", "disabled"))
-        except (requests.RequestException, ValueError, AttributeError):
-            raise DistillError(
-                f"{address} answered HTTP {r.status_code} without a Ray auth mode: "
-                "is it a Ray dashboard (default port 8265)?"
-            ) from None
-    headers: dict[str, str] = {}
-    if mode == "token":
-        token = find_token()
-        if token is None:
-            raise DistillError(
-                f"the Ray cluster at {address} requires an auth token and none was found: "
-                "run `ray get-auth-token` on the head node and export RAY_AUTH_TOKEN=<token> "
-                "(or RAY_AUTH_TOKEN_PATH=<file>), then retry"
-            )
-        headers["Authorization"] = f"Bearer {token}"
-    gpus = False
-    try:
-        s = requests.get(f"{address}/api/cluster_status", headers=headers, timeout=timeout_s)
-        usage = s.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-        gpus = usage.get("GPU", [0, 0])[1] > 0
-    except Exception:  # only a hint for DS_ACCELERATOR
-        pass
-    return ClusterInfo(address, mode, headers, gpus)
-
-
-def connect(address: str | None = None) -> tuple[Any, ClusterInfo]:
-    """A ``JobSubmissionClient`` with timeouts and the auth header the cluster needs."""
-    import requests
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
-    info = probe(resolve_address(address))
-
-    class _Client(JobSubmissionClient):
-        def _do_request(self, method: str, endpoint: str, **kw: Any) -> Any:
-            kw.setdefault("timeout", (CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
-            try:
-                return super()._do_request(method, endpoint, **kw)
-            except requests.RequestException as e:
-                raise _unreachable(info.address, e) from None
-            except AuthenticationError as e:
-                raise DistillError(
-                    f"{info.address} rejected the auth token: {str(e).splitlines()[0]}. Use "
-                    "the cluster's token (`ray get-auth-token` on the head) in RAY_AUTH_TOKEN"
-                ) from None
-
-        def _raise_error(self, r: Any) -> None:
-            if r.status_code in (500, 503) and "try again" in r.text:
-                raise RetryLater(f"{info.address}: {r.text.strip()}")
-            raise DistillError(f"{info.address}: HTTP {r.status_code}: {r.text.strip()}")
-
-    try:
-        client = _Client(info.address, headers=dict(info.headers))
-    except (ConnectionError, RuntimeError) as e:
-        raise DistillError(f"{info.address}: {e}") from None
-    return client, info
 
 
 def repo_root(config: Path) -> Path:
@@ -215,6 +90,7 @@ def job_spec(
     overrides: list[str],
     info: ClusterInfo,
     environ: Mapping[str, str] = os.environ,
+    verbose: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Entrypoint and runtime_env for ``config``; validates the config before anything runs."""
     import shlex
@@ -228,6 +104,8 @@ def job_spec(
     parts = ["python", "-m", "distill.cli", "run", rel]
     for item in overrides:
         parts += ["--set", item]
+    if verbose:
+        parts.append("--verbose")
     env = {
         "RAY_AUTH_MODE": info.auth_mode,
         "HF_HUB_OFFLINE": "1",
@@ -239,8 +117,6 @@ def job_spec(
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
     }
     env.update({k: environ[k] for k in PASS_THROUGH_ENV if environ.get(k)})
-    if "DS_ACCELERATOR" not in env and not info.has_gpus:
-        env["DS_ACCELERATOR"] = "cpu"
     runtime_env = {
         "working_dir": str(root),
         "py_modules": [str(Path(distill.__file__).parent)],
@@ -257,24 +133,16 @@ def parse_run_id(logs: str) -> str | None:
 
 
 def follow(
-    client: Any, job_id: str, say: Say = print, timeout_s: float | None = None
+    client: JobsClient, job_id: str, say: Say = print, timeout_s: float | None = None
 ) -> tuple[str, str]:
-    """Print new log text until the job is terminal; return (status, full logs)."""
-    seen = ""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        logs = client.get_job_logs(job_id)
-        # a log that no longer starts with what was printed (rotated) is printed again
-        new = logs[len(seen) :] if logs.startswith(seen) else logs
-        if new:
-            say(new.rstrip("\n"))
-        seen = logs
-        if status in TERMINAL:
-            return status, logs
-        if deadline is not None and time.monotonic() > deadline:
-            raise DistillError(f"job {job_id} still {status} after {timeout_s:.0f}s")
+    """Stream the job's log until the job ends; return (status, full log)."""
+    logs = client.tail(job_id, say, timeout_s)
+    deadline = time.monotonic() + 30  # the stream closes as the job ends; the status follows
+    status = client.get_job_status(job_id)
+    while status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(POLL_S)
+        status = client.get_job_status(job_id)
+    return status, logs
 
 
 def submit(
@@ -284,6 +152,7 @@ def submit(
     wait: bool = True,
     say: Say = print,
     timeout_s: float | None = None,
+    verbose: bool = False,
 ) -> JobOutcome:
     """Submit ``config`` as a Ray job; with ``wait`` stream its logs until it ends."""
     config = Path(config)
@@ -293,7 +162,7 @@ def submit(
     load_config(config, overrides)  # a bad config fails before any connection
     repo_root(config)
     client, info = connect(address)
-    entrypoint, runtime_env = job_spec(config, overrides, info)
+    entrypoint, runtime_env = job_spec(config, overrides, info, verbose=verbose)
     name = config.stem
     submission_id = f"distill-{name}-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + AGENT_WAIT_S
@@ -330,7 +199,13 @@ def submit(
 def main(args: argparse.Namespace) -> int:
     """``distill submit | status | logs`` (called by ``distill.cli``)."""
     if args.command == "submit":
-        out = submit(Path(args.target), args.set, args.address, wait=not args.no_wait)
+        out = submit(
+            Path(args.target),
+            args.set,
+            args.address,
+            wait=not args.no_wait,
+            verbose=getattr(args, "verbose", False),
+        )
         if out.status == "PENDING":
             print(f"job: {out.job_id}")
             return 0

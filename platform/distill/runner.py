@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,17 +71,54 @@ def _save(
     os.replace(tmp, path)
 
 
-def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
-    """Run ``cfg.stages`` in order; return run id, artifacts and per-stage metrics."""
+@contextmanager
+def run_log(workdir: Path, say: Say) -> Iterator[Say]:
+    """``<workdir>/logs/distill.log`` gets the pipeline's progress lines and every Python log
+    record at INFO (distill, Ray, Ray Data, MLflow), whatever reaches the console."""
+    path = workdir / "logs" / "distill.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # the root logger, and each library logger that stops propagation (else records would
+    # reach the file twice)
+    named = [logging.getLogger(n) for n in ("ray", "ray.data", "ray.train", "mlflow")]
+    loggers = [logging.getLogger(), *[lg for lg in named if not lg.propagate]]
+    for lg in loggers:
+        lg.addHandler(handler)
+    progress = logging.getLogger("distill.run")
+
+    def tee(msg: str) -> None:
+        say(msg)
+        handler.handle(progress.makeRecord(progress.name, logging.INFO, "", 0, msg, None, None))
+
+    try:
+        yield tee
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()
+
+
+def run_pipeline(cfg: PipelineConfig, say: Say = print, verbose: bool = False) -> PipelineSummary:
+    """Run ``cfg.stages`` in order; return run id, artifacts and per-stage metrics.
+
+    Quiet unless ``verbose``: Ray's worker logs and Ray Data progress stay off the console (in
+    ``<workdir>/logs/ray`` → Ray's session logs, and ``<workdir>/logs/distill.log``)."""
+    workdir = Path(cfg.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with run_log(workdir, say) as tee:
+        return _run(cfg, workdir, tee, verbose)
+
+
+def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> PipelineSummary:
     from distill.data.pipeline import prepare_corpus
     from distill.lineage.registry import register_checkpoint
     from distill.lineage.tracker import Tracker
     from distill.models.compat import check_tokenizer_compat
     from distill.models.loader import license_decision, resolve_source
-    from distill.raycluster import ensure_ray
+    from distill.raycluster import ensure_ray, link_session_logs
 
-    workdir = Path(cfg.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(cfg.tracking, workdir)
     tracker.experiment_id()  # fail fast on an unreachable tracking server
     say(f"[distill] pipeline {cfg.name!r}  workdir {workdir}  tracking {tracker.uri}")
@@ -101,7 +140,8 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print) -> PipelineSummary:
         from distill.eval.extra import check_extra_corpora
 
         check_extra_corpora(cfg.evaluate.extra_corpora)
-    ensure_ray(cfg.ray)
+    ensure_ray(cfg.ray, verbose=verbose)
+    link_session_logs(workdir)
     say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
     corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data")
     say(

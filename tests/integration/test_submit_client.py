@@ -39,14 +39,15 @@ def test_job_spec_entrypoint_and_runtime_env():
     assert ev["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert ev["DISTILL_CACHE"] == "/cache"
     assert ev["HF_HUB_OFFLINE"] == ev["TRANSFORMERS_OFFLINE"] == "1"
-    assert ev["DS_ACCELERATOR"] == "cpu"
     assert "Bearer" not in repr(env)  # the token never goes into the job's env
 
-    gpu = ClusterInfo("http://h:8265", "disabled", {}, has_gpus=True)
-    _, env = job_spec(SMOKE, [], gpu, {})
+    # DeepSpeed's accelerator is set per trainer from use_gpu, never job-wide
+    other = ClusterInfo("http://h:8265", "disabled", {})
+    entry, env = job_spec(SMOKE, [], other, {"DS_ACCELERATOR": "cpu"}, verbose=True)
     assert "DS_ACCELERATOR" not in env["env_vars"]
     assert env["env_vars"]["RAY_AUTH_MODE"] == "disabled"
     assert "MLFLOW_TRACKING_URI" not in env["env_vars"]
+    assert shlex.split(entry)[-1] == "--verbose"
 
 
 def test_bad_config_fails_before_connecting():

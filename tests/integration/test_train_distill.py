@@ -226,6 +226,19 @@ def test_stage_offline_zero3_writes_loadable_student(stage_ctx, ray_local, model
     assert sorted(m.step for m in hist) == [1, 2, 3]
     ids = torch.as_tensor(ctx.corpus.heldout()[:1], dtype=torch.long)
     assert torch.isfinite(model(input_ids=ids).logits).all()
+    # the export is exactly the trained fp32 weights: DeepSpeed's own consolidation of the last
+    # checkpoint (all ranks' ZeRO-3 partitions) gives the same tensors, and they moved
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    (ckpt,) = (ctx.workdir / "ray_results").glob("*/checkpoint-step0000003")
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="state")
+    exported = model.state_dict()
+    initial = load_causal_lm(models[1]).state_dict()
+    for k, v in trained.items():
+        name = k.removeprefix("student.")
+        assert exported[name].dtype == torch.float32
+        assert torch.equal(exported[name], v.float()), name
+    assert any(not torch.equal(exported[k], initial[k]) for k in initial)
     shutil.rmtree(ctx.workdir / "ray_results", ignore_errors=True)
 
 

@@ -26,7 +26,11 @@ StageName = Literal["soft_labels", "generate", "prune", "distill", "sft", "quant
 
 class PipelineConfig(StrictModel):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    workdir: Path = Path("runs/default")
+    workdir: Path = Field(
+        Path("runs/default"),
+        description="a path or file:// URI every Ray node reaches at the same path (shared "
+        "filesystem / ReadWriteMany PVC on KubeRay)",
+    )
     teacher: ModelSource = Field(default_factory=GGUFSource)
     student: ModelSource | None = Field(
         None, description="initial student; unset = the pruned teacher (or the teacher)"
@@ -43,6 +47,18 @@ class PipelineConfig(StrictModel):
     gate: GateConfig = Field(default_factory=GateConfig, description="release gate after evaluate")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir_uri(cls, v: object) -> object:
+        from distill.storage import is_uri, local_path
+
+        if isinstance(v, str) and is_uri(v):
+            try:
+                return local_path(v)
+            except Exception as e:  # DistillError → a validation error naming the key
+                raise ValueError(str(e)) from None
+        return v
 
     @field_validator("stages")
     @classmethod

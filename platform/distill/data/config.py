@@ -1,4 +1,4 @@
-"""Corpus and packing settings (``data:`` section of a pipeline YAML)."""
+"""Corpus, split and packing settings (``data:`` section of a pipeline YAML)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,42 @@ class CorpusConfig(StrictModel):
     max_doc_chars: int = Field(200_000, ge=1)
 
 
+class NearDuplicateConfig(StrictModel):
+    """Near-duplicate documents are clustered before the split; a cluster is never divided.
+
+    Defaults measured on the stdlib corpus of ``smollm2.yaml``: token 5-gram Jaccard ≥ 0.3 brings
+    the held-out/train 13-gram overlap of all packed rows from 13-18% to 1-2% (three seeds).
+    """
+
+    enabled: bool = True
+    shingle: int = Field(5, ge=1, le=64, description="token n-gram size of the MinHash shingles")
+    threshold: float = Field(0.3, gt=0, le=1, description="estimated Jaccard that joins two docs")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per document")
+    max_heldout_cluster: float = Field(
+        0.5,
+        gt=0,
+        description="a cluster larger than this × the expected held-out document count always "
+        "trains (keeps the held-out size near heldout_fraction)",
+    )
+
+
 class DataConfig(StrictModel):
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     seq_len: int = Field(512, ge=8)
     heldout_fraction: float = Field(0.05, gt=0, lt=1)
-    max_train_rows: int | None = Field(None, ge=1)
+    near_duplicates: NearDuplicateConfig = Field(default_factory=NearDuplicateConfig)
+    max_train_rows: int | None = Field(
+        None, ge=1, description="packed documents are in a seeded random order: a random sample"
+    )
     max_heldout_rows: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="split and document order (same corpus + seed → same rows)")
     tokenize_batch_size: int = Field(16, ge=1)
+    tokenize_actors: int | None = Field(
+        None, ge=1, description="tokenizer actors (0.5 CPU each); unset = one per 2 cluster CPUs"
+    )
+    pack_group_rows: int = Field(
+        64,
+        ge=1,
+        description="documents are packed in groups of about this many rows, each dropping its "
+        "last partial row (< 1 row lost per group)",
+    )

@@ -2,11 +2,14 @@
 
 The default corpus is the running interpreter's standard library source (real text on every
 machine), with test folders excluded. A document is a file (text corpora) or a row (JSONL/Parquet).
+A document's id is stable across machines and venvs: a file's path relative to the corpus root
+(the stdlib root, or the common folder of ``data.corpus.paths``), a row's content sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from pathlib import Path
 
@@ -61,6 +64,21 @@ def resolve_files(cfg: CorpusConfig) -> list[Path]:
     if len(empty) == len(files):
         raise DistillError(f"the corpus is empty: all {len(files)} files have no content")
     return files
+
+
+def corpus_root(cfg: CorpusConfig, files: list[Path]) -> Path:
+    """The folder document ids are relative to: the stdlib root, else the common folder of the
+    configured paths (a configured file counts as its folder)."""
+    if cfg.kind == "stdlib":
+        return stdlib_root()
+    dirs = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in cfg.paths]
+    return Path(os.path.commonpath(dirs)) if dirs else Path("/")
+
+
+def document_ids(cfg: CorpusConfig, files: list[Path]) -> dict[str, str]:
+    """``{str(path): doc id}`` for text corpora: the path relative to ``corpus_root`` (POSIX)."""
+    root = os.path.abspath(corpus_root(cfg, files))
+    return {str(f): Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files}
 
 
 def detect_format(cfg: CorpusConfig, files: list[Path]) -> str:

@@ -64,6 +64,7 @@ class ShardEntry(StrictModel):
     tokens: int
     tail_sum: float = Field(0.0, description="top-k: Σ stored tail mass over the shard's tokens")
     fidelity: ShardFidelity = Field(default_factory=ShardFidelity)
+    nodes: list[str] = Field(default_factory=list, description="Ray node ids that scored it")
 
 
 class Fidelity(StrictModel):
@@ -103,6 +104,7 @@ class Manifest(StrictModel):
     tokens: int = 0
     bytes_per_token: float = 0.0
     fidelity: Fidelity | None = None
+    nodes: list[str] = Field(default_factory=list, description="Ray nodes that scored shards")
 
     def identity(self) -> dict[str, object]:
         """What must match for shards to be reused (or mixed) across runs."""
@@ -125,6 +127,7 @@ class Manifest(StrictModel):
         """Totals, bytes/token and the aggregated fidelity from the shard entries."""
         self.shards.sort(key=lambda s: s.start_row)
         self.rows = sum(s.rows for s in self.shards)
+        self.nodes = sorted({n for s in self.shards for n in s.nodes})
         self.tokens = sum(s.tokens for s in self.shards)
         total_bytes = sum(s.bytes for s in self.shards)
         self.bytes_per_token = total_bytes / self.tokens if self.tokens else 0.0

@@ -62,6 +62,7 @@ class TeacherScorer:
             seed=seed,
             fidelity_stride=fidelity_stride,
         )
+        self.node_id = _node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -82,4 +83,15 @@ class TeacherScorer:
             "input_ids": ids.astype(self.id_dtype),
             **cols,
             "_score_s": np.full(b, took / b),
+            "_node": np.full(b, self.node_id),
         }
+
+
+def _node_id() -> str:
+    """The Ray node this scorer runs on ("local" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:
+        return "local"

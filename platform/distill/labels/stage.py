@@ -68,30 +68,18 @@ def teacher_vocab_size(model_dir: Path) -> int:
 
 
 def read_corpus_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (global indices, sorted) of a packed-corpus Parquet as int32 ``[n, L]``;
-    reads only the row groups that hold them."""
-    import pyarrow.parquet as pq
+    """Rows ``rows`` (global indices, sorted) of the packed corpus as int32 ``[n, L]``; reads
+    only the row groups that hold them (a Parquet file or a directory of part files)."""
+    from distill.data.packed import take_rows
 
-    pf = pq.ParquetFile(path, memory_map=True)
-    starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
-    groups = sorted({int(g) for g in np.searchsorted(starts, rows, side="right") - 1})
-    table = pf.read_row_groups(groups, columns=["input_ids"])
-    local = (
-        np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-        if groups
-        else np.zeros(0, dtype=np.int64)
-    )
-    pos = np.searchsorted(local, rows)
-    col = table.column("input_ids").combine_chunks().take(pos)
-    seq_len = col.type.list_size
-    return col.flatten().to_numpy().reshape(len(rows), seq_len).astype(np.int32)
+    return take_rows(path, rows)
 
 
 def _read_todo_rows(
     batch: dict[str, np.ndarray], path: str, ranges: list[tuple[int, int]]
 ) -> dict[str, np.ndarray]:
     """Ray Data map: row numbers → the rows of shards still to score, with their tokens."""
-    rows = np.asarray(batch["id"], dtype=np.int64)
+    rows = np.asarray(batch["data"], dtype=np.int64)
     keep = np.zeros(len(rows), dtype=bool)
     for lo, hi in ranges:
         keep |= (rows >= lo) & (rows < hi)
@@ -110,7 +98,10 @@ def scoring_dataset(
     from ray.data import ActorPoolStrategy
 
     ranges = [(s.start_row, s.stop_row) for s in todo]
-    ds = ray.data.range(num_rows).map_batches(
+    # Row numbers as in-memory blocks (one per shard to score), not a read: a read task wants a
+    # whole CPU, which a multi-node cluster whose CPUs the scorer actors split may never free.
+    blocks = [np.arange(s.start_row, s.stop_row, dtype=np.int64) for s in todo]
+    ds = ray.data.from_numpy(blocks).map_batches(
         _read_todo_rows,
         fn_kwargs={"path": str(train_path), "ranges": ranges},
         batch_format="numpy",
@@ -149,6 +140,7 @@ def _shard_columns(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.nda
         else 0.0,
         "score_s": float(cols["_score_s"].sum()),
         "rows": cols["row"],
+        "nodes": sorted({str(n) for n in cols["_node"]}) if "_node" in cols else [],
     }
     return {key: cols[key] for key in STORE_COLUMNS if key in cols}, stats
 
@@ -188,6 +180,7 @@ def score_shards(
                     tokens=spec.rows * manifest.seq_len,
                     tail_sum=stats["tail_sum"],
                     fidelity=stats["fid"],
+                    nodes=stats["nodes"],
                 )
             )
             write_manifest(root, manifest)
@@ -299,6 +292,7 @@ def _report(
         "captured_mass_all": _nan(fid.captured_mass_all),
         "shards_scored": float(len(todo)),
         "shards_reused": float(len(m.shards) - len(todo)),
+        "scoring_nodes": float(len(m.nodes)),
         "stage_seconds": time.perf_counter() - t_start,
     }
     metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (no fidelity sample)
@@ -329,5 +323,6 @@ def _report(
         "compute_dtype": m.compute_dtype,
         "shards": len(m.shards),
         "shards_scored": len(todo),
+        "nodes": m.nodes,
     }
     return StageResult(outputs={"soft_labels": root}, metrics=metrics, summary=summary)

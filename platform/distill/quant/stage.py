@@ -92,8 +92,13 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         "size_bytes_before": float(weights_bytes(model_dir)),
         "size_bytes_after": float(weights_bytes(out)),
         "calib_samples": float(min(cfg.calib_rows, rows.size // cfg.calib_seq_len)),
-        "calib_heldout_overlap_rows": 0.0,
     }
+    if rows.size:  # measured, not assumed: held-out 13-grams the calibration rows contain
+        from distill.eval.contamination import check_contamination
+
+        held = {"heldout": ctx.corpus.heldout()}
+        rep = check_contamination(held, {"calib": rows}, 13, 1.0, raise_error=False)
+        metrics["calib_heldout_ngram_overlap"] = rep.max_rate
     metrics["compression_ratio"] = metrics["size_bytes_before"] / metrics["size_bytes_after"]
     outputs = {"int4": out}
     if cfg.recover.steps:  # lineage: soft labels -> int4 (GPTQ) -> recovered int4

@@ -186,9 +186,12 @@ def generate(ctx: StageContext, cfg: GenerateConfig, prompts: list[Prompt], out:
 
 
 def run(ctx: StageContext, cfg: GenerateConfig) -> StageResult:
-    from distill.data.corpus import resolve_files
+    from distill.data.corpus import document_ids, resolve_files
 
     files = resolve_files(ctx.config.data.corpus) if cfg.prompts.source == "docstrings" else []
+    if files:  # the corpus' held-out documents never become prompts
+        held, ids = ctx.corpus.heldout_doc_ids(), document_ids(ctx.config.data.corpus, files)
+        files = [f for f in files if ids[str(f)] not in held]
     prompts, problems = load_prompts(cfg.prompts, files, ctx.corpus.root)
     if problems:
         ctx.tracker.log_dict({"bad_lines": problems}, "prompt_problems.json")

@@ -14,7 +14,6 @@ Every combination that cannot run is refused here, before any work starts.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -105,8 +104,10 @@ class DistillConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU"
     )
-    storage_path: Path | None = Field(
-        None, description="Ray Train checkpoints; unset = <workdir>/ray_results"
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train checkpoints: a path or a pyarrow URI (file://, s3://, gs://); "
+        "unset = <workdir>/ray_results. More than one node needs storage they all reach",
     )
 
     @model_validator(mode="after")

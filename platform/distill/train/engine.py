@@ -71,36 +71,54 @@ def setup_worker_env(use_gpu: bool, threads: int) -> None:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
-def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, rank: int) -> None:
-    """Write the student as a plain HF dir (fp32 safetensors + tokenizer) via temp + rename.
+def trained_state_dict(engine: Any, student: Any, rank: int) -> dict[str, Any]:
+    """The trained weights in fp32 on rank 0 (``{}`` on other ranks).
 
-    Every rank must call this (under ZeRO-3 the parameters are gathered collectively); rank 0
-    writes.
+    DeepSpeed's optimizer holds the fp32 master weights (partitioned under ZeRO); each one is
+    assembled with ``safe_get_full_fp32_param``, one parameter at a time (a collective: every
+    rank calls it in the same order) and only rank 0 keeps a CPU copy. Buffers are not
+    partitioned. Tied weights appear once (``named_parameters`` deduplicates them).
     """
     import deepspeed
     import torch
+    from deepspeed.utils import safe_get_full_fp32_param
 
-    params = list(student.parameters())
     zero3 = engine.zero_optimization_stage() == 3
-    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else _null()
-    with ctx:
-        if rank != 0:
-            return
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-tmp-"))
-        state = {
-            k: v.detach().to(torch.float32).cpu().clone() for k, v in student.state_dict().items()
-        }
-        if getattr(student.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # cloning broke the tie: save the embedding once
-        student.config.dtype = torch.float32
-        student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        copy_tokenizer_files(source_dir, tmp)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+    state: dict[str, Any] = {}
+    for name, p in student.named_parameters():
+        full = safe_get_full_fp32_param(p)
+        if full is None:  # a parameter without optimizer state (frozen)
+            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else _null()
+            with ctx:
+                full = p.data.clone() if rank == 0 else None
+        if rank == 0:
+            state[name] = full.detach().to(torch.float32).cpu().clone()
+    if rank == 0:  # persistent buffers (tied parameter aliases are Parameters: skipped)
+        for name, v in student.state_dict(keep_vars=True).items():
+            if not isinstance(v, torch.nn.Parameter):
+                state[name] = v.detach().to(torch.float32).cpu().clone()
+    return state
+
+
+def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, rank: int) -> None:
+    """Write exactly the trained weights as a plain HF dir (fp32 safetensors + tokenizer), temp
+    name + rename. Every rank must call this (the weights are assembled collectively); rank 0
+    writes."""
+    import torch
+
+    state = trained_state_dict(engine, student, rank)
+    if rank != 0:
+        return
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-tmp-"))
+    student.config.dtype = torch.float32
+    student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    copy_tokenizer_files(source_dir, tmp)
+    tmp.chmod(0o755)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 class _null:

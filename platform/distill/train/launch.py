@@ -1,26 +1,27 @@
 """Start a distillation run on Ray Train (``TorchTrainer``) and wait for it::
 
-    metrics = launch(spec, run_name="distill-smoke-1a2b", storage_path=Path("runs/x/ray_results"))
+    metrics = launch(spec, run_name="distill-smoke-1a2b", storage_path="runs/x/ray_results")
+    metrics = launch(spec, run_name="distill-smoke-1a2b", storage_path="s3://bucket/ray_results")
 
 A run with the same ``run_name`` and ``storage_path`` resumes from its latest checkpoint; worker
-failures restart the group up to ``cfg.max_failures`` times, each restart resuming likewise.
+failures (a crashed worker, a lost node) restart the group up to ``cfg.max_failures`` times,
+each restart resuming likewise. Every worker records the Ray node it ran on under
+``<storage_path>/<run_name>/distill-nodes/``; the returned metrics list them (``train_node_ids``).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.raycluster import worker_env
+from distill.storage import ensure_dir, read_texts, write_text
 from distill.train.loop import LoopSpec, train_loop_per_worker
 
-WORKER_ENV = {
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PYTHONUNBUFFERED": "1",
-}
+NODES_DIR = "distill-nodes"
+_NODES_KEY = "_distill_nodes_uri"
 
 
 def check_cluster(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
@@ -40,20 +41,33 @@ def check_cluster(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> No
         )
 
 
-def worker_env(use_gpu: bool, cpus_per_worker: float) -> dict[str, str]:
-    env = dict(WORKER_ENV)
-    if not use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"
-        env["OMP_NUM_THREADS"] = str(max(int(cpus_per_worker), 1))
-    if "DISTILL_CACHE" in os.environ:
-        env["DISTILL_CACHE"] = os.environ["DISTILL_CACHE"]
-    return env
+def _worker(config: dict[str, Any]) -> None:
+    """Record which Ray node this worker runs on, then run the training loop."""
+    import ray
+    import ray.train
+
+    config = dict(config)
+    nodes_uri = config.pop(_NODES_KEY)
+    rank = ray.train.get_context().get_world_rank()
+    node = ray.get_runtime_context().get_node_id()
+    record = {"rank": rank, "node_id": node, "pid": os.getpid()}
+    write_text(nodes_uri, f"rank{rank}-{node[:12]}-{os.getpid()}.json", json.dumps(record))
+    train_loop_per_worker(config)
+
+
+def worker_nodes(nodes_uri: str) -> list[str]:
+    """Node ids every worker of the run (all attempts) recorded, sorted."""
+    return sorted({json.loads(t)["node_id"] for t in read_texts(nodes_uri)})
 
 
 def launch(
-    spec: LoopSpec, run_name: str, storage_path: Path, env: dict[str, str] | None = None
+    spec: LoopSpec,
+    run_name: str,
+    storage_path: str | os.PathLike,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the loop on ``cfg.num_workers`` workers; return rank 0's final reported metrics.
+    """Run the loop on ``cfg.num_workers`` workers; return rank 0's final reported metrics plus
+    ``train_node_ids``.
 
     ``env`` adds environment variables to the workers (the tests' fault injection uses it)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -64,16 +78,17 @@ def launch(
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
-    Path(storage_path).mkdir(parents=True, exist_ok=True)
+    storage = ensure_dir(str(storage_path))
+    nodes_uri = f"{storage.rstrip('/')}/{run_name}/{NODES_DIR}"
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=spec.model_dump(mode="json"),
+        _worker,
+        train_loop_config={**spec.model_dump(mode="json"), _NODES_KEY: nodes_uri},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={
@@ -87,4 +102,4 @@ def launch(
         raise DistillError(f"distillation run {run_name!r} failed: {type(e).__name__}: {e}") from e
     if result.error is not None:
         raise DistillError(f"distillation run {run_name!r} failed: {result.error}")
-    return dict(result.metrics or {})
+    return {**dict(result.metrics or {}), "train_node_ids": worker_nodes(nodes_uri)}

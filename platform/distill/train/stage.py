@@ -148,8 +148,8 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
         store_sha,
         spec.model_dump_json(exclude={"tracking", "out_dir"}),
     )
-    storage = cfg.storage_path or ctx.workdir / "ray_results"
-    final = launch(spec, name, Path(storage))
+    storage = cfg.storage_path or str(ctx.workdir / "ray_results")
+    final = launch(spec, name, storage)
     metrics = {
         "train_loss": final.get("train/loss"),
         "kd_loss": final.get("train/kd"),
@@ -159,9 +159,18 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
         "tokens_per_s": final.get("tokens_per_s"),
         "steps": final.get("step"),
         "tokens": final.get("tokens"),
+        "resumed_from_step": final.get("resumed_from_step"),
+        "train_nodes": len(final.get("train_node_ids", [])),
     }
     metrics = {k: float(v) for k, v in metrics.items() if v is not None}
     ctx.tracker.log_metrics({f"final.{k}": v for k, v in metrics.items()})
+    ctx.tracker.set_tags({"distill.train_node_ids": ",".join(final.get("train_node_ids", []))})
     ctx.tracker.record_output("student", out, weights_sha256(out))
-    summary = {"student_source": src_key, "mode": cfg.mode, "ray_run": name, **metrics}
+    summary = {
+        "student_source": src_key,
+        "mode": cfg.mode,
+        "ray_run": name,
+        "train_node_ids": final.get("train_node_ids", []),
+        **metrics,
+    }
     return StageResult(outputs={"student": out}, metrics=metrics, summary=summary)

@@ -1,0 +1,279 @@
+"""A two-node Ray cluster (head + worker, `ray start` in their own process groups, 1 CPU and a
+custom resource each): the pipeline's corpus, soft labels and KD run on both nodes, and killing
+the worker node's raylet mid-KD is survived (Ray Train restarts the group from the last
+checkpoint on a replacement node; the final step count is the configured one).
+
+Runs in `make test` / `.ci/run`; skip locally with `pytest --skip-cluster` (or
+DISTILL_SKIP_CLUSTER=1). Nodes are stopped by process group, never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "pipelines" / "configs" / "smoke.yaml"
+VENV_BIN = Path(sys.executable).parent
+MAX_STEPS = 16
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the node's process group, SIGKILL it after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait(timeout=5)
+                return
+            proc.poll()
+            time.sleep(0.3)
+
+
+class Cluster:
+    """Head and worker nodes on loopback, each its own process group, temp dir and ports."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.token = secrets.token_hex(32)
+        self.gcs_port = _free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.nodes: dict[str, subprocess.Popen] = {}
+        self.watcher: NodeWatcher | None = None
+        self.env = dict(os.environ)
+        self.env.update(
+            PATH=f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}",
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            RAY_USAGE_STATS_ENABLED="0",
+            # a lost node is declared dead after ~2 s instead of ~15 s
+            RAY_health_check_period_ms="500",
+            RAY_health_check_failure_threshold="4",
+        )
+        self.env.pop("RAY_ADDRESS", None)
+
+    def start(self, name: str, resource: str) -> subprocess.Popen:
+        head = name == "head"
+        ports = _free_ports(6)
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            f"--resources={json.dumps({resource: 1})}",
+            "--object-store-memory=1000000000",
+            f"--node-manager-port={ports[0]}",
+            f"--object-manager-port={ports[1]}",
+            f"--dashboard-agent-listen-port={ports[2]}",
+            f"--dashboard-agent-grpc-port={ports[3]}",
+            f"--metrics-export-port={ports[4]}",
+            f"--runtime-env-agent-port={ports[5]}",
+            f"--temp-dir={self.root / name}",
+        ]
+        if head:
+            cmd += [
+                "--head",
+                f"--port={self.gcs_port}",
+                f"--ray-client-server-port={_free_ports(1)[0]}",
+                "--include-dashboard=false",
+            ]
+        else:
+            cmd.append(f"--address={self.address}")
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the node outlives this call
+        proc = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.nodes[name] = proc
+        return proc
+
+    def wait_for(self, resources: list[str], timeout_s: float = 240) -> None:
+        """Until the live nodes are exactly ``resources``; a node whose `ray start` exited (a
+        raylet slow to register on a loaded machine: Ray waits only 30 s) is started again."""
+        deadline = time.monotonic() + timeout_s
+        if self.watcher is None:
+            self.watcher = NodeWatcher(self.address, self.env)
+        while sorted(self.watcher.alive().values()) != sorted(resources):
+            for name, proc in list(self.nodes.items()):
+                if proc.poll() is not None:
+                    self.start(name, "head_node" if name == "head" else "worker_node")
+            if time.monotonic() > deadline:
+                logs = [(self.root / f"{n}.log").read_text()[-2000:] for n in self.nodes]
+                raise RuntimeError("\n".join(logs))
+            time.sleep(2)
+
+    def raylet_pid(self, name: str) -> int:
+        import psutil
+
+        pgid = self.nodes[name].pid
+        for p in psutil.process_iter(["pid", "name"]):
+            try:
+                if p.info["name"] == "raylet" and os.getpgid(p.info["pid"]) == pgid:
+                    return p.info["pid"]
+            except (ProcessLookupError, psutil.Error):
+                continue
+        raise RuntimeError(f"no raylet in the process group of node {name}")
+
+    def keep_logs(self, dest: Path) -> None:
+        """Copy every node's Ray logs to ``dest`` (the temp dirs go at teardown)."""
+        for logs in self.root.glob("*/session_latest/logs"):
+            shutil.copytree(logs, dest / logs.parts[-3], dirs_exist_ok=True)
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+        for proc in self.nodes.values():
+            _end_group(proc)
+
+
+_WATCH = """
+import json, os, sys, time, ray
+for attempt in range(60):
+    try:
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR", log_to_driver=False)
+        break
+    except Exception:
+        time.sleep(2)
+for _ in sys.stdin:
+    nodes = {n["NodeID"]: [k for k in n["Resources"] if k.endswith("_node")]
+             for n in ray.nodes() if n["Alive"]}
+    print(json.dumps(nodes), flush=True)
+"""
+
+
+class NodeWatcher:
+    """One driver connected for the whole module (a driver costs seconds to start): each
+    ``alive()`` asks it for ``{node id: custom resource}`` of the live nodes."""
+
+    def __init__(self, address: str, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WATCH],
+            env={**env, "RAY_ADDRESS": address},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def alive(self) -> dict[str, str]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        while line and not line.startswith("{"):  # Ray's own notices (a node marked dead...)
+            line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the node watcher could not connect to the cluster")
+        return {k: (v[0] if v else "") for k, v in json.loads(line).items()}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Ray's unix sockets live under --temp-dir: keep the path short (AF_UNIX limit ~107 chars)
+    c = Cluster(Path(tempfile.mkdtemp(prefix="distill-2n-")))
+    try:
+        c.start("head", "head_node")
+        c.wait_for(["head_node"])
+        c.start("worker", "worker_node")
+        c.wait_for(["head_node", "worker_node"])
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
+
+
+@pytest.mark.timeout(1800)
+def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
+    nodes = cluster.watcher.alive()
+    head_id = next(k for k, v in nodes.items() if v == "head_node")
+    worker_id = next(k for k, v in nodes.items() if v == "worker_node")
+    workdir, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    overrides = {
+        "workdir": f"file://{workdir}",  # a non-default local URI for the workdir ...
+        "distill.storage_path": f"file://{ckpt}",  # ... and for the Ray Train checkpoints
+        "stages": "[soft_labels,distill]",
+        "data.corpus.max_documents": "16",
+        "data.max_train_rows": "32",
+        "data.max_heldout_rows": "8",
+        "data.tokenize_batch_size": "64",
+        "soft_labels.num_actors": "2",
+        "soft_labels.rows_per_shard": "8",
+        "distill.num_workers": "2",
+        "distill.cpus_per_worker": "1",
+        "distill.max_steps": str(MAX_STEPS),
+        "distill.checkpoint_every": "2",
+        "distill.max_failures": "1",
+    }
+    cmd = [sys.executable, "-m", "distill.cli", "run", str(SMOKE)]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={v}"]
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    log = open(tmp_path / "pipeline.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # kill the worker node's raylet once KD has written its first checkpoint
+        deadline = time.monotonic() + 900
+        while not list(ckpt.glob("*/checkpoint-step*")):
+            assert proc.poll() is None, (tmp_path / "pipeline.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no KD checkpoint within 900 s"
+            time.sleep(0.2)
+        os.kill(cluster.raylet_pid("worker"), signal.SIGKILL)
+        killed_at = sorted(p.name for p in ckpt.glob("*/checkpoint-step*"))
+        _end_group(cluster.nodes.pop("worker"))
+        cluster.start("worker2", "worker_node")  # a replacement node joins the cluster
+        cluster.wait_for(["head_node", "worker_node"])
+        rc = proc.wait(timeout=600)
+    except BaseException:
+        cluster.keep_logs(tmp_path / "cluster-logs")
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "pipeline.log").read_text()
+    assert rc == 0, out[-4000:]
+    assert "distill results" not in out  # no evaluate stage here: the run ended after distill
+
+    manifest = json.loads((workdir / "labels" / "manifest.json").read_text())
+    assert {head_id, worker_id} <= set(manifest["nodes"]), manifest["nodes"]
+    distill = json.loads((workdir / "stages" / "distill.json").read_text())
+    m, summary = distill["metrics"], distill["summary"]
+    assert m["steps"] == MAX_STEPS  # the same step count as an uninterrupted run
+    assert m["resumed_from_step"] >= 2, (m, killed_at)  # resumed from a checkpoint, not step 0
+    assert {head_id, worker_id} <= set(summary["train_node_ids"]), summary["train_node_ids"]
+    assert len(summary["train_node_ids"]) == 3  # head, lost worker, replacement
+    assert (workdir / "student" / "model.safetensors").is_file()
+    assert (workdir / "logs" / "distill.log").is_file()
