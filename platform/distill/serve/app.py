@@ -108,21 +108,19 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
 
 
 def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit: int):
+    if dep.engine == "vllm":
+        from distill.serve.engines.vllm import vllm_deployment
+
+        return vllm_deployment(role, dep, path, context_limit)
     from distill.serve.deployments import ModelServer
 
     return ModelServer.options(
         name=role.capitalize(),
         num_replicas=dep.replicas,
         max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
         ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
-    ).bind(
-        role,
-        str(path),
-        dep.device,
-        dep.dtype,
-        dep.torch_threads or max(1, int(dep.num_cpus)),
-        context_limit,
-    )
+    ).bind(role, str(path), dep.model_dump(mode="json"), context_limit)
 
 
 def build_app(args: ServeArgs):
@@ -137,12 +135,21 @@ def build_app(args: ServeArgs):
     student, teacher = (
         _model_deployment(r, getattr(args, r), resolved[r][0], args.context_limit) for r in ROLES
     )
+    lim = args.limits
     return Router.options(
         num_replicas=args.router_replicas,
-        max_ongoing_requests=512,
+        # room above max_inflight so that our own 503s, /healthz and /v1/stats get through
+        max_ongoing_requests=lim.max_inflight + 8,
+        max_queued_requests=lim.max_queued,
+        backpressure_config={"status_code": 503, "retry_after_s": lim.retry_after_s},
         ray_actor_options={"num_cpus": args.router_num_cpus},
         user_config={"cascade": args.cascade.model_dump()},
-    ).bind(student, teacher, args.model_dump(mode="json", exclude={"cascade"}))
+    ).bind(
+        student,
+        teacher,
+        args.model_dump(mode="json", exclude={"cascade"}),
+        {role: str(resolved[role][0]) for role in ROLES},
+    )
 
 
 def required_resources(args: ServeArgs) -> dict[str, float]:
