@@ -78,6 +78,23 @@ def _make_client(handle: DeploymentHandle, role: str, args: ServeArgs, path: str
     return ServeModelClient(handle, role)
 
 
+def _fill(rec: RequestRecord, info: dict[str, Any], usage: dict[str, int]) -> None:
+    rec.answered_by = info["answered_by"]
+    rec.confidence = info.get("confidence")
+    rec.fallback = bool(info["fallback"])
+    rec.reason = info.get("reason")
+    rec.model_ms = dict(info.get("latency_ms", {}))
+    rec.segments = list(info.get("segments", []))
+    rec.prompt_tokens = usage["prompt_tokens"]
+    rec.completion_tokens = usage["completion_tokens"]
+
+
+async def _chain(first: str, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 @serve.deployment
 @serve.ingress(api)
 class Router:
@@ -317,20 +334,3 @@ class Router:
             body = {"status": "unhealthy", "error": f"{type(e).__name__}: {e}"}
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok", "student": s, "teacher": t})
-
-
-def _fill(rec: RequestRecord, info: dict[str, Any], usage: dict[str, int]) -> None:
-    rec.answered_by = info["answered_by"]
-    rec.confidence = info.get("confidence")
-    rec.fallback = bool(info["fallback"])
-    rec.reason = info.get("reason")
-    rec.model_ms = dict(info.get("latency_ms", {}))
-    rec.segments = list(info.get("segments", []))
-    rec.prompt_tokens = usage["prompt_tokens"]
-    rec.completion_tokens = usage["completion_tokens"]
-
-
-async def _chain(first: str, rest):
-    yield first
-    async for item in rest:
-        yield item
