@@ -107,8 +107,9 @@ def test_first_chunk_arrives_before_generation_ends_and_cancel_frees_the_slot(en
             sem.release()
 
 
-def test_a_full_waiting_queue_refuses_at_once(tiny_gqa):
-    eng = HFEngine(tiny_gqa.path, torch_threads=1, batching=BatchingConfig(max_waiting=1))
+def test_a_full_waiting_queue_refuses_at_once_and_a_long_wait_soon(tiny_gqa):
+    batching = BatchingConfig(max_waiting=1, max_batch_size=1, max_queue_wait_s=0.5)
+    eng = HFEngine(tiny_gqa.path, torch_threads=1, batching=batching)
     sem, _ = _gate(eng)
 
     async def main():
@@ -121,10 +122,11 @@ def test_a_full_waiting_queue_refuses_at_once(tiny_gqa):
         third = eng.stream(eng.prepare(prompt="c", params=SamplingParams(max_tokens=4)))
         with pytest.raises(Overloaded, match="max_waiting 1"):
             await anext(third)
+        with pytest.raises(Overloaded, match="within 0.5 s"):  # the only slot stays busy
+            await asyncio.wait_for(second, 10)
         for _ in range(20):
             sem.release()
         await first
-        await second
         for s in streams:
             await s.aclose()
 

@@ -39,6 +39,12 @@ class Batching(StrictModel):
     max_prefill_tokens: int = Field(
         4096, ge=1, description="prompt tokens prefilled together in one step"
     )
+    max_queue_wait_s: float = Field(
+        1.0, gt=0, description="a request still waiting for a batch slot then gets 503"
+    )
+    stream_interval_ms: float = Field(
+        20.0, ge=0, le=1000, description="after the first chunk, tokens go out at most this often"
+    )
 
 
 class ModelDeployment(StrictModel):

@@ -115,6 +115,8 @@ class BatchingConfig:
     max_waiting: int = 64  # admitted but not yet running; beyond this: Overloaded
     batch_wait_ms: float = 2.0  # an idle engine waits this long for more arrivals
     max_prefill_tokens: int = 4096  # prompt tokens prefilled together in one step
+    max_queue_wait_s: float = 1.0  # a request still waiting for a slot then: Overloaded
+    stream_interval_ms: float = 20.0  # after the first chunk, send at most this often
 
 
 class Engine(ABC):
@@ -258,9 +260,19 @@ class ThreadedEngine(Engine):
         loop = asyncio.get_running_loop()
         seq = Sequence(request, self.tok, self.eos_ids, loop, asyncio.Queue())
         self._submit(seq)
+        interval = self.batching.stream_interval_ms / 1000
+        first = True
         try:
             while True:
-                item = await seq.queue.get()
+                item = await (self._first_item(seq) if first else seq.queue.get())
+                if (
+                    not first
+                    and interval > 0
+                    and isinstance(item, Chunk)
+                    and not item.finish_reason
+                ):
+                    await asyncio.sleep(interval)  # let more tokens gather (fewer messages)
+                first = False
                 while isinstance(item, Chunk) and not item.finish_reason and not seq.queue.empty():
                     nxt = seq.queue.get_nowait()
                     if isinstance(nxt, BaseException):
@@ -276,6 +288,20 @@ class ThreadedEngine(Engine):
                 seq.cancelled = True
                 with self._cond:
                     self._cond.notify()
+
+    async def _first_item(self, seq: Sequence) -> Chunk | BaseException:
+        """The first chunk; a request still waiting for a slot after max_queue_wait_s leaves."""
+        limit = self.batching.max_queue_wait_s
+        try:
+            return await asyncio.wait_for(seq.queue.get(), limit)
+        except TimeoutError:
+            with self._cond:
+                if seq in self._waiting:
+                    self._waiting.remove(seq)
+                    seq.finished = True
+                    self.counters["rejected"] += 1
+                    raise Overloaded(f"no batch slot became free within {limit:g} s") from None
+            return await seq.queue.get()  # it got a slot meanwhile: prefill is under way
 
     def _submit(self, seq: Sequence) -> None:
         with self._cond:
