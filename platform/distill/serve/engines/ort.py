@@ -109,20 +109,21 @@ class OrtGenAIEngine(ThreadedEngine):
                 logp = step.logits - step.logits.max(-1, keepdims=True)
                 logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
                 ent = -(np.exp(logp) * logp).sum(-1) / math.log(logp.shape[-1])
+                pushed = 0
                 for i, seq in enumerate(rows):
                     if seq.finished or seq.cancelled or step.token_ids[i] < 0:
                         continue
+                    pushed += 1
                     top = None
                     if k:
                         best = np.argsort(-logp[i])[:k]
                         top = [(int(t), float(logp[i, t])) for t in best]
                     seq.push(int(step.token_ids[i]), float(step.logprobs[i]), float(ent[i]), top)
                 self.counters["steps"] += 1
-                live = sum(not (s.finished or s.cancelled) for s in rows)
-                self.counters["batched_tokens"] += live
-                self.counters["tokens"] += live
-                self.counters["max_batch"] = max(self.counters["max_batch"], len(rows))
-                if live == 0:
+                self.counters["batched_tokens"] += pushed
+                self.counters["tokens"] += pushed
+                self.counters["max_batch"] = max(self.counters["max_batch"], pushed)
+                if all(s.finished or s.cancelled for s in rows):
                     break
         finally:
             steps.close()
