@@ -137,7 +137,7 @@ def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
         return list(res), time.perf_counter() - t0
 
     results, wall = asyncio.run(main())
-    return row("bare engine (hf, batched)", c, results, wall)
+    return row("bare engine", c, results, wall)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -219,18 +219,20 @@ def similarity(a: list[str], b: list[str]) -> tuple[float, float]:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def serve_args(student: str, teacher: str, max_tokens: int, threads: int):
-    """``deploy/serve.yaml``'s args with the student path (and tiny models) swapped in."""
+def serve_args(cli, student: str, teacher: str):
+    """The serve config's args (deploy/serve.yaml by default) with the models swapped in."""
     import yaml
 
     from distill.serve.config import ServeArgs
 
-    raw = yaml.safe_load((REPO / "deploy" / "serve.yaml").read_text())
+    raw = yaml.safe_load(Path(cli.serve_config).read_text())
     args = raw["applications"][0]["args"]
     args["served_model_name"] = "bench"
     for role, ref in (("student", student), ("teacher", teacher)):
         args[role]["model"] = ref
-        args[role]["torch_threads"] = threads
+        args[role]["torch_threads"] = cli.threads
+    args["student"]["engine"] = cli.student_engine
+    max_tokens = cli.max_tokens
     args["max_tokens_limit"] = max(args["max_tokens_limit"], max_tokens, 256)
     return ServeArgs.model_validate(args)
 
@@ -287,6 +289,9 @@ def main() -> int:
     ap.add_argument("--student", help="student HF dir (runs/smollm2/student)")
     ap.add_argument("--teacher", default="gguf:default")
     ap.add_argument("--tiny", action="store_true", help="tiny random models instead")
+    ap.add_argument("--student-engine", default="hf", choices=["hf", "onnxruntime-genai"])
+    ap.add_argument("--baseline-student", help="HF dir for the 'before' phase (default --student)")
+    ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve.yaml"))
     ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--min-requests", type=int, default=8, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -320,25 +325,25 @@ def main() -> int:
 
     spath = resolve_model(student)[0]
     if "before" in phases and not timed_out("before"):
+        base = resolve_model(args.baseline_student or student)[0]
         for c in (1, 4):
-            rows.append(run_before(spath, level_texts(c), c, args.max_tokens, args.threads))
+            rows.append(run_before(base, level_texts(c), c, args.max_tokens, args.threads))
             print_table(rows[-1:])
     if "bare" in phases and not timed_out("bare"):
         from distill.serve.engines import EngineOptions, build_engine
         from distill.serve.engines.base import BatchingConfig
 
-        sa = serve_args(student, teacher, args.max_tokens, args.threads)
-        b = sa.student.batching
+        sa = serve_args(args, student, teacher)
+        b = BatchingConfig(**sa.student.batching.model_dump())
         engine = build_engine(
-            "hf",
-            spath,
-            EngineOptions(threads=args.threads, batching=BatchingConfig(**b.model_dump())),
+            args.student_engine, spath, EngineOptions(threads=args.threads, batching=b)
         )
         run_bare(engine, texts[:2], 2, 4)  # warm up
         for c in levels:
             if timed_out(f"bare c={c}"):
                 break
             rows.append(run_bare(engine, level_texts(c), c, args.max_tokens))
+            rows[-1]["name"] = f"bare engine ({args.student_engine})"
             print_table(rows[-1:])
         engine.close()
         del engine
@@ -366,7 +371,7 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sa = serve_args(student, teacher, args.max_tokens, args.threads)
+    sa = serve_args(args, student, teacher)
     try:
         t0 = time.perf_counter()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -418,7 +423,7 @@ def summary(rows: list[dict]) -> None:
     s16, s1, b1 = (
         get("http student", 16),
         get("http student", 1),
-        get("bare engine (hf, batched)", 1),
+        next((r for r in rows if r["name"].startswith("bare") and r["concurrency"] == 1), None),
     )
     print("\ngoals (measured in this run):")
     if before and s16:
