@@ -114,8 +114,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     met = "meets" if ch["met"] else "does NOT meet"
     print(
         f"calibrated on {report['prompts'] // 2} prompts ({met} the target): scoring "
-        f"{ch['scoring']}, threshold {ch['threshold']:.4f} -> fallback {ch['fallback_rate']:.2f}, "
-        f"agreement {ch['agreement']:.3f}"
+        f"{ch['scoring']} after {ch['decide_after_tokens']} tokens, threshold "
+        f"{ch['threshold']:.4f} -> fallback {ch['fallback_rate']:.2f}, agreement "
+        f"{ch['agreement']:.3f}"
     )
     print(
         f"held-out check on {report['prompts'] - report['prompts'] // 2} prompts: fallback "
@@ -165,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-prompts", dest="num_prompts", type=int)
     c.add_argument("--prompt-tokens", dest="prompt_tokens", type=int)
     c.add_argument("--max-tokens", dest="max_tokens", type=int)
-    c.add_argument("--decide-after-tokens", dest="decide_after_tokens", type=int)
+    c.add_argument(
+        "--decide-after-tokens",
+        dest="decide_after_tokens",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="candidates, e.g. 8,16 (default)",
+    )
     c.add_argument("--threads", type=int)
     c.add_argument("--batch-size", dest="batch_size", type=int)
     c.add_argument("--serve-config", dest="serve_config", help="write OUT/serve.yaml from it")

@@ -1,5 +1,6 @@
 """``distill calibrate``: replay held-out prompts through the student and the teacher, draw the
-quality-vs-fallback curve of each scoring method, pick the threshold that meets a target, and
+quality-vs-fallback curve of each scoring method and decision point (the student's first N
+tokens, ``--decide-after-tokens 8,16``), pick the threshold that meets a target, and
 record it where a deployment picks it up::
 
     distill calibrate --student runs/smollm2/student --teacher gguf:default \\
@@ -40,7 +41,9 @@ class CalibrateConfig(StrictModel):
     num_prompts: int = Field(64, ge=4)
     prompt_tokens: int = Field(48, ge=1, description="prompt length cut from packed rows")
     max_tokens: int = Field(32, ge=1)
-    decide_after_tokens: int = Field(16, ge=1)
+    decide_after_tokens: list[int] = Field(
+        [8, 16], min_length=1, description="candidates: the student's first N tokens are scored"
+    )
     target_agreement: float | None = Field(None, gt=0, le=1)
     max_fallback: float | None = Field(None, ge=0, le=1)
     threads: int = Field(2, ge=1)
@@ -111,10 +114,15 @@ def replay(ref: str, prompts: list[list[int]], cfg: CalibrateConfig) -> list[Rep
         engine.close()
 
 
-def curves_for(student: list[Replayed], teacher: list[Replayed], k: int) -> dict[str, Any]:
+def curves_for(student: list[Replayed], teacher: list[Replayed], ks: list[int]) -> dict[str, Any]:
+    """Agreement per prompt, and confidences per ``scoring@decide_after_tokens`` candidate."""
     agree = [token_agreement(s.ids, t.ids) for s, t in zip(student, teacher, strict=True)]
     exact = [s.ids == t.ids for s, t in zip(student, teacher, strict=True)]
-    confs = {m: [score(s.logprobs[:k], s.entropies[:k], m) for s in student] for m in SCORINGS}
+    confs = {
+        f"{m}@{k}": [score(s.logprobs[:k], s.entropies[:k], m) for s in student]
+        for m in SCORINGS
+        for k in sorted(set(ks))
+    }
     return {"agreement": agree, "exact": exact, "confidence": confs}
 
 
@@ -143,6 +151,7 @@ def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
         choice.point.threshold, c[half:], data["agreement"][half:], data["exact"][half:]
     )
     full = {m: tradeoff(v, data["agreement"], data["exact"]) for m, v in data["confidence"].items()}
+    scoring, k = choice.scoring.split("@")
     report = {
         "settings": cfg.model_dump(mode="json"),
         "prompts": len(prompts),
@@ -151,7 +160,12 @@ def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
             "agreement": sum(data["agreement"]) / len(prompts),
             "exact": sum(data["exact"]) / len(prompts),
         },
-        "choice": {"scoring": choice.scoring, "met": choice.met, **asdict(choice.point)},
+        "choice": {
+            "scoring": scoring,
+            "decide_after_tokens": int(k),
+            "met": choice.met,
+            **asdict(choice.point),
+        },
         "heldout_check": asdict(check),
         "curves": {m: [asdict(p) for p in pts] for m, pts in full.items()},
     }
@@ -173,7 +187,7 @@ def _figure(curves: dict[str, list], choice: Choice, cfg: CalibrateConfig):
         ax.axhline(cfg.target_agreement, color="grey", ls=":", lw=1)
     ax.set_xlabel("fallback rate (teacher answers)")
     ax.set_ylabel("agreement with the teacher")
-    ax.set_title(f"cascade after {cfg.decide_after_tokens} tokens ({choice.scoring})")
+    ax.set_title(f"cascade: chosen {choice.scoring} (scoring@decide_after_tokens)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -207,8 +221,8 @@ def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choi
     os.replace(tmp_png, cfg.out / "calibration.png")
     cascade = {
         "threshold": round(choice.point.threshold, 6),
-        "scoring": choice.scoring,
-        "decide_after_tokens": cfg.decide_after_tokens,
+        "scoring": report["choice"]["scoring"],
+        "decide_after_tokens": report["choice"]["decide_after_tokens"],
         "takeover": "prompt",
         "calibration": str((cfg.out / "calibration.json").resolve()),
     }
@@ -243,9 +257,10 @@ def _log_mlflow(cfg: CalibrateConfig, report: dict, fig: Any, cascade: dict[str,
         for k in ("threshold", "fallback_rate", "agreement", "exact"):
             client.log_metric(rid, f"{prefix}.{k}", float(block[k]))
     for m, pts in report["curves"].items():
+        key = m.replace("@", ".after")  # mean_logprob@16 -> curve.mean_logprob.after16.*
         for i, p in enumerate(pts):
-            client.log_metric(rid, f"curve.{m}.agreement", p["agreement"], step=i)
-            client.log_metric(rid, f"curve.{m}.fallback_rate", p["fallback_rate"], step=i)
+            client.log_metric(rid, f"curve.{key}.agreement", p["agreement"], step=i)
+            client.log_metric(rid, f"curve.{key}.fallback_rate", p["fallback_rate"], step=i)
     client.log_figure(rid, fig, "calibration.png")
     client.log_dict(rid, report, "calibration.json")
     client.set_terminated(rid)
