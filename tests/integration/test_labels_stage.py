@@ -90,6 +90,24 @@ def test_stage_store_lineage_and_resume(ray_local, stage_ctx):
     assert np.allclose(lp, got["topk_logprobs"][0, :, :4].numpy(), atol=0.05)
 
 
+@pytest.mark.timeout(300)
+def test_stage_sampled_store_on_ray_data(ray_local, stage_ctx):
+    """The sampled encoding through the Ray Data actors: ragged shards, manifest fidelity."""
+    section = {"encoding": "sampled", "samples": 24, "rows_per_shard": 6, "batch_size": 4}
+    ctx = stage_ctx(["soft_labels"], soft_labels={**section, "fidelity_positions": 64})
+    result = run(ctx, ctx.config.soft_labels)
+    store = LabelStore.open(result.outputs["soft_labels"], verify=True)
+    m = store.manifest
+    assert m.encoding == "sampled" and m.k == 24 and m.encodings.sample_counts == "uint8"
+    got = store.read_rows(np.arange(store.num_rows))
+    assert torch.equal(got["input_ids"], torch.as_tensor(ctx.corpus.train(), dtype=torch.long))
+    assert torch.allclose(got["sample_weights"].sum(-1), torch.ones(()), atol=1e-6)
+    assert m.fidelity.positions == 64 and m.fidelity.grad_rel_err > 0
+    assert result.metrics["target_tv"] == pytest.approx(m.fidelity.target_tv)
+    assert "kl_full_vs_topk" not in result.metrics
+    assert result.summary["encoding"] == "sampled"
+
+
 @pytest.mark.timeout(60)
 def test_k_larger_than_vocab_fails_at_start(stage_ctx):
     ctx = stage_ctx(["soft_labels"])

@@ -14,7 +14,7 @@ import torch
 
 from distill.train.config import DistillConfig
 from distill.train.launch import launch
-from distill.train.loop import LoopSpec
+from distill.train.loop import FAIL_ENV, LoopSpec
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +56,20 @@ def data(tmp_path_factory, tiny_rows):
     return d, rows
 
 
-def make_store(root: Path, teacher_dir: Path, rows: np.ndarray, k: int = 16) -> Path:
+def make_store(
+    root: Path, teacher_dir: Path, rows: np.ndarray, k: int = 16, encoding: str = "topk"
+) -> Path:
     """A soft-label store written with distill.labels' in-process writer (same format)."""
     from distill.labels.local import write_local_store
 
-    write_local_store(root, teacher_dir, rows, k, batch_size=len(rows), fingerprint="test")
+    write_local_store(
+        root, teacher_dir, rows, k, batch_size=len(rows), fingerprint="test", encoding=encoding
+    )
     return root
 
 
 def _spec(models, data, out: Path, **kw) -> LoopSpec:
-    extra = {k: kw.pop(k) for k in ("fail_at_step", "fail_marker", "store_path") if k in kw}
+    extra = {k: kw.pop(k) for k in ("store_path",) if k in kw}
     base = {
         "mode": "online",
         "num_workers": 2,
@@ -139,16 +143,8 @@ def test_worker_failure_resumes_from_checkpoint(tmp_path, uninterrupted, models,
     from distill.models.loader import load_causal_lm
 
     marker = tmp_path / "fail"
-    spec = _spec(
-        models,
-        data,
-        tmp_path / "student",
-        fail_at_step=6,
-        fail_marker=str(marker),
-        max_failures=1,
-        **LAYER_LOSSES,
-    )
-    metrics = launch(spec, "kd-b", tmp_path / "ray")
+    spec = _spec(models, data, tmp_path / "student", max_failures=1, **LAYER_LOSSES)
+    metrics = launch(spec, "kd-b", tmp_path / "ray", env={FAIL_ENV: f"6:{marker}"})
     assert Path(f"{marker}.rank0").exists() and Path(f"{marker}.rank1").exists()
     assert metrics["step"] == uninterrupted[1]["step"] == 8
     assert metrics["resumed_from_step"] == 4  # the step-4 checkpoint, not step 0
@@ -166,6 +162,29 @@ def test_offline_topk_store_two_workers_lowers_kd(tmp_path, ray_local, models, d
         models, data, tmp_path / "student", mode="offline", store_path=str(store), zero_stage=1
     )
     metrics = launch(spec, "kd-offline", tmp_path / "ray")
+    assert metrics["step"] == 8 and metrics["train/kd"] > 0
+    before = _kd_of(models[1], models[0], data[1])
+    after = _kd_of(tmp_path / "student", models[0], data[1])
+    assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.timeout(180)
+def test_offline_sampled_store_one_worker_zero0_lowers_kd(tmp_path, ray_local, models, data):
+    """The CPU default layout (1 worker, 2 threads, no ZeRO) on a sampled store."""
+    store = make_store(tmp_path / "labels", models[0], data[1][:40], k=32, encoding="sampled")
+    spec = _spec(
+        models,
+        data,
+        tmp_path / "student",
+        mode="offline",
+        store_path=str(store),
+        zero_stage=0,
+        num_workers=1,
+        cpus_per_worker=2,
+        batch_size=4,
+        loss_chunk=16,
+    )
+    metrics = launch(spec, "kd-sampled", tmp_path / "ray")
     assert metrics["step"] == 8 and metrics["train/kd"] > 0
     before = _kd_of(models[1], models[0], data[1])
     after = _kd_of(tmp_path / "student", models[0], data[1])
@@ -207,4 +226,31 @@ def test_stage_offline_zero3_writes_loadable_student(stage_ctx, ray_local, model
     assert sorted(m.step for m in hist) == [1, 2, 3]
     ids = torch.as_tensor(ctx.corpus.heldout()[:1], dtype=torch.long)
     assert torch.isfinite(model(input_ids=ids).logits).all()
+    shutil.rmtree(ctx.workdir / "ray_results", ignore_errors=True)
+
+
+@pytest.mark.timeout(240)
+def test_changed_store_retrains_instead_of_resuming(stage_ctx, ray_local, models):
+    """Regression: a store rebuilt with another k in the same workdir used to hit the finished
+    checkpoint of the old run (same Ray run name), skip training and re-register old weights."""
+    import shutil as sh
+
+    from distill.models.hashing import weights_sha256
+    from distill.train.stage import run
+
+    ctx = stage_ctx(["distill"])
+    ctx.artifacts["pruned"] = models[1]
+    labels = ctx.workdir / "labels"
+    cfg = DistillConfig(zero_stage=0, num_workers=1, batch_size=4, max_steps=2, lr=1e-3)
+    ctx.artifacts["soft_labels"] = make_store(labels, ctx.teacher.path, ctx.corpus.train(), k=8)
+    first = run(ctx, cfg)
+    sha_first = weights_sha256(first.outputs["student"])
+    sh.rmtree(labels)
+    make_store(labels, ctx.teacher.path, ctx.corpus.train(), k=2)
+    second = run(ctx, cfg)
+    assert second.summary["ray_run"] != first.summary["ray_run"]
+    assert second.metrics["steps"] == 2
+    assert weights_sha256(second.outputs["student"]) != sha_first
+    again = run(ctx, cfg)  # unchanged inputs: the same run, resumed from its final checkpoint
+    assert again.summary["ray_run"] == second.summary["ray_run"]
     shutil.rmtree(ctx.workdir / "ray_results", ignore_errors=True)

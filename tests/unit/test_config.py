@@ -33,6 +33,15 @@ def test_override_applies_to_config():
     assert cfg.data.seq_len == 32 and str(cfg.workdir) == "/tmp/x"
 
 
+def test_offline_objective_the_store_cannot_give_fails_at_load():
+    smoke = ROOT / "pipelines/configs/smoke.yaml"
+    with pytest.raises(DistillError, match="only forward_kl has an unbiased estimate"):
+        load_config(smoke, ["soft_labels.encoding=sampled", "distill.loss.name=jsd"])
+    with pytest.raises(DistillError, match="temperature=2 with an offline topk store"):
+        load_config(smoke, ["distill.loss.temperature=2.0"])
+    assert load_config(smoke, ["soft_labels.encoding=sampled"]).soft_labels.encoding == "sampled"
+
+
 def test_unknown_key_names_file_and_key(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\nstages: [evaluate]\ndata:\n  seq_lenn: 3\n")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from distill.config.base import DistillError
 from distill.train.config import DistillConfig
-from distill.train.data import CorpusBatches, batches_per_epoch, heldout_shard
+from distill.train.data import Batches, batches_per_epoch, heldout_shard
 from distill.train.engine import build_ds_config, lr_lambda
 from distill.train.stage import check_inputs
 
@@ -30,7 +30,8 @@ from distill.train.stage import check_inputs
         ({"dtype": "bfloat16"}, "use_gpu: true"),
         ({"loss": {"alpha": 0, "kd_weight": 0}}, "every loss weight is 0"),
         ({"loss": {"name": "hellinger"}}, "forward_kl"),
-        ({"zero_stage": 4}, "1, 2 or 3"),
+        ({"zero_stage": 4}, "0, 1, 2 or 3"),
+        ({"betas": [0.9, 1.0]}, "betas must be in"),
         ({"batchsize": 4}, "Extra inputs"),
     ],
 )
@@ -70,13 +71,36 @@ def test_warmup_cosine():
 
 
 def test_data_position_is_a_function_of_the_step():
-    rows = np.arange(10 * 4).reshape(10, 4)
-    r0, r1 = CorpusBatches(rows, 2, 0, 2), CorpusBatches(rows, 2, 1, 2)
+    rows = {"input_ids": np.arange(10 * 4).reshape(10, 4)}
+    kw = {"shuffle": False}
+    r0, r1 = (Batches.for_arrays(rows, 2, r, 2, **kw) for r in (0, 1))
     assert r0.per_epoch == 2  # floor(10 / 4): the short tail of an epoch is skipped
     assert r0.get(0)["input_ids"][:, 0].tolist() == [0, 4]
     assert r1.get(0)["input_ids"][:, 0].tolist() == [8, 12]
     assert r0.get(1)["input_ids"][:, 0].tolist() == [16, 20]
     assert r0.get(2)["input_ids"].tolist() == r0.get(0)["input_ids"].tolist()  # next epoch
+
+
+def test_shuffled_order_is_a_seeded_permutation_per_epoch():
+    """Every row once per epoch, ranks disjoint, a new order each epoch, the same order after a
+    restart (a fresh object) and for the same seed; another seed gives another order."""
+    n = 40
+    rows = {"input_ids": np.arange(n)[:, None].repeat(3, 1)}
+
+    def epoch_rows(seed: int, epoch: int) -> list[int]:
+        srcs = [Batches.for_arrays(rows, 2, r, 2, seed=seed) for r in (0, 1)]
+        per = srcs[0].per_epoch
+        out: list[int] = []
+        for m in range(epoch * per, (epoch + 1) * per):
+            for s in srcs:
+                out += s.get(m)["input_ids"][:, 0].tolist()
+        return out
+
+    e0, e1 = epoch_rows(0, 0), epoch_rows(0, 1)
+    assert sorted(e0) == list(range(n)) and sorted(e1) == list(range(n))
+    assert e0 != list(range(n)) and e0 != e1
+    assert epoch_rows(0, 1) == e1  # restart at epoch 1: same rows
+    assert epoch_rows(1, 0) != e0
     with pytest.raises(DistillError, match="only 3 training rows"):
         batches_per_epoch(3, 2, 2)
     h = np.arange(7)[:, None]
@@ -124,13 +148,14 @@ def test_sft_mode_is_plain_ce_and_refuses_kd_extras():
 
 
 def test_sft_batches_follow_step_positions_and_keep_masks():
-    from distill.train.data import SFTBatches
+    from distill.train.data import sft_columns
 
     n, seq = 10, 6
     ids = np.arange(n * seq, dtype=np.int32).reshape(n, seq)
     rows = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids.copy()}
     rows["labels"][:, :2] = -100
-    r0, r1 = (SFTBatches(rows, batch_size=2, rank=r, world_size=2) for r in (0, 1))
+    cols = sft_columns(rows)
+    r0, r1 = (Batches.for_arrays(cols, 2, r, 2, shuffle=False) for r in (0, 1))
     assert r0.per_epoch == 2
     b0, b1 = r0.get(1), r1.get(1)
     assert b0["input_ids"][:, 0].tolist() == [4 * seq, 5 * seq]
@@ -138,7 +163,7 @@ def test_sft_batches_follow_step_positions_and_keep_masks():
     assert r0.get(3)["input_ids"].equal(b0["input_ids"])  # epoch wrap, same as a restart
     assert (b0["labels"][:, :2] == -100).all() and b0["labels"].dtype == torch.long
     with pytest.raises(DistillError, match="labels"):
-        SFTBatches({"input_ids": ids}, 2, 0, 1)
+        sft_columns({"input_ids": ids})
 
 
 def test_sft_loss_counts_only_labelled_real_positions():
@@ -172,3 +197,65 @@ def test_sft_loss_counts_only_labelled_real_positions():
     assert torch.allclose(loss, loss2, atol=1e-6)
     full, _ = total_loss(w, SimpleNamespace(logits=logits), ids, am)  # no labels: all tokens
     assert not torch.allclose(full, loss)
+
+
+def test_sft_loss_weighs_every_label_token_equally_across_ranks_and_accumulation():
+    """Uneven completion lengths: averaging the micro-batch gradients the way DeepSpeed does
+    (over ranks and accumulation steps) gives the gradient of the mean CE over *all* label
+    tokens of the step, not a mean of per-batch means."""
+    from types import SimpleNamespace
+
+    from distill.losses import LossWeights, total_loss
+    from distill.train.data import sft_columns
+    from distill.train.loop import LoopSpec, step_denominator
+
+    torch.manual_seed(0)
+    n, seq, v, world, accum = 8, 6, 7, 2, 2
+    ids = np.random.default_rng(0).integers(0, v, (n, seq))
+    labels = ids.copy()
+    for r, keep in enumerate([1, 5, 2, 4, 5, 1, 3, 2]):  # label tokens per row, uneven
+        labels[r, : seq - keep] = -100
+    cols = sft_columns({"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels})
+    logits = torch.randn(n, seq, v, requires_grad=True)
+    cfg = DistillConfig(mode="sft", batch_size=1, num_workers=world, grad_accum=accum)
+    spec = LoopSpec(cfg=cfg, student_path="-", seq_len=seq, total_steps=2, out_dir="-")
+    w = SimpleNamespace(spec=spec, world=world, step=0, sft_columns=cols)
+    grads = torch.zeros_like(logits)
+    for step in range(2):
+        w.step = step
+        w.source = Batches.for_arrays(cols, 1, 0, world, shuffle=False)
+        denom = step_denominator(w)  # type: ignore[arg-type]
+        for rank in range(world):
+            src = Batches.for_arrays(cols, 1, rank, world, shuffle=False)
+            for j in range(accum):
+                rows = src.rows(step * accum + j)
+                b = {k: torch.as_tensor(cols[k][rows]) for k in cols}
+                out = SimpleNamespace(logits=logits[rows])
+                loss, _ = total_loss(
+                    LossWeights(ce=1.0, kd=0.0), out, b["input_ids"], b["attention_mask"],
+                    b["labels"], denominator=denom,
+                )  # fmt: skip
+                (g,) = torch.autograd.grad(loss / (world * accum), logits)
+                grads += g
+    ref = torch.zeros_like(logits)
+    for step in range(2):
+        rows = np.arange(step * 4, step * 4 + 4)
+        tgt = torch.as_tensor(labels[rows][:, 1:])
+        keep = tgt != -100
+        ce = torch.nn.functional.cross_entropy(logits[rows][:, :-1][keep], tgt[keep])
+        (g,) = torch.autograd.grad(ce, logits)
+        ref += g
+    torch.testing.assert_close(grads, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_offline_objectives_the_store_cannot_give_are_refused():
+    from distill.train.stage import check_offline_objective
+
+    check_offline_objective(DistillConfig(), "topk")
+    check_offline_objective(DistillConfig(), "sampled")
+    with pytest.raises(DistillError, match="temperature=2 with an offline topk store"):
+        check_offline_objective(DistillConfig(loss={"temperature": 2.0}), "topk")
+    with pytest.raises(DistillError, match="only forward_kl has an unbiased estimate"):
+        check_offline_objective(DistillConfig(loss={"name": "reverse_kl"}), "sampled")
+    ce_only = DistillConfig(loss={"name": "jsd", "alpha": 1.0, "kd_weight": 0.0})
+    check_offline_objective(ce_only, "sampled")  # no KD term: nothing to estimate

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from distill.config.base import StrictModel
+from distill.config.base import DistillError, StrictModel
 from distill.data.config import DataConfig
 from distill.eval.config import EvaluateConfig
 from distill.labels.config import SoftLabelsConfig
@@ -50,3 +50,16 @@ class PipelineConfig(StrictModel):
         if dup:
             raise ValueError(f"stages listed twice: {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _offline_objective(self) -> PipelineConfig:
+        """An offline objective the configured store cannot give fails before any stage runs."""
+        stages = set(self.stages)
+        if {"distill", "soft_labels"} <= stages and self.distill.mode == "offline":
+            from distill.train.stage import check_offline_objective
+
+            try:
+                check_offline_objective(self.distill, self.soft_labels.encoding)
+            except DistillError as e:
+                raise ValueError(str(e)) from None
+        return self

@@ -30,16 +30,21 @@ def pack(
 
 
 def stdlib_split_rows(
-    tok, seq_len: int, train_rows: int, heldout_rows: int
+    tok, seq_len: int, train_rows: int, heldout_rows: int, shuffle_seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and held-out rows of the stdlib corpus, split by document (every 10th file held
     out), tokenized with ``tok`` and packed to ``seq_len``; what the benchmarks use::
 
         .venv/bin/python benchmarks/kd_recovery.py      # and prune.py, quantize.py
+
+    ``shuffle_seed``: pack the documents in a seeded random order, so the first rows are a
+    random sample of the corpus instead of its alphabetical head.
     """
     from distill.data.corpus import stdlib_files
 
     files = stdlib_files()
+    if shuffle_seed is not None:
+        files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
 
     def docs(keep_heldout: bool):
         for i, p in enumerate(files):

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
 
 
 class SoftLabelsConfig(StrictModel):
-    """Teacher top-k log-probs (T=1) + tail mass per token, scored by a Ray Data actor pool."""
+    """Teacher soft labels per token (T=1), scored by a Ray Data actor pool: top-k log-probs +
+    tail mass, or N tokens sampled from the teacher (unbiased; ``distill.labels.sampled``)."""
 
-    k: int = Field(16, ge=1, le=4096, description="top-k log-probs kept per position (≥ 1)")
+    encoding: Literal["topk", "sampled"] = Field(
+        "topk",
+        description="topk: k largest log-probs + tail mass (biased head); sampled: `samples` "
+        "draws per position stored as unique ids + counts (unbiased for forward KL)",
+    )
+    k: int = Field(16, ge=1, le=4096, description="topk: log-probs kept per position (≥ 1)")
+    samples: int = Field(
+        32, ge=1, le=255, description="sampled: draws per position (counts are uint8)"
+    )
+    seed: int = Field(0, description="sampled: seed of the draws (a rerun draws the same)")
     batch_size: int = Field(4, ge=1, description="rows per teacher forward (per actor batch)")
     num_actors: int = Field(1, ge=1, description="TeacherScorer actors (one teacher each)")
     num_cpus_per_actor: float = Field(
@@ -59,6 +69,20 @@ class SoftLabelsConfig(StrictModel):
         description="replace a store made with another teacher/tokenizer/k/corpus "
         "instead of refusing",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> SoftLabelsConfig:
+        if self.encoding == "sampled" and self.logprob_encoding != "float16":
+            raise ValueError(
+                "soft_labels.logprob_encoding applies to encoding: topk only (a sampled store "
+                "keeps counts, not log-probs): remove it or set encoding: topk"
+            )
+        return self
+
+    @property
+    def stored_k(self) -> int:
+        """The manifest's ``k``: ids per position (topk) or draws per position (sampled)."""
+        return self.samples if self.encoding == "sampled" else self.k
 
     def resolved_dtype(self, on_gpu: bool) -> str:
         """``auto`` → bfloat16 on GPU or a CPU with native bf16, else float32.

@@ -36,16 +36,23 @@ class CorpusRef(StrictModel):
 
 
 class Encodings(StrictModel):
+    """Column dtypes. ``topk_ids`` is the dtype of every stored token id (``sample_ids`` too);
+    ``topk_logprobs`` / ``tail_mass`` only exist in top-k stores."""
+
     input_ids: Literal["uint16", "int32"]
     topk_ids: Literal["uint16", "int32"]
-    topk_logprobs: Literal["float16", "int8"]
-    tail_mass: Literal["float16"] = "float16"
+    topk_logprobs: Literal["float16", "int8"] | None = "float16"
+    tail_mass: Literal["float16"] | None = "float16"
+    sample_counts: Literal["uint8"] | None = None
+    entropy: Literal["float16"] | None = None
 
 
 class ShardFidelity(StrictModel):
     positions: int = 0
     kl_sum: float = 0.0
     mass_sum: float = 0.0
+    tv_sum: float = 0.0
+    rel_sum: float = 0.0
 
 
 class ShardEntry(StrictModel):
@@ -55,15 +62,26 @@ class ShardEntry(StrictModel):
     sha256: str
     bytes: int
     tokens: int
-    tail_sum: float = Field(..., description="Σ stored tail mass over all tokens of the shard")
+    tail_sum: float = Field(0.0, description="top-k: Σ stored tail mass over the shard's tokens")
     fidelity: ShardFidelity = Field(default_factory=ShardFidelity)
 
 
 class Fidelity(StrictModel):
     positions: int = Field(..., description="positions compared with the full distribution")
-    captured_mass: float | None = Field(None, description="mean Σ top-k p on those positions")
-    kl: float | None = Field(None, description="mean KL(full ‖ top-k + uniform tail), nats")
-    captured_mass_all: float = Field(..., description="mean 1 − tail over every stored token")
+    captured_mass: float | None = Field(
+        None, description="mean Σ p over the stored ids (top-k, or the unique sampled ids)"
+    )
+    kl: float | None = Field(None, description="top-k: mean KL(full ‖ top-k + uniform tail), nats")
+    target_tv: float | None = Field(
+        None, description="mean ½‖t − p‖₁ of the stored target t against the full p"
+    )
+    grad_rel_err: float | None = Field(
+        None,
+        description="mean ‖t − p‖₂ / ‖u − p‖₂: forward-KL gradient error at a uniform student",
+    )
+    captured_mass_all: float | None = Field(
+        None, description="top-k: mean 1 − tail over every stored token"
+    )
 
 
 class Manifest(StrictModel):
@@ -72,7 +90,9 @@ class Manifest(StrictModel):
     teacher: TeacherRef
     tokenizer_sha256: str
     vocab_size: int
-    k: int
+    k: int = Field(..., description="top-k: ids per position; sampled: draws per position (N)")
+    encoding: Literal["topk", "sampled"] = "topk"
+    sample_seed: int | None = Field(None, description="sampled: the draws' seed (per row)")
     seq_len: int
     compute_dtype: str
     encodings: Encodings
@@ -92,6 +112,8 @@ class Manifest(StrictModel):
             "tokenizer_sha256": self.tokenizer_sha256,
             "vocab_size": self.vocab_size,
             "k": self.k,
+            "encoding": self.encoding,
+            "sample_seed": self.sample_seed,
             "seq_len": self.seq_len,
             "corpus.fingerprint": self.corpus.fingerprint,
             "encodings": self.encodings.model_dump(),
@@ -107,11 +129,20 @@ class Manifest(StrictModel):
         total_bytes = sum(s.bytes for s in self.shards)
         self.bytes_per_token = total_bytes / self.tokens if self.tokens else 0.0
         n = sum(s.fidelity.positions for s in self.shards)
+
+        def mean(attr: str) -> float | None:
+            return sum(getattr(s.fidelity, attr) for s in self.shards) / n if n else None
+
+        topk = self.encoding == "topk"
         self.fidelity = Fidelity(
             positions=n,
-            captured_mass=sum(s.fidelity.mass_sum for s in self.shards) / n if n else None,
-            kl=sum(s.fidelity.kl_sum for s in self.shards) / n if n else None,
-            captured_mass_all=1.0 - sum(s.tail_sum for s in self.shards) / max(self.tokens, 1),
+            captured_mass=mean("mass_sum"),
+            kl=mean("kl_sum") if topk else None,
+            target_tv=mean("tv_sum"),
+            grad_rel_err=mean("rel_sum"),
+            captured_mass_all=(
+                1.0 - sum(s.tail_sum for s in self.shards) / max(self.tokens, 1) if topk else None
+            ),
         )
 
 

@@ -38,9 +38,12 @@ class TeacherScorer:
         seq_len: int = 0,
         fidelity_stride: int = 0,
         num_threads: int | None = None,
+        encoding: str = "topk",
+        seed: int = 0,
     ) -> None:
         import torch
 
+        from distill.labels.encode import EncodingSpec
         from distill.models.loader import load_causal_lm
 
         if device == "cpu":
@@ -49,62 +52,34 @@ class TeacherScorer:
             raise RuntimeError("TeacherScorer asked for cuda but no GPU is visible to the actor")
         self.model = load_causal_lm(Path(model_path), dtype=dtype, device=device)
         self.device = device
-        self.k = k
-        self.encoding = logprob_encoding
         self.id_dtype = np.dtype(id_dtype)
         self.seq_len = seq_len
-        self.fidelity_stride = fidelity_stride
+        self.spec = EncodingSpec(
+            encoding=encoding,  # type: ignore[arg-type]
+            k=k,
+            logprob_encoding=logprob_encoding,
+            id_dtype=id_dtype,
+            seed=seed,
+            fidelity_stride=fidelity_stride,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from distill.labels.topk import (
-            decode_logprobs,
-            encode_logprobs,
-            fidelity,
-            topk_with_tail,
-        )
+        from distill.labels.encode import encode_batch
 
         rows = np.asarray(batch["row"], dtype=np.int64)
         ids = as_matrix(batch["input_ids"]).astype(np.int64)
-        b, length = ids.shape
+        b = ids.shape[0]
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = torch.as_tensor(ids, device=self.device)
             logits = self.model(input_ids=x).logits  # [B, L, V]; position t predicts t+1
-            top_ids, top_lp, tail = topk_with_tail(logits, self.k)
-            top_ids_np = top_ids.cpu().numpy()
-            enc = encode_logprobs(top_lp.cpu().numpy(), self.encoding)
-            tail16 = tail.cpu().numpy().astype(np.float16)
-            fid_n = np.zeros(b, dtype=np.int64)
-            fid_kl = np.zeros(b, dtype=np.float64)
-            fid_mass = np.zeros(b, dtype=np.float64)
-            if self.fidelity_stride > 0:
-                flat = rows[:, None] * length + np.arange(length)[None, :]
-                sel = np.nonzero(flat % self.fidelity_stride == 0)
-                if len(sel[0]):
-                    stored = decode_logprobs(
-                        enc["topk_logprobs"][sel],
-                        enc["logprob_scale"][sel] if "logprob_scale" in enc else None,
-                    )
-                    kl, mass = fidelity(
-                        logits[sel[0], sel[1]],
-                        top_ids[sel[0], sel[1]],
-                        torch.from_numpy(stored).to(logits.device),
-                        torch.from_numpy(tail16[sel].astype(np.float32)).to(logits.device),
-                    )
-                    np.add.at(fid_n, sel[0], 1)
-                    np.add.at(fid_kl, sel[0], kl.double().cpu().numpy())
-                    np.add.at(fid_mass, sel[0], mass.double().cpu().numpy())
+            cols = encode_batch(logits, rows, self.spec)
         took = time.perf_counter() - t0
         return {
             "row": rows,
             "input_ids": ids.astype(self.id_dtype),
-            "topk_ids": top_ids_np.astype(self.id_dtype),
-            **enc,
-            "tail_mass": tail16,
-            "_fid_n": fid_n,
-            "_fid_kl": fid_kl,
-            "_fid_mass": fid_mass,
+            **cols,
             "_score_s": np.full(b, took / b),
         }

@@ -3,8 +3,11 @@
 Columns per row (``L = seq_len``): ``input_ids`` fixed_size_list<uint16|int32>[L],
 ``topk_ids`` fixed_size_list<uint16|int32>[L·k] (row-major ``[L, k]``), ``topk_logprobs``
 fixed_size_list<float16>[L·k] (int8 encoding: uint8 codes, plus ``logprob_scale``
-fixed_size_list<float16>[L]), ``tail_mass`` fixed_size_list<float16>[L]. Position ``t`` holds the
-teacher distribution of the token at ``t + 1`` (``logits[:, t]``)::
+fixed_size_list<float16>[L]), ``tail_mass`` fixed_size_list<float16>[L]. The sampled encoding
+stores ``sample_ids`` list<uint16|int32> and ``sample_counts`` list<uint8> (ragged: Σ unique ids
+of the row), ``sample_nuniq`` fixed_size_list<uint8>[L] and ``entropy``
+fixed_size_list<float16>[L]. Position ``t`` holds the teacher distribution of the token at
+``t + 1`` (``logits[:, t]``)::
 
     for index, start, rows in shard_plan(1000, 64): ...
     sha, size = write_shard(path, columns, seq_len=256, k=16)
@@ -56,6 +59,16 @@ def _fixed(values: np.ndarray, width: int):
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
+def _ragged(values: np.ndarray):
+    """An object array of 1-D arrays (one per row) as a Parquet ``list<...>`` column."""
+    import pyarrow as pa
+
+    parts = [np.asarray(v) for v in values]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in parts])]).astype(np.int32)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
 def write_shard(path: Path, columns: dict[str, np.ndarray], compression: str = "zstd") -> int:
     """Write ``columns`` (each ``[rows, ...]``) as one Parquet file via a temp name + rename.
 
@@ -67,6 +80,9 @@ def write_shard(path: Path, columns: dict[str, np.ndarray], compression: str = "
 
     arrays = {}
     for name, values in columns.items():
+        if values.dtype == object:
+            arrays[name] = _ragged(values)
+            continue
         width = int(np.prod(values.shape[1:]))
         arrays[name] = _fixed(values, width)
     table = pa.table(arrays)
@@ -82,7 +98,9 @@ def write_shard(path: Path, columns: dict[str, np.ndarray], compression: str = "
 def read_shard(path: Path, seq_len: int, k: int, rows: np.ndarray | None = None):
     """Columns of a shard as numpy: ``input_ids [n, L]``, ``topk_ids [n, L, k]``,
     ``topk_logprobs [n, L, k]`` (float16 or uint8), ``tail_mass [n, L]`` and, for int8,
-    ``logprob_scale [n, L]``. ``rows`` selects shard-local row indices."""
+    ``logprob_scale [n, L]``; ragged (list) columns come back as object arrays of 1-D arrays.
+    ``rows`` selects shard-local row indices."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(path, memory_map=True)
@@ -92,6 +110,13 @@ def read_shard(path: Path, seq_len: int, k: int, rows: np.ndarray | None = None)
     n = table.num_rows
     for name in table.column_names:
         col = table.column(name).combine_chunks()
+        if pa.types.is_list(col.type):
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            offsets = col.offsets.to_numpy()
+            out[name] = np.empty(n, dtype=object)
+            for i in range(n):
+                out[name][i] = flat[offsets[i] - offsets[0] : offsets[i + 1] - offsets[0]]
+            continue
         flat = col.flatten().to_numpy(zero_copy_only=False)
         per_row = flat.size // n if n else 0
         shape = (n, seq_len, k) if per_row == seq_len * k and name.startswith("topk") else (n, -1)

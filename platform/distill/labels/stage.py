@@ -35,7 +35,31 @@ from distill.labels.shards import ShardSpec, id_dtype, sha256_of, shard_plan, wr
 from distill.models.hashing import file_sha256
 from distill.stages import StageContext, StageResult
 
-STORE_COLUMNS = ("input_ids", "topk_ids", "topk_logprobs", "tail_mass", "logprob_scale")
+STORE_COLUMNS = (
+    "input_ids",
+    "topk_ids",
+    "topk_logprobs",
+    "tail_mass",
+    "logprob_scale",
+    "sample_ids",
+    "sample_counts",
+    "sample_nuniq",
+    "entropy",
+)
+
+
+def encodings_for(encoding: str, ids: str, logprob_encoding: str) -> Encodings:
+    """The column dtypes of a store with this encoding (``ids``: uint16 or int32)."""
+    if encoding == "sampled":
+        return Encodings(
+            input_ids=ids,  # type: ignore[arg-type]
+            topk_ids=ids,  # type: ignore[arg-type]
+            topk_logprobs=None,
+            tail_mass=None,
+            sample_counts="uint8",
+            entropy="float16",
+        )
+    return Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=logprob_encoding)  # type: ignore[arg-type]
 
 
 def teacher_vocab_size(model_dir: Path) -> int:
@@ -103,17 +127,26 @@ def scoring_dataset(
     )
 
 
+def shard_fidelity(cols: dict[str, np.ndarray]) -> ShardFidelity:
+    """Sum the scorer's per-row ``_fid_*`` columns into a shard's fidelity entry."""
+    return ShardFidelity(
+        positions=int(cols["_fid_n"].sum()),
+        kl_sum=float(cols["_fid_kl"].sum()),
+        mass_sum=float(cols["_fid_mass"].sum()),
+        tv_sum=float(cols["_fid_tv"].sum()),
+        rel_sum=float(cols["_fid_rel"].sum()),
+    )
+
+
 def _shard_columns(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], dict]:
     cols = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
     order = np.argsort(cols["row"], kind="stable")
     cols = {key: v[order] for key, v in cols.items()}
     stats = {
-        "fid": ShardFidelity(
-            positions=int(cols["_fid_n"].sum()),
-            kl_sum=float(cols["_fid_kl"].sum()),
-            mass_sum=float(cols["_fid_mass"].sum()),
-        ),
-        "tail_sum": float(cols["tail_mass"].astype(np.float64).sum()),
+        "fid": shard_fidelity(cols),
+        "tail_sum": float(cols["tail_mass"].astype(np.float64).sum())
+        if "tail_mass" in cols
+        else 0.0,
         "score_s": float(cols["_score_s"].sum()),
         "rows": cols["row"],
     }
@@ -171,7 +204,7 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
     root = ctx.output_dir("labels")
     teacher_path = Path(ctx.artifacts.get("teacher", ctx.teacher.path))
     vocab = teacher_vocab_size(teacher_path)
-    if cfg.k > vocab:
+    if cfg.encoding == "topk" and cfg.k > vocab:
         raise DistillError(
             f"soft_labels.k={cfg.k} is larger than the teacher's vocabulary ({vocab}); "
             f"allowed 1..{vocab}"
@@ -187,10 +220,12 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
         teacher=TeacherRef(name=ctx.teacher.name, weights_sha256=ctx.teacher.weights_sha256),
         tokenizer_sha256=ctx.teacher.tokenizer_sha256,
         vocab_size=vocab,
-        k=cfg.k,
+        k=cfg.stored_k,
+        encoding=cfg.encoding,
+        sample_seed=cfg.seed if cfg.encoding == "sampled" else None,
         seq_len=corpus.seq_len,
         compute_dtype=dtype,
-        encodings=Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=cfg.logprob_encoding),
+        encodings=encodings_for(cfg.encoding, ids, cfg.logprob_encoding),
         corpus=CorpusRef(
             fingerprint=corpus.fingerprint, path=str(corpus.train_path), rows=num_rows
         ),
@@ -202,7 +237,9 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
     total_tokens = num_rows * corpus.seq_len
     scorer: dict[str, Any] = {
         "model_path": str(teacher_path),
-        "k": cfg.k,
+        "k": cfg.stored_k,
+        "encoding": cfg.encoding,
+        "seed": cfg.seed,
         "dtype": dtype,
         "device": "cuda" if on_gpu else "cpu",
         "logprob_encoding": cfg.logprob_encoding,
@@ -231,6 +268,10 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
     return _report(ctx, cfg, manifest, path, todo, scored_tokens, score_s, compute_s, t_start)
 
 
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _report(
     ctx: StageContext,
     cfg: SoftLabelsConfig,
@@ -251,9 +292,11 @@ def _report(
         "tokens_per_s": scored_tokens / score_s if scored_tokens and score_s > 0 else 0.0,
         "actor_tokens_per_s": scored_tokens / compute_s if compute_s > 0 else 0.0,
         "bytes_per_token": m.bytes_per_token,
-        "captured_mass": fid.captured_mass if fid.captured_mass is not None else float("nan"),
-        "kl_full_vs_topk": fid.kl if fid.kl is not None else float("nan"),
-        "captured_mass_all": fid.captured_mass_all,
+        "captured_mass": _nan(fid.captured_mass),
+        "kl_full_vs_topk": _nan(fid.kl),
+        "target_tv": _nan(fid.target_tv),
+        "grad_rel_err": _nan(fid.grad_rel_err),
+        "captured_mass_all": _nan(fid.captured_mass_all),
         "shards_scored": float(len(todo)),
         "shards_reused": float(len(m.shards) - len(todo)),
         "stage_seconds": time.perf_counter() - t_start,
@@ -278,6 +321,7 @@ def _report(
     summary = {
         "dir": str(root),
         "k": m.k,
+        "encoding": m.encoding,
         "rows": m.rows,
         "tokens": m.tokens,
         "bytes_per_token": m.bytes_per_token,

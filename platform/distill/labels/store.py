@@ -5,9 +5,12 @@
     store.check_compatible(teacher.weights_sha256, teacher.tokenizer_sha256, k=16)
     for batch in store.iter_batches(8, rank=0, world_size=2):
         batch["topk_logprobs"]   # float32 [8, L, k]; also input_ids, topk_ids, tail_mass
+    batch = store.read_rows(np.array([17, 3, 250]))   # random access, in the order asked
 
 Rows go to ranks round-robin by global row index (rank ``r`` of ``W`` reads rows
-``r, r+W, r+2W, ...``); ``start_row`` counts rows this rank already consumed.
+``r, r+W, r+2W, ...``); ``start_row`` counts rows this rank already consumed. A sampled store
+(``manifest.encoding == "sampled"``) yields ``sample_ids [B, L, U]`` (long), ``sample_weights
+[B, L, U]`` (count / N, 0 in padding slots) and ``entropy [B, L]`` instead of the top-k columns.
 """
 
 from __future__ import annotations
@@ -121,12 +124,9 @@ class LabelStore:
 
         ``k`` below the stored k keeps the k most likely ids and adds the rest to the tail.
         """
-        import torch
-
         if batch_size < 1:
             raise DistillError(f"batch_size must be ≥ 1, got {batch_size}")
-        if k is not None and not 1 <= k <= self.k:
-            raise DistillError(f"k={k}: the store holds top-{self.k} (allowed 1..{self.k})")
+        self._check_k(k)
         wanted = self._rank_rows(start_row, rank, world_size)
         buf: list[dict[str, np.ndarray]] = []
         have = 0
@@ -135,13 +135,36 @@ class LabelStore:
             have += len(part["input_ids"])
             while have >= batch_size:
                 batch, buf, have = _take(buf, batch_size)
-                yield _to_torch(batch, k, torch)
+                yield self._to_torch(batch, k)
         if have:
             batch, buf, have = _take(buf, have)
-            yield _to_torch(batch, k, torch)
+            yield self._to_torch(batch, k)
+
+    def read_rows(self, rows: np.ndarray, k: int | None = None) -> dict[str, Any]:
+        """The global rows ``rows`` (any order, e.g. a shuffled batch) as one batch of torch
+        tensors, in the order given; reads only the shards that hold them."""
+        self._check_k(k)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_rows):
+            raise DistillError(f"rows outside the store's 0..{self.num_rows - 1}")
+        order = np.argsort(rows, kind="stable")
+        parts = list(self._read_rows(rows[order]))
+        cols, _, _ = _take(parts, len(rows))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return self._to_torch({key: v[inverse] for key, v in cols.items()}, k)
+
+    def _check_k(self, k: int | None) -> None:
+        if k is None:
+            return
+        if self.manifest.encoding != "topk":
+            raise DistillError("k selects top-k ids: this store holds sampled soft labels")
+        if not 1 <= k <= self.k:
+            raise DistillError(f"k={k}: the store holds top-{self.k} (allowed 1..{self.k})")
 
     def _read_rows(self, wanted: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-        """Decoded numpy columns of the ``wanted`` global rows, shard by shard, in order."""
+        """Decoded numpy columns of the ``wanted`` global rows (sorted; repeats allowed),
+        shard by shard, in order."""
         m = self.manifest
         for s in sorted(m.shards, key=lambda s: s.start_row):
             lo, hi = np.searchsorted(wanted, [s.start_row, s.start_row + s.rows])
@@ -149,9 +172,15 @@ class LabelStore:
                 continue
             local = wanted[lo:hi] - s.start_row
             cols = read_shard(self.root / s.file, m.seq_len, m.k, rows=local)
-            scale = cols.pop("logprob_scale", None)
-            cols["topk_logprobs"] = decode_logprobs(cols["topk_logprobs"], scale)
+            if "topk_logprobs" in cols:
+                scale = cols.pop("logprob_scale", None)
+                cols["topk_logprobs"] = decode_logprobs(cols["topk_logprobs"], scale)
             yield cols
+
+    def _to_torch(self, batch: dict[str, np.ndarray], k: int | None) -> dict[str, Any]:
+        if self.manifest.encoding == "sampled":
+            return _sampled_to_torch(batch, self.manifest.k)
+        return _to_torch(batch, k)
 
     def ray_dataset(self):
         """``ray.data.Dataset`` over the shards (int8 log-probs decoded to float16)."""
@@ -180,7 +209,25 @@ def _take(buf: list[dict[str, np.ndarray]], n: int):
     return head, ([rest] if left else []), left
 
 
-def _to_torch(batch: dict[str, np.ndarray], k: int | None, torch) -> dict[str, Any]:
+def _sampled_to_torch(batch: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    import torch
+
+    from distill.labels.sampled import pad_samples
+
+    ids, weights = pad_samples(
+        list(batch["sample_ids"]), list(batch["sample_counts"]), batch["sample_nuniq"], n
+    )
+    return {
+        "input_ids": torch.from_numpy(batch["input_ids"].astype(np.int64)),
+        "sample_ids": torch.from_numpy(ids),
+        "sample_weights": torch.from_numpy(weights),
+        "entropy": torch.from_numpy(batch["entropy"].astype(np.float32)),
+    }
+
+
+def _to_torch(batch: dict[str, np.ndarray], k: int | None) -> dict[str, Any]:
+    import torch
+
     lp = torch.from_numpy(np.asarray(batch["topk_logprobs"], dtype=np.float32))
     ids = torch.from_numpy(batch["topk_ids"].astype(np.int64))
     tail = torch.from_numpy(batch["tail_mass"].astype(np.float32))

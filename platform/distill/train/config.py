@@ -67,16 +67,33 @@ class DistillConfig(StrictModel):
     loss: KDLossConfig = Field(default_factory=KDLossConfig)
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig)
     attention: AttentionLossConfig = Field(default_factory=AttentionLossConfig)
-    zero_stage: Literal[1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage; 0 = plain data parallel (one CPU worker needs none)"
+    )
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per worker")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="Ray CPUs reserved per worker (= its torch threads on CPU)"
+    )
     batch_size: int = Field(4, ge=1, description="rows per worker per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (β1, β2)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear warmup, then cosine decay to min_lr")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of lr")
+    shuffle: bool = Field(
+        True, description="visit rows in a seeded random order per epoch (resume stays exact)"
+    )
+    loss_chunk: int = Field(
+        256,
+        ge=0,
+        description="positions per chunk of the fused LM-head loss (full [B, L, V] logits are "
+        "never held); 0 = materialize the logits (the unfused reference path)",
+    )
+    freeze_embeddings: bool = Field(
+        False, description="keep the input embedding / tied LM head fixed (not trained)"
+    )
     max_steps: int | None = Field(50, ge=1, description="optimizer steps; with max_tokens: min")
     max_tokens: int | None = Field(None, ge=1, description="training-token budget")
     clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
@@ -119,6 +136,8 @@ class DistillConfig(StrictModel):
             and not (self.feature.weight or self.attention.weight)
         ):
             raise ValueError("every loss weight is 0: set loss.alpha and/or loss.kd_weight")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"distill.betas must be in [0, 1), got {list(self.betas)}")
         if self.dtype == "bfloat16" and not self.use_gpu:
             raise ValueError("dtype bfloat16 is for use_gpu: true; on CPU use float32 (or auto)")
         return self

@@ -1,17 +1,19 @@
 """Deterministic batches for the training loop: the data position is a function of the step.
 
-Global micro-batch ``m`` (``m = step · grad_accum + j``) holds the ``G = batch_size ·
-world_size`` consecutive rows starting at ``(m mod ⌊N / G⌋) · G``; rank ``r`` takes rows
-``r·B .. (r+1)·B`` of it. A restart at step ``s`` therefore reads exactly the rows an
-uninterrupted run would, and "rows consumed" is ``m · G``::
+Global micro-batch ``m`` (``m = step · grad_accum + j``) of epoch ``e = m // E`` (``E = ⌊N / G⌋``
+micro-batches per epoch, ``G = batch_size · world_size``) holds rows ``order_e[p·G : (p+1)·G]``
+with ``p = m mod E``, where ``order_e`` is a seeded permutation of the ``N`` rows that depends
+only on ``(seed, e)`` (``shuffle: false``: the identity); rank ``r`` takes rows ``r·B .. (r+1)·B``
+of it. A restart at step ``s`` therefore reads exactly the rows an uninterrupted run would, and
+"rows consumed" is ``m · G``::
 
-    src = CorpusBatches(read_rows(train_path), batch_size=4, rank=0, world_size=2)
+    src = Batches.for_rows(read_rows(train_path), batch_size=4, rank=0, world_size=2, seed=0)
     batch = src.get(m)      # {"input_ids": LongTensor[4, L]}
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 
 from distill.config.base import DistillError
+
+Fetch = Callable[[np.ndarray], dict[str, torch.Tensor]]
 
 
 def batches_per_epoch(num_rows: int, batch_size: int, world_size: int) -> int:
@@ -32,83 +36,97 @@ def batches_per_epoch(num_rows: int, batch_size: int, world_size: int) -> int:
     return num_rows // g
 
 
-class CorpusBatches:
-    """Online mode: rows of the packed corpus (the teacher scores them live)."""
+class RowOrder:
+    """Which global rows each global micro-batch holds (see the module docstring)."""
 
-    def __init__(self, rows: np.ndarray, batch_size: int, rank: int, world_size: int) -> None:
-        self.rows = rows
-        self.b, self.rank, self.world = batch_size, rank, world_size
-        self.per_epoch = batches_per_epoch(len(rows), batch_size, world_size)
+    def __init__(self, num_rows: int, global_batch: int, shuffle: bool, seed: int) -> None:
+        self.n, self.g, self.shuffle, self.seed = num_rows, global_batch, shuffle, seed
+        self.per_epoch = batches_per_epoch(num_rows, global_batch, 1)
+        self._epoch, self._order = -1, np.arange(num_rows)
 
-    def get(self, m: int) -> dict[str, torch.Tensor]:
-        g = self.b * self.world
-        start = (m % self.per_epoch) * g + self.rank * self.b
-        return {"input_ids": torch.as_tensor(self.rows[start : start + self.b], dtype=torch.long)}
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch, self._order = epoch, rng.permutation(self.n)
+        return self._order
+
+    def rows(self, m: int) -> np.ndarray:
+        """The ``G`` global rows of global micro-batch ``m``."""
+        epoch, pos = divmod(m, self.per_epoch)
+        return self.order(epoch)[pos * self.g : (pos + 1) * self.g]
 
 
-class SFTBatches:
-    """SFT mode: ``input_ids`` / ``attention_mask`` / ``labels`` rows (``-100`` = no loss), as
-    ``distill.seqkd.sft_data.write_sft_rows`` writes them; same positions as ``CorpusBatches``."""
-
-    KEYS = ("input_ids", "attention_mask", "labels")
+class Batches:
+    """This rank's slice of each global micro-batch, fetched by row index."""
 
     def __init__(
-        self, rows: dict[str, np.ndarray], batch_size: int, rank: int, world_size: int
+        self,
+        fetch: Fetch,
+        num_rows: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
     ) -> None:
-        missing = [k for k in self.KEYS if k not in rows]
-        if missing:
-            raise DistillError(f"SFT rows lack column(s) {missing}; expected {list(self.KEYS)}")
-        self.rows = rows
+        self.fetch = fetch
         self.b, self.rank, self.world = batch_size, rank, world_size
-        self.per_epoch = batches_per_epoch(len(rows["input_ids"]), batch_size, world_size)
+        batches_per_epoch(num_rows, batch_size, world_size)
+        self.order = RowOrder(num_rows, batch_size * world_size, shuffle, seed)
+
+    @property
+    def per_epoch(self) -> int:
+        return self.order.per_epoch
+
+    def rows(self, m: int) -> np.ndarray:
+        return self.order.rows(m)[self.rank * self.b : (self.rank + 1) * self.b]
 
     def get(self, m: int) -> dict[str, torch.Tensor]:
-        g = self.b * self.world
-        start = (m % self.per_epoch) * g + self.rank * self.b
-        return {
-            k: torch.as_tensor(self.rows[k][start : start + self.b], dtype=torch.long)
-            for k in self.KEYS
-        }
+        return self.fetch(self.rows(m))
+
+    @classmethod
+    def for_arrays(
+        cls, columns: dict[str, np.ndarray], batch_size: int, rank: int, world_size: int, **kw
+    ) -> Batches:
+        """Rows held in memory (packed corpus ``input_ids``; SFT ``input_ids`` / ``attention_mask``
+        / ``labels``), every column as a LongTensor."""
+
+        def fetch(rows: np.ndarray) -> dict[str, torch.Tensor]:
+            return {k: torch.as_tensor(v[rows], dtype=torch.long) for k, v in columns.items()}
+
+        n = len(next(iter(columns.values())))
+        return cls(fetch, n, batch_size, rank, world_size, **kw)
+
+    @classmethod
+    def for_store(cls, store: Any, batch_size: int, rank: int, world_size: int, **kw) -> Batches:
+        """Soft labels from ``distill.labels.store.LabelStore`` (random access by row)."""
+        return cls(store.read_rows, int(store.num_rows), batch_size, rank, world_size, **kw)
 
 
-class StoreBatches:
-    """Offline mode: top-k soft labels from ``distill.labels.store.LabelStore``.
+SFT_KEYS = ("input_ids", "attention_mask", "labels")
 
-    Reads global micro-batches sequentially with ``iter_batches(G, start_row=...)`` and keeps
-    this rank's slice; a jump (restart, epoch wrap) reopens the iterator at the right row.
-    """
 
-    def __init__(self, store: Any, batch_size: int, rank: int, world_size: int) -> None:
-        self.store = store
-        self.b, self.rank, self.world = batch_size, rank, world_size
-        self.per_epoch = batches_per_epoch(int(store.num_rows), batch_size, world_size)
-        self._it: Iterator[dict[str, torch.Tensor]] | None = None
-        self._next_pos = -1
+def sft_columns(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The SFT columns (``-100`` labels = no loss), as ``write_sft_rows`` writes them."""
+    missing = [k for k in SFT_KEYS if k not in rows]
+    if missing:
+        raise DistillError(f"SFT rows lack column(s) {missing}; expected {list(SFT_KEYS)}")
+    return {k: rows[k] for k in SFT_KEYS}
 
-    def get(self, m: int) -> dict[str, torch.Tensor]:
-        g = self.b * self.world
-        pos = m % self.per_epoch
-        if self._it is None or pos != self._next_pos:
-            self._it = iter(self.store.iter_batches(g, start_row=pos * g))
-        batch = next(self._it)
-        self._next_pos = pos + 1
-        lo, hi = self.rank * self.b, (self.rank + 1) * self.b
-        keys = ("input_ids", "topk_ids", "topk_logprobs", "tail_mass")
-        out = {k: torch.as_tensor(batch[k])[lo:hi] for k in keys if k in batch}
-        out["input_ids"] = out["input_ids"].long()
-        out["topk_ids"] = out["topk_ids"].long()
-        out["topk_logprobs"] = out["topk_logprobs"].float()
-        if "tail_mass" in out:
-            out["tail_mass"] = out["tail_mass"].float()
-        return out
+
+def label_positions(columns: dict[str, np.ndarray], rows: np.ndarray) -> int:
+    """Positions that count in these SFT rows (shifted labels ≠ −100 with real tokens)."""
+    labels = np.asarray(columns["labels"][rows])[:, 1:]
+    am = np.asarray(columns["attention_mask"][rows]).astype(bool)
+    return int(((labels != -100) & am[:, :-1] & am[:, 1:]).sum())
 
 
 def open_store(path: Path):
     """``LabelStore.open(path)`` with a clear error when the soft-label store is unusable."""
-    try:
-        from distill.labels.store import LabelStore
-    except ImportError as e:  # pragma: no cover - the store module ships with distill.labels
-        raise DistillError(f"offline mode needs distill.labels.store ({e})") from None
+    from distill.labels.store import LabelStore
+
     return LabelStore.open(Path(path))
 
 

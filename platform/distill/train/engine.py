@@ -1,4 +1,5 @@
-"""DeepSpeed pieces of the training loop: config, LR schedule, CPU setup, HF export.
+"""DeepSpeed pieces of the training loop: config, LR schedule, CPU setup, HF export, and the
+module DeepSpeed wraps (student + feature projections; hidden states for the fused head loss).
 
 ``build_ds_config(cfg)`` is a plain dict (ZeRO stage, bf16 on GPU / fp32 on CPU, torch AdamW,
 clipping, accumulation)::
@@ -31,7 +32,7 @@ def build_ds_config(cfg: DistillConfig, world_size: int) -> dict[str, Any]:
             "type": "AdamW",
             "params": {
                 "lr": cfg.lr,
-                "betas": [0.9, 0.95],
+                "betas": list(cfg.betas),
                 "eps": 1e-8,
                 "weight_decay": cfg.weight_decay,
                 # Plain torch AdamW: no fused-Adam JIT compile (131 s on these CPUs).
@@ -108,3 +109,39 @@ class _null:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+class DistillModule:
+    """Factory for the module DeepSpeed wraps: the student plus trainable feature projections.
+
+    ``forward(head=False)`` returns the decoder's hidden states only (the fused loss applies the
+    LM head chunk by chunk); ``head=True`` the usual causal-LM output with logits.
+    """
+
+    @staticmethod
+    def build(student: Any, feature: Any | None):
+        from torch import nn
+
+        class _Wrapped(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.student = student
+                self.feature = feature
+
+            def forward(self, head: bool = True, **kw: Any) -> Any:
+                return self.student(**kw) if head else self.student.base_model(**kw)
+
+        return _Wrapped()
+
+
+def head_weight(model: Any) -> Any | None:
+    """The LM head weight when ``logits = hidden @ Wᵀ`` exactly (no bias, softcap or scale),
+    else None (the loss then uses the model's own logits)."""
+    cfg = model.config
+    out = model.get_output_embeddings()
+    if out is None or getattr(out, "bias", None) is not None:
+        return None
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(cfg, attr, None) not in (None, 1.0):
+            return None
+    return out.weight

@@ -50,8 +50,12 @@ def worker_env(use_gpu: bool, cpus_per_worker: float) -> dict[str, str]:
     return env
 
 
-def launch(spec: LoopSpec, run_name: str, storage_path: Path) -> dict[str, Any]:
-    """Run the loop on ``cfg.num_workers`` workers; return rank 0's final reported metrics."""
+def launch(
+    spec: LoopSpec, run_name: str, storage_path: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run the loop on ``cfg.num_workers`` workers; return rank 0's final reported metrics.
+
+    ``env`` adds environment variables to the workers (the tests' fault injection uses it)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -72,7 +76,9 @@ def launch(spec: LoopSpec, run_name: str, storage_path: Path) -> dict[str, Any]:
             storage_path=str(Path(storage_path).resolve()),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env(cfg.use_gpu, cfg.cpus_per_worker)},
+            worker_runtime_env={
+                "env_vars": {**worker_env(cfg.use_gpu, cfg.cpus_per_worker), **(env or {})}
+            },
         ),
     )
     try:

@@ -64,6 +64,7 @@ def check_inputs(
 
     store = open_store(soft_labels)
     store.check_compatible(teacher.weights_sha256, teacher.tokenizer_sha256)
+    check_offline_objective(cfg, store.manifest.encoding)
     s_vocab = json.loads((Path(student_dir) / "config.json").read_text())["vocab_size"]
     st_vocab = manifest_value(store.manifest, "vocab_size")
     if st_vocab is not None and int(st_vocab) != int(s_vocab):
@@ -73,16 +74,39 @@ def check_inputs(
     return store
 
 
+def check_offline_objective(cfg: DistillConfig, encoding: str) -> None:
+    """Refuse offline objectives the stored target cannot give without bias."""
+    if not cfg.loss.kd_weight:
+        return
+    if cfg.loss.temperature != 1.0:
+        raise DistillError(
+            f"distill.loss.temperature={cfg.loss.temperature:g} with an offline {encoding} store: "
+            "the store holds the teacher at T=1 only (a top-k target would be conditioned on "
+            "the top-k support, so the student's mass outside it gets no gradient). Set "
+            "distill.loss.temperature: 1.0, or use distill.mode: online for T != 1"
+        )
+    if encoding == "sampled" and cfg.loss.name != "forward_kl":
+        raise DistillError(
+            f"distill.loss.name={cfg.loss.name!r} with a sampled soft-label store: only "
+            "forward_kl has an unbiased estimate from sampled tokens (the others need the "
+            "teacher's probabilities outside the samples). Use loss.name: forward_kl, "
+            "soft_labels.encoding: topk, or distill.mode: online"
+        )
+
+
 def run_name(cfg: DistillConfig, *parts: str) -> str:
-    """Same inputs + config -> same Ray run name, so a rerun resumes its checkpoints."""
+    """Same inputs + config -> same Ray run name, so a rerun resumes its checkpoints.
+
+    ``parts`` must name everything the run reads (student weights, teacher, corpus, the store's
+    manifest hash): a changed input is a new run, never a resume of a finished one."""
     h = hashlib.sha256(cfg.model_dump_json().encode())
     for p in parts:
-        h.update(p.encode())
+        h.update(b"\0" + p.encode())
     return f"distill-{h.hexdigest()[:12]}"
 
 
 def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
-    from distill.models.hashing import weights_sha256
+    from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
     from distill.train.launch import launch
 
@@ -115,7 +139,15 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     if store_dir is not None and store is not None:
         ctx.tracker.record_input("soft_labels", store_dir)
     ensure_ray(ctx.config.ray)
-    name = run_name(cfg, student_sha, ctx.teacher.weights_sha256, ctx.corpus.fingerprint)
+    store_sha = file_sha256(Path(store_dir) / "manifest.json") if store is not None else "-"
+    name = run_name(
+        cfg,
+        student_sha,
+        ctx.teacher.weights_sha256,
+        ctx.corpus.fingerprint,
+        store_sha,
+        spec.model_dump_json(exclude={"tracking", "out_dir"}),
+    )
     storage = cfg.storage_path or ctx.workdir / "ray_results"
     final = launch(spec, name, Path(storage))
     metrics = {
