@@ -116,7 +116,7 @@ class BatchingConfig:
     batch_wait_ms: float = 2.0  # an idle engine waits this long for more arrivals
     max_prefill_tokens: int = 4096  # prompt tokens prefilled together in one step
     max_queue_wait_s: float = 1.0  # a request still waiting for a slot then: Overloaded
-    stream_interval_ms: float = 20.0  # after the first chunk, send at most this often
+    stream_interval_ms: float = 50.0  # after the first chunk, send at most this often
 
 
 class Engine(ABC):
@@ -261,17 +261,13 @@ class ThreadedEngine(Engine):
         seq = Sequence(request, self.tok, self.eos_ids, loop, asyncio.Queue())
         self._submit(seq)
         interval = self.batching.stream_interval_ms / 1000
-        first = True
+        first, last_sent = True, 0.0
         try:
             while True:
                 item = await (self._first_item(seq) if first else seq.queue.get())
-                if (
-                    not first
-                    and interval > 0
-                    and isinstance(item, Chunk)
-                    and not item.finish_reason
-                ):
-                    await asyncio.sleep(interval)  # let more tokens gather (fewer messages)
+                wait = last_sent + interval - time.perf_counter()
+                if wait > 0 and isinstance(item, Chunk) and not item.finish_reason:
+                    await asyncio.sleep(wait)  # at most one message per interval: tokens gather
                 first = False
                 while isinstance(item, Chunk) and not item.finish_reason and not seq.queue.empty():
                     nxt = seq.queue.get_nowait()
@@ -281,6 +277,7 @@ class ThreadedEngine(Engine):
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                last_sent = time.perf_counter()
                 if item.finish_reason:
                     return
         finally:
