@@ -61,6 +61,10 @@ class ModelServer:
         )
         self.engine = build_engine(dep.engine, Path(path), options)
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead engine loop gets the replica replaced."""
+        self.engine.check_health()
+
     def info(self) -> dict[str, Any]:
         return {
             "role": self.role,

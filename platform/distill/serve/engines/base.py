@@ -144,6 +144,9 @@ class Engine(ABC):
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def check_health(self) -> None:  # noqa: B027 (optional hook)
+        """Raise when the engine cannot serve any more (Serve then replaces the replica)."""
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass
 
@@ -241,6 +244,7 @@ class ThreadedEngine(Engine):
         self._waiting: deque[Sequence] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.counters = {
             "requests": 0,
@@ -324,6 +328,10 @@ class ThreadedEngine(Engine):
         c["waiting"] = len(self._waiting)
         return c
 
+    def check_health(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the engine loop died: {type(self._error).__name__}: {self._error}")
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -334,6 +342,7 @@ class ThreadedEngine(Engine):
         try:
             self._run_loop()
         except BaseException as e:  # fail every request rather than hang them
+            self._error = e
             with self._cond:
                 self._closed = True
                 pending = list(self._waiting)
