@@ -247,7 +247,7 @@ def models(args) -> tuple[str, str]:
         cache = Path(tempfile.gettempdir()) / "distill-bench-serve"
         teacher = resolve_source(TinySource(num_hidden_layers=4, hidden_size=128), cache)
         student = resolve_source(TinySource(num_hidden_layers=2, hidden_size=128), cache)
-        return str(student.path), str(teacher.path)
+        return args.student or str(student.path), str(teacher.path)
     if not args.student:
         sys.exit("give --student DIR (e.g. runs/smollm2/student) or --tiny")
     return args.student, args.teacher
@@ -288,7 +288,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", help="student HF dir (runs/smollm2/student)")
     ap.add_argument("--teacher", default="gguf:default")
-    ap.add_argument("--tiny", action="store_true", help="tiny random models instead")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models (--student kept)")
     ap.add_argument("--student-engine", default="hf", choices=["hf", "onnxruntime-genai"])
     ap.add_argument("--baseline-student", help="HF dir for the 'before' phase (default --student)")
     ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve.yaml"))

@@ -76,9 +76,10 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict
             raise DistillError(f"{ref} needs args.tracking_uri to resolve")
         return _registered(ref, tracking_uri)
     path = Path(ref).expanduser().resolve()
-    if not (path / "config.json").exists():
+    if not (path / "config.json").exists() and not (path / "genai_config.json").exists():
         raise DistillError(
-            f"model {ref!r}: no HF checkpoint at {path} (config.json missing); {DEMO_HINT}"
+            f"model {ref!r}: no HF checkpoint (config.json) or int4 engine export "
+            f"(genai_config.json) at {path}; {DEMO_HINT}"
         )
     return path, {"source": ref}
 
@@ -98,7 +99,9 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
     tags = {"distill.kind": "serve", "served_model_name": args.served_model_name}
     for role, (path, extra) in resolved.items():
         tags[f"{role}.path"] = str(path)
-        tags[f"{role}.weights_sha256"] = weights_sha256(path)
+        tags[f"{role}.engine"] = getattr(args, role).engine
+        if any(path.glob("*.safetensors")):  # an engine export has its own files
+            tags[f"{role}.weights_sha256"] = weights_sha256(path)
         tags.update({f"{role}.{k}": v for k, v in extra.items() if v})
     run = client.create_run(exp_id, run_name=f"serve-{args.served_model_name}", tags=tags)
     for k, v in flatten(args.model_dump(mode="json")).items():
