@@ -167,3 +167,28 @@ def test_prefix_continuation_stop_strings_and_limits(engine):
         engine.prepare(prompt="w" * 10_000, params=SamplingParams(max_tokens=4), context_limit=32)
     chat = engine.prompts.render(messages=[{"role": "user", "content": "hi"}])
     assert chat.startswith("<|im_start|>user") and chat.endswith("<|im_start|>assistant\n")
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine):
+    real, calls = engine._forward, []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(*a, **kw)
+
+    engine._forward = broken
+    try:
+
+        async def main():
+            with pytest.raises(RuntimeError, match="generation failed: RuntimeError: boom"):
+                await _collect(engine, "x = 1", SamplingParams(max_tokens=3))
+            again = await _collect(engine, "x = 1", SamplingParams(max_tokens=3, seed=2**64 - 1))
+            assert len(_ids(again)) == 3
+
+        asyncio.run(main())
+    finally:
+        engine._forward = real
+    engine.check_health()
+    assert engine.counters["failed"] >= 1

@@ -261,6 +261,9 @@ class Router:
         except asyncio.CancelledError:
             rec.status, rec.error = 499, "client went away"
             raise
+        except Exception as e:  # a model replica failed: a clean error, accounted for
+            rec.status, rec.error = 500, f"{type(e).__name__}: {e}"
+            return _error_response(RequestFailed(500, f"generation failed: {rec.error}"))
         finally:
             if not streaming:
                 if answer is not None:
@@ -294,6 +297,10 @@ class Router:
         except RequestFailed as e:  # a deadline passed mid-stream
             rec.status, rec.error = e.status, e.message
             for line in fmt.error(e.status, e.message):
+                yield line
+        except Exception as e:  # a model replica failed mid-stream
+            rec.status, rec.error = 500, f"{type(e).__name__}: {e}"
+            for line in fmt.error(500, f"generation failed: {rec.error}"):
                 yield line
         except (asyncio.CancelledError, GeneratorExit):
             rec.status, rec.error = 499, "client went away"

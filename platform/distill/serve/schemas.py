@@ -49,7 +49,9 @@ class _Request(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings")
-    seed: int | None = Field(None, description="sampling seed (reproducible answers)")
+    seed: int | None = Field(
+        None, ge=-(2**63), lt=2**64, description="sampling seed (reproducible answers)"
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(1, ge=1, description="choices per prompt (only 1 is served)")

@@ -251,6 +251,7 @@ class ThreadedEngine(Engine):
             "finished": 0,
             "cancelled": 0,
             "rejected": 0,
+            "failed": 0,
             "steps": 0,  # decode forward passes
             "prefills": 0,  # prefill forward passes
             "tokens": 0,

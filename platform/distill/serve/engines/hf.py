@@ -140,11 +140,26 @@ class HFEngine(ThreadedEngine):
                 new = []
                 if free > 0:
                     new = self._take_new(not self.rows, free, self.batching.max_prefill_tokens)
-                if new:
-                    self._prefill(new)
-                    self._drop_done()
-                if self.rows:
-                    self._decode()
+                try:
+                    if new:
+                        self._prefill(new)
+                        self._drop_done()
+                    if self.rows:
+                        self._decode()
+                except Exception as e:  # fail this step's requests, keep serving the next ones
+                    self._fail_step(new, e)
+
+    def _fail_step(self, new: list[Sequence], error: Exception) -> None:
+        """A step raised: every sequence in it fails with the error; the batch starts afresh."""
+        import logging
+
+        logging.getLogger(__name__).exception("engine step failed")
+        for seq in {id(s): s for s in [*self.rows, *new]}.values():
+            seq.fail(RuntimeError(f"generation failed: {type(error).__name__}: {error}"))
+            self.counters["failed"] += 1
+        self.rows = []
+        self.kv = KVBatch()
+        self.active = 0
 
     # -- one step -------------------------------------------------------------------------
     def _setup(self, seq: Sequence) -> None:
@@ -152,7 +167,7 @@ class HFEngine(ThreadedEngine):
 
         p = seq.params
         if p.temperature > 0:
-            seed = p.seed if p.seed is not None else random.getrandbits(63)
+            seed = p.seed % (1 << 64) if p.seed is not None else random.getrandbits(63)
             seq.generator = torch.Generator(device="cpu").manual_seed(seed)
         if p.penalized:
             seq.counts = torch.zeros(self.vocab, device=self.device)
