@@ -76,7 +76,12 @@ class OrtGenAIEngine(ThreadedEngine):
         while not self._closed:
             taken = self._take_new(True, self.batching.max_batch_size, 1 << 30)
             for group in self._groups(taken):
-                self._run_batch(group)
+                try:
+                    self._run_batch(group)
+                except Exception as e:  # fail this batch's requests, keep serving
+                    for seq in group:
+                        seq.fail(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+                    self.counters["failed"] += len(group)
 
     def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Requests the runtime can decode in one batch (same sampling, safe padding)."""
