@@ -124,11 +124,14 @@ def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
                 t0 = time.perf_counter()
                 req = engine.prepare(prompt=p, params=SamplingParams(max_tokens=max_tokens))
                 ttft, n, text = None, 0, ""
-                async for ch in engine.stream(req):
-                    if ttft is None and ch.token_ids:
-                        ttft = time.perf_counter() - t0
-                    n += len(ch.token_ids)
-                    text += ch.text
+                try:
+                    async for ch in engine.stream(req):
+                        if ttft is None and ch.token_ids:
+                            ttft = time.perf_counter() - t0
+                        n += len(ch.token_ids)
+                        text += ch.text
+                except Exception as e:  # a benchmark counts failures, it does not stop
+                    return {"status": type(e).__name__, "latency": time.perf_counter() - t0}
                 return {"status": 200, "latency": time.perf_counter() - t0, "ttft": ttft,
                         "tokens": n, "text": text}  # fmt: skip
 

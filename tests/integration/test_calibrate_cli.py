@@ -45,7 +45,7 @@ def test_calibrate_writes_a_calibrated_serve_config(
         ["calibrate", "--student", str(tiny_mha.path), "--teacher", str(tiny_gqa.path),
          "--prompts", str(heldout), "--out", str(out), "--target-agreement", "0.9",
          "--num-prompts", "8", "--prompt-tokens", "16", "--max-tokens", "6",
-         "--decide-after-tokens", "2,3", "--threads", "1", "--serve-config", str(serve_cfg),
+         "--decide-after-tokens", "2,3", "--threads", "1", "--batch-size", "2", "--serve-config", str(serve_cfg),
          "--tracking-uri", uri, "--register", f"models:/tiny-student/{version}"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err

@@ -93,7 +93,12 @@ def replay(ref: str, prompts: list[list[int]], cfg: CalibrateConfig) -> list[Rep
 
     path, _ = resolve_model(ref, cfg.tracking_uri)
     kind = "onnxruntime-genai" if (path / "genai_config.json").exists() else "hf"
-    batching = BatchingConfig(max_batch_size=cfg.batch_size, max_waiting=len(prompts))
+    batching = BatchingConfig(  # offline: everything queues, nothing is shed, no pacing
+        max_batch_size=cfg.batch_size,
+        max_waiting=len(prompts),
+        max_queue_wait_s=float("inf"),
+        stream_interval_ms=0,
+    )
     engine = build_engine(kind, path, EngineOptions(threads=cfg.threads, batching=batching))
     params = SamplingParams(max_tokens=cfg.max_tokens)
 

@@ -28,10 +28,10 @@ class Batching(StrictModel):
     """How a model replica batches concurrent requests (continuous batching)."""
 
     max_batch_size: int = Field(
-        16, ge=1, le=512, description="sequences decoded together in one forward pass"
+        32, ge=1, le=512, description="sequences decoded together in one forward pass"
     )
     max_waiting: int = Field(
-        64, ge=0, description="requests admitted but not yet running; beyond: 503 + Retry-After"
+        32, ge=0, description="requests admitted but not yet running; beyond: 503 + Retry-After"
     )
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="an idle replica waits this long for more arrivals"
@@ -40,7 +40,10 @@ class Batching(StrictModel):
         4096, ge=1, description="prompt tokens prefilled together in one step"
     )
     max_queue_wait_s: float = Field(
-        1.0, gt=0, description="a request still waiting for a batch slot then gets 503"
+        10.0,
+        gt=0,
+        description="a request still waiting for a batch slot then gets 503 (a safety net: "
+        "past limits.max_inflight the Router refuses at once)",
     )
     stream_interval_ms: float = Field(
         50.0,

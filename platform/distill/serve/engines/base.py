@@ -111,11 +111,11 @@ class Chunk:
 class BatchingConfig:
     """How one replica batches (the ``batching:`` block of a model deployment)."""
 
-    max_batch_size: int = 16  # sequences decoded together in one forward pass
-    max_waiting: int = 64  # admitted but not yet running; beyond this: Overloaded
+    max_batch_size: int = 32  # sequences decoded together in one forward pass
+    max_waiting: int = 32  # admitted but not yet running; beyond this: Overloaded
     batch_wait_ms: float = 2.0  # an idle engine waits this long for more arrivals
     max_prefill_tokens: int = 4096  # prompt tokens prefilled together in one step
-    max_queue_wait_s: float = 1.0  # a request still waiting for a slot then: Overloaded
+    max_queue_wait_s: float = 10.0  # a request still waiting for a slot then: Overloaded
     stream_interval_ms: float = 50.0  # after the first chunk, send at most this often
 
 
