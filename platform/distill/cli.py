@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", dest="batch_size", type=int)
     c.add_argument("--serve-config", dest="serve_config", help="write OUT/serve.yaml from it")
     c.add_argument("--tracking-uri", dest="tracking_uri")
-    c.add_argument("--register", help="models:/NAME/VERSION to tag with the chosen cascade")
+    c.add_argument(
+        "--register",
+        dest="register_version",
+        help="models:/NAME/VERSION to tag with the chosen cascade",
+    )
     c.set_defaults(fn=cmd_calibrate)
     for name, helptext in [
         ("submit", "submit a pipeline config as a Ray job"),

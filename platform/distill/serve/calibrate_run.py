@@ -50,7 +50,7 @@ class CalibrateConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
     serve_config: Path | None = None
     tracking_uri: str | None = None
-    register: str | None = Field(None, description="models:/NAME/VERSION to tag")
+    register_version: str | None = Field(None, description="models:/NAME/VERSION to tag")
 
 
 @dataclass
@@ -269,8 +269,8 @@ def _log_mlflow(cfg: CalibrateConfig, report: dict, fig: Any, cascade: dict[str,
     client.log_figure(rid, fig, "calibration.png")
     client.log_dict(rid, report, "calibration.json")
     client.set_terminated(rid)
-    if cfg.register:
-        name, version = cfg.register.removeprefix("models:/").strip("/").split("/")
+    if cfg.register_version:
+        name, version = cfg.register_version.removeprefix("models:/").strip("/").split("/")
         for k, v in {**cascade, "calibration": f"mlflow run {rid}"}.items():
             client.set_model_version_tag(name, version, f"distill.cascade.{k}", str(v))
     return rid
