@@ -4,6 +4,8 @@ distill run pipelines/configs/smoke.yaml [--workdir DIR] [--set prune.target_par
 distill lineage RUN_ID [--workdir DIR | --tracking-uri URI]
 distill serve deploy/serve.yaml
 distill monitor runs/serve-log --reference runs/smollm2/report.json
+distill calibrate --student runs/smollm2/student --prompts runs/smollm2/data/heldout.parquet \
+    --target-agreement 0.8 --serve-config deploy/serve.yaml --out runs/smollm2/calibration
 distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
 distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
 """
@@ -121,6 +123,40 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 3 if (args.fail_on_drift and result.first_drift is not None) else 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from distill.serve.calibrate_run import CalibrateConfig, run_calibration
+
+    keys = set(CalibrateConfig.model_fields) & set(vars(args))
+    values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    try:
+        cfg = CalibrateConfig.model_validate(values)
+    except ValidationError as e:
+        msg = "; ".join(f"--{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise DistillError(msg.replace("_", "-")) from None
+    report = run_calibration(cfg)
+    ch, check = report["choice"], report["heldout_check"]
+    met = "meets" if ch["met"] else "does NOT meet"
+    print(
+        f"calibrated on {report['prompts'] // 2} prompts ({met} the target): scoring "
+        f"{ch['scoring']} after {ch['decide_after_tokens']} tokens, threshold "
+        f"{ch['threshold']:.4f} -> fallback {ch['fallback_rate']:.2f}, agreement "
+        f"{ch['agreement']:.3f}"
+    )
+    print(
+        f"held-out check on {report['prompts'] - report['prompts'] // 2} prompts: fallback "
+        f"{check['fallback_rate']:.2f}, agreement {check['agreement']:.3f} (student alone "
+        f"{report['student_alone']['agreement']:.3f})"
+    )
+    print(f"report: {cfg.out / 'calibration.json'}")
+    if report.get("serve_config"):
+        print(f"serve config: {report['serve_config']}  (distill serve {report['serve_config']})")
+    if report.get("mlflow_run_id"):
+        print(f"mlflow run: {report['mlflow_run_id']}")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from distill import jobs
 
@@ -163,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", help="where monitor.json / monitor.png go (default: the log dir)")
     m.add_argument("--fail-on-drift", action="store_true", help="exit code 3 when drift is found")
     m.set_defaults(fn=cmd_monitor)
+    c = sub.add_parser("calibrate", help="choose the cascade threshold on held-out prompts")
+    c.add_argument("--student", required=True, help="HF dir, int4 engine dir or models:/N/V")
+    c.add_argument("--teacher", help="HF dir, gguf:default (default) or models:/N/V")
+    c.add_argument("--prompts", required=True, help="held-out .parquet (packed rows) or .jsonl")
+    c.add_argument("--out", required=True, help="directory for calibration.json/.png, serve.yaml")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-agreement", dest="target_agreement", type=float)
+    g.add_argument("--max-fallback", dest="max_fallback", type=float)
+    c.add_argument("--num-prompts", dest="num_prompts", type=int)
+    c.add_argument("--prompt-tokens", dest="prompt_tokens", type=int)
+    c.add_argument("--max-tokens", dest="max_tokens", type=int)
+    c.add_argument(
+        "--decide-after-tokens",
+        dest="decide_after_tokens",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="candidates, e.g. 8,16 (default)",
+    )
+    c.add_argument("--threads", type=int)
+    c.add_argument("--batch-size", dest="batch_size", type=int)
+    c.add_argument("--serve-config", dest="serve_config", help="write OUT/serve.yaml from it")
+    c.add_argument("--tracking-uri", dest="tracking_uri")
+    c.add_argument(
+        "--register",
+        dest="register_version",
+        help="models:/NAME/VERSION to tag with the chosen cascade",
+    )
+    c.set_defaults(fn=cmd_calibrate)
     for name, helptext in [
         ("submit", "submit a pipeline config as a Ray job"),
         ("status", "status of a Ray job"),

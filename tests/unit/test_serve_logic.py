@@ -9,11 +9,12 @@ import torch
 from pydantic import ValidationError
 
 from distill.config.base import DistillError
-from distill.serve.cascade import RequestFailed, run_cascade
-from distill.serve.confidence import confidence, decide, should_fall_back
+from distill.serve.cascade import ModelStream, RequestFailed, Timeouts, start_answer
+from distill.serve.confidence import confidence, decide, score, should_fall_back
 from distill.serve.config import CascadeConfig, ServeArgs
+from distill.serve.engines.base import Chunk
 from distill.serve.schemas import ChatCompletionRequest, CompletionRequest, validation_message
-from distill.serve.stats import Stats, percentile
+from distill.serve.stats import RequestRecord, Stats, percentile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,77 +66,106 @@ def test_fallback_decision_thresholds():
         decide(None, CascadeConfig(fallback_on_error=False), student_failed=True)
 
 
-def _gen(text, conf):
-    return {
-        "text": text,
-        "scores": {"mean_logprob": conf, "min_prob": conf, "entropy": conf},
-        "latency_ms": 1.0,
-        "pieces": [text],
-        "finish_reason": "length",
-        "prompt_tokens": 1,
-        "completion_tokens": 1,
-    }
+def _stream(name, n=6, logprob=-0.1, fail=None, status=400, delay=0.0, log=None):
+    """A fake model stream: ``n`` one-token chunks (token ids 100.., text 't0 t1 ...')."""
+
+    async def gen(extra):
+        if log is not None:
+            log.append((name, extra))
+        if fail == "error":
+            raise RequestFailed(status, f"{name} refused")
+        if fail == "crash":
+            raise RuntimeError("replica died")
+        start = len((extra or {}).get("continue_ids", []))
+        for i in range(start, n):
+            await asyncio.sleep(delay)
+            yield Chunk(
+                [100 + i], f"{name[0]}{i} ", [logprob], [0.5],
+                finish_reason="length" if i == n - 1 else None, prompt_tokens=3,
+            )  # fmt: skip
+
+    def open_(extra):
+        return ModelStream(name, gen(extra), Timeouts(first_token_s=1, total_s=5))
+
+    return open_
 
 
-def _run(route, student, teacher, **cfg):
-    calls = []
+def _answer(route, student, teacher, **cfg):
+    async def run():
+        ans = await start_answer(route, student, teacher, CascadeConfig(**cfg))
+        chunks = [c async for c in ans.chunks()]
+        await ans.close()
+        return ans, "".join(c.text for c in chunks)
 
-    async def s():
-        calls.append("student")
-        return await student()
-
-    async def t():
-        calls.append("teacher")
-        return await teacher()
-
-    out = asyncio.run(run_cascade(route, s, t, CascadeConfig(**cfg)))
-    return out, calls
+    return asyncio.run(run())
 
 
-def _ok(text, conf=0.5):
-    async def f():
-        return {"ok": _gen(text, conf)}
-
-    return f
-
-
-def test_cascade_routes_and_fallback():
-    out, calls = _run("cascade", _ok("s", 0.9), _ok("t"), threshold=0.5)
-    assert out.generation["text"] == "s" and calls == ["student"] and not out.info["fallback"]
-    out, calls = _run("cascade", _ok("s", 0.1), _ok("t"), threshold=0.5)
-    assert out.generation["text"] == "t" and calls == ["student", "teacher"]
-    assert (
-        out.info["fallback"]
-        and out.info["confidence"] == 0.1
-        and set(out.model_ms) == {"student", "teacher"}
-    )
-    out, calls = _run("teacher", _ok("s"), _ok("t"))
-    assert calls == ["teacher"] and out.info["answered_by"] == "teacher"
-    out, calls = _run("student", _ok("s", 0.0), _ok("t"), threshold=1.0)
-    assert calls == ["student"] and out.info["answered_by"] == "student"
+def test_confident_student_keeps_streaming_its_answer():
+    log = []
+    ans, text = _answer(
+        "cascade", _stream("student", log=log), _stream("teacher", log=log),
+        threshold=0.5, decide_after_tokens=2,
+    )  # fmt: skip
+    assert text == "s0 s1 s2 s3 s4 s5 " and [x[0] for x in log] == ["student"]
+    info = ans.final_info()
+    assert info["answered_by"] == "student" and not info["fallback"]
+    assert info["confidence"] == pytest.approx(math.exp(-0.1))
+    assert info["segments"] == [{"model": "student", "tokens": 6}]
+    assert ans.usage() == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
 
 
-def test_cascade_student_error_timeout_and_bad_request():
-    async def boom():
-        raise RuntimeError("replica died")
+def test_unconfident_student_is_stopped_after_decide_after_tokens():
+    log = []
+    ans, text = _answer(
+        "cascade", _stream("student", n=50, logprob=-5.0, log=log), _stream("teacher", log=log),
+        threshold=0.5, decide_after_tokens=3,
+    )  # fmt: skip
+    assert text == "t0 t1 t2 t3 t4 t5 " and [x[0] for x in log] == ["student", "teacher"]
+    info = ans.final_info()
+    assert info["answered_by"] == "teacher" and info["fallback"]
+    assert info["reason"] == "low_confidence" and info["discarded_tokens"] == 3
+    assert set(info["latency_ms"]) == {"student", "teacher"}
+    assert ans.opened[0].closed and ans.opened[0].tokens == 3  # cancelled early
 
-    async def slow():
-        await asyncio.sleep(5)
-        return {"ok": _gen("late", 1.0)}
 
-    async def too_long():
-        return {"error": "prompt is 900 tokens", "status": 400}
+def test_prefix_takeover_keeps_the_student_tokens():
+    log = []
+    ans, text = _answer(
+        "cascade", _stream("student", n=50, logprob=-5.0, log=log), _stream("teacher", log=log),
+        threshold=0.5, decide_after_tokens=2, takeover="prefix",
+    )  # fmt: skip
+    assert log[1] == ("teacher", {"continue_ids": [100, 101], "continue_emitted": 6})
+    assert text == "s0 s1 t2 t3 t4 t5 "
+    info = ans.final_info()
+    assert info["segments"] == [
+        {"model": "student", "tokens": 2},
+        {"model": "teacher", "tokens": 4},
+    ]
+    assert info["discarded_tokens"] == 0 and ans.usage()["completion_tokens"] == 6
 
-    out, _ = _run("cascade", boom, _ok("t"))
-    assert out.info["reason"] == "student_error" and out.generation["text"] == "t"
-    out, _ = _run("cascade", slow, _ok("t"), student_timeout_s=0.05)
-    assert out.info["reason"] == "student_error" and out.info["confidence"] is None
-    with pytest.raises(RequestFailed) as e:
-        _run("cascade", boom, _ok("t"), fallback_on_error=False)
-    assert e.value.status == 503
+
+def test_pinned_routes_and_student_failures():
+    log = []
+    ans, text = _answer("teacher", _stream("student", log=log), _stream("teacher", log=log))
+    assert text.startswith("t0") and log == [("teacher", None)]
+    ans, _ = _answer("student", _stream("student", logprob=-3.0), _stream("teacher"), threshold=1)
+    info = ans.final_info()
+    assert info["answered_by"] == "student" and info["confidence"] == pytest.approx(math.exp(-3))
+    for fail in ("crash", "slow"):
+        student = _stream("student", fail=fail if fail == "crash" else None, delay=0.5)
+        ans, text = _answer("cascade", student, _stream("teacher"), student_timeout_s=0.2)
+        assert ans.info["reason"] == "student_error" and text.startswith("t0")
     with pytest.raises(RequestFailed) as e:  # a bad request is not retried on the teacher
-        _run("cascade", too_long, _ok("t"))
-    assert e.value.status == 400 and "900 tokens" in e.value.message
+        _answer("cascade", _stream("student", fail="error"), _stream("teacher"))
+    assert e.value.status == 400
+    with pytest.raises(RequestFailed) as e:
+        _answer(
+            "cascade", _stream("student", fail="crash"), _stream("teacher"),
+            fallback_on_error=False,
+        )  # fmt: skip
+    assert e.value.status == 503
+    with pytest.raises(RequestFailed, match="did not produce a first token"):
+        _answer("teacher", _stream("student"), _stream("teacher", delay=2))
 
 
 def test_request_schemas():
@@ -145,10 +175,13 @@ def test_request_schemas():
         {"model": "m", "prompt": "  "},
         {"model": "m", "prompt": ["a", "b"]},
         {"model": "m", "prompt": "x", "max_tokens": 0},
-        {"model": "m", "prompt": "x", "n": 2},
         {"model": "m", "prompt": "x", "temperature": 3},
         {"model": "m", "prompt": "x", "max_token": 3},
         {"model": "m", "prompt": "x", "stop": ["a"] * 5},
+        {"model": "m", "prompt": "x", "logprobs": 6},
+        {"model": "m", "prompt": "x", "logit_bias": {"abc": 1}},
+        {"model": "m", "prompt": "x", "logit_bias": {"5": 101}},
+        {"model": "m", "prompt": "x", "stream_options": {"include_usage": True, "bogus": 1}},
         {"prompt": "x"},
     ):
         with pytest.raises(ValidationError):
@@ -163,6 +196,74 @@ def test_request_schemas():
         CompletionRequest.model_validate({"model": "m", "prompt": "x", "max_token": 3})
     except ValidationError as e:
         assert validation_message(e.errors()) == "max_token: unknown field"
+
+
+def test_standard_openai_fields_are_accepted_or_named():
+    chat = {
+        "model": "m",
+        "messages": [{"role": "developer", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    ok = ChatCompletionRequest.model_validate({
+        **chat, "presence_penalty": 0.5, "frequency_penalty": 0.1, "logit_bias": {"7": -100},
+        "logprobs": True, "top_logprobs": 3, "user": "u", "seed": 1, "n": 1,
+        "response_format": {"type": "text"}, "stream": True,
+        "stream_options": {"include_usage": True}, "metadata": {"a": "b"}, "store": False,
+        "service_tier": "auto", "parallel_tool_calls": False, "tool_choice": "none",
+    })  # fmt: skip
+    assert ok.unsupported() is None and ok.want_logprobs() == (True, 3)
+    assert ok.messages[0].for_template() == {"role": "system", "content": "hi"}
+    cases = [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ]
+    for patch, field in cases:
+        assert ChatCompletionRequest.model_validate({**chat, **patch}).unsupported()[0] == field
+    comp = {"model": "m", "prompt": "x"}
+    assert CompletionRequest.model_validate({**comp, "logprobs": 2}).want_logprobs() == (True, 2)
+    for patch, field in [
+        ({"echo": True}, "echo"),
+        ({"suffix": "s"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+    ]:
+        assert CompletionRequest.model_validate({**comp, **patch}).unsupported()[0] == field
+
+
+def test_formatter_logprobs_and_usage_only_when_asked():
+    from distill.serve.sse import Formatter
+
+    c = Chunk([5, 6], "ab", [-0.5, -1.0], [0.1, 0.2], tokens=["a", "b"],
+              top=[[("a", -0.5), ("z", -2.0)], [("b", -1.0)]])  # fmt: skip
+    chat = Formatter("chat", "id", "m", logprobs=True)
+    block = chat.logprobs_block([c])["content"]
+    assert block[0]["token"] == "a" and block[0]["bytes"] == [97]
+    assert block[0]["top_logprobs"][1] == {"token": "z", "logprob": -2.0, "bytes": [122]}
+    comp = Formatter("completion", "id", "m", logprobs=True)
+    lp = comp.choice([c], "length")["logprobs"]
+    assert lp["tokens"] == ["a", "b"] and lp["text_offset"] == [0, 1]
+    assert lp["top_logprobs"][0] == {"a": -0.5, "z": -2.0}
+    info = {"answered_by": "student"}
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    plain = Formatter("completion", "id", "m")
+    assert plain.event(Chunk([1], "x", [-1.0], [0.0]))[:6] == "data: "
+    without = list(plain.end("stop", info, usage, include_usage=False))
+    assert len(without) == 2 and '"usage"' not in "".join(without)
+    with_usage = list(plain.end("stop", info, usage, include_usage=True))
+    assert '"choices":[],"usage"' in with_usage[1] and with_usage[-1] == "data: [DONE]\n\n"
+
+
+def test_score_matches_logits_confidence():
+    torch.manual_seed(1)
+    logits = torch.randn(5, 30)
+    ids = torch.randint(0, 30, (5,))
+    logp = torch.log_softmax(logits, -1)
+    lps = logp[torch.arange(5), ids].tolist()
+    ents = (-(logp.exp() * logp).sum(-1) / math.log(30)).tolist()
+    for s in ("mean_logprob", "min_prob", "entropy"):
+        assert score(lps, ents, s) == pytest.approx(confidence(logits, ids, s), abs=1e-6)
+    assert score([], [], "entropy") == 1.0
 
 
 def test_serve_args_validation():
@@ -214,14 +315,18 @@ def test_resolve_model_missing_dir_says_run_demo(tmp_path):
 def test_stats_summary():
     assert percentile([], 50) is None and percentile([1, 2, 3, 4], 50) == 2.5
     s = Stats()
-    s.record_answer("cascade", "teacher", "low_confidence", True, {"student": 5, "teacher": 9}, 20)
-    s.record_answer("cascade", "student", "confident", False, {"student": 4}, 6)
-    s.record_answer("teacher", "teacher", "pinned", False, {"teacher": 8}, 10)
-    s.record_error(400)
+    rec = RequestRecord
+    s.record(rec("cascade", 200, False, "teacher", 0.1, True, "low_confidence", 20, 3,
+                 model_ms={"student": 5, "teacher": 9}))  # fmt: skip
+    s.record(rec("cascade", 200, True, "student", 0.9, False, "confident", 6, 2,
+                 model_ms={"student": 4}))  # fmt: skip
+    s.record(rec("teacher", 200, answered_by="teacher", reason="pinned", model_ms={"teacher": 8}))
+    s.record(rec("-", 400, error="bad"))
     out = s.summary()
     assert out["fallback_rate"] == 0.5 and out["requests"] == 3
     assert out["status"] == {"200": 3, "400": 1}
     assert out["latency_ms"]["teacher"]["count"] == 2 and out["latency_ms"]["student"]["p50"] == 4.5
+    assert out["latency_ms"]["ttft.cascade"]["count"] == 2
 
 
 def test_resource_check_fails_before_deploying():

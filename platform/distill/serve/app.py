@@ -41,9 +41,10 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict
             raise DistillError(f"{ref} needs args.tracking_uri to resolve")
         return resolve_registered(ref, tracking_uri)  # models:/NAME/VERSION | models:/NAME@ALIAS
     path = Path(ref).expanduser().resolve()
-    if not (path / "config.json").exists():
+    if not (path / "config.json").exists() and not (path / "genai_config.json").exists():
         raise DistillError(
-            f"model {ref!r}: no HF checkpoint at {path} (config.json missing); {DEMO_HINT}"
+            f"model {ref!r}: no HF checkpoint (config.json) or int4 engine export "
+            f"(genai_config.json) at {path}; {DEMO_HINT}"
         )
     return path, {"source": ref}
 
@@ -63,7 +64,9 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
     tags = {"distill.kind": "serve", "served_model_name": args.served_model_name}
     for role, (path, extra) in resolved.items():
         tags[f"{role}.path"] = str(path)
-        tags[f"{role}.weights_sha256"] = weights_sha256(path)
+        tags[f"{role}.engine"] = getattr(args, role).engine
+        if any(path.glob("*.safetensors")):  # an engine export has its own files
+            tags[f"{role}.weights_sha256"] = weights_sha256(path)
         tags.update({f"{role}.{k}": v for k, v in extra.items() if v})
     run = client.create_run(exp_id, run_name=f"serve-{args.served_model_name}", tags=tags)
     for k, v in flatten(args.model_dump(mode="json")).items():
@@ -73,21 +76,19 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
 
 
 def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit: int):
+    if dep.engine == "vllm":
+        from distill.serve.engines.vllm import vllm_deployment
+
+        return vllm_deployment(role, dep, path, context_limit)
     from distill.serve.deployments import ModelServer
 
     return ModelServer.options(
         name=role.capitalize(),
         num_replicas=dep.replicas,
         max_ongoing_requests=dep.max_ongoing_requests,
+        max_queued_requests=dep.max_queued_requests,
         ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
-    ).bind(
-        role,
-        str(path),
-        dep.device,
-        dep.dtype,
-        dep.torch_threads or max(1, int(dep.num_cpus)),
-        context_limit,
-    )
+    ).bind(role, str(path), dep.model_dump(mode="json"), context_limit)
 
 
 def build_app(args: ServeArgs):
@@ -102,12 +103,21 @@ def build_app(args: ServeArgs):
     student, teacher = (
         _model_deployment(r, getattr(args, r), resolved[r][0], args.context_limit) for r in ROLES
     )
+    lim = args.limits
     return Router.options(
         num_replicas=args.router_replicas,
-        max_ongoing_requests=512,
+        # room above max_inflight so that our own 503s, /healthz and /v1/stats get through
+        max_ongoing_requests=lim.max_inflight + 8,
+        max_queued_requests=lim.max_queued,
+        backpressure_config={"status_code": 503, "retry_after_s": lim.retry_after_s},
         ray_actor_options={"num_cpus": args.router_num_cpus},
         user_config={"cascade": args.cascade.model_dump()},
-    ).bind(student, teacher, args.model_dump(mode="json", exclude={"cascade"}))
+    ).bind(
+        student,
+        teacher,
+        args.model_dump(mode="json", exclude={"cascade"}),
+        {role: str(resolved[role][0]) for role in ROLES},
+    )
 
 
 def required_resources(args: ServeArgs) -> dict[str, float]:

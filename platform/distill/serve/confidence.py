@@ -1,13 +1,14 @@
 """Student confidence from its own token distributions, and the fallback decision.
 
-Pure functions (torch only, no Ray) used by the Student deployment::
+Pure functions (no Ray). Engines report, for every generated token, its raw log-probability and
+the normalized entropy of the step's distribution (both from the *raw* logits, so the score does
+not depend on the request's temperature / top_p); the cascade scores the first
+``decide_after_tokens`` of them::
 
-    conf = confidence(step_logits, token_ids, "mean_logprob")   # in [0, 1]
-    use_teacher = should_fall_back(conf, cascade)
+    conf = score(chunk.logprobs[:16], chunk.entropies[:16], "mean_logprob")   # in [0, 1]
+    decision = decide(conf, cascade)
 
-``step_logits`` are the model's *raw* next-token logits for each generated token
-(``generate(..., output_logits=True, return_dict_in_generate=True).logits`` stacked), so the score
-does not depend on the request's temperature / top_p.
+``confidence(step_logits, token_ids, scoring)`` computes the same score from stacked logits.
 """
 
 from __future__ import annotations
@@ -40,24 +41,34 @@ def normalized_entropy(step_logits: torch.Tensor) -> torch.Tensor:
     return ent / math.log(step_logits.shape[-1])
 
 
+SCORINGS = ("mean_logprob", "min_prob", "entropy")
+
+
+def score(logprobs: list[float], entropies: list[float], scoring: str) -> float:
+    """Confidence in [0, 1] from per-token log-probs and normalized entropies (1.0 if empty)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}: use mean_logprob, min_prob or entropy")
+    if not logprobs:
+        return 1.0
+    if scoring == "mean_logprob":
+        value = math.exp(sum(logprobs) / len(logprobs))
+    elif scoring == "min_prob":
+        value = math.exp(min(logprobs))
+    else:
+        value = 1.0 - sum(entropies) / len(entropies)
+    return min(1.0, max(0.0, value))
+
+
 def confidence(step_logits: torch.Tensor, token_ids: torch.Tensor, scoring: str) -> float:
-    """Confidence in [0, 1] of a generation (1.0 when nothing was generated)."""
+    """:func:`score` of a generation from its stacked raw logits ``[steps, vocab]``."""
     if step_logits.ndim != 2 or token_ids.ndim != 1 or step_logits.shape[0] != token_ids.shape[0]:
         raise ValueError(
             f"expected logits [steps, vocab] and ids [steps], got {tuple(step_logits.shape)} "
             f"and {tuple(token_ids.shape)}"
         )
-    if token_ids.numel() == 0:
-        return 1.0
-    if scoring == "mean_logprob":
-        value = float(token_logprobs(step_logits, token_ids).mean().exp())
-    elif scoring == "min_prob":
-        value = float(token_logprobs(step_logits, token_ids).min().exp())
-    elif scoring == "entropy":
-        value = 1.0 - float(normalized_entropy(step_logits).mean())
-    else:
-        raise ValueError(f"unknown scoring {scoring!r}: use mean_logprob, min_prob or entropy")
-    return min(1.0, max(0.0, value))
+    lps = token_logprobs(step_logits, token_ids).tolist() if token_ids.numel() else []
+    ents = normalized_entropy(step_logits).tolist() if token_ids.numel() else []
+    return score(lps, ents, scoring)
 
 
 def should_fall_back(conf: float, cascade: CascadeConfig) -> bool:

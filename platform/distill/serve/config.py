@@ -11,7 +11,7 @@ packaged SmolLM2 teacher, converted once into ``~/.cache/distill``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,20 +26,63 @@ MODEL_REF_HELP = (
 )
 
 
+Engine = Literal["hf", "onnxruntime-genai", "vllm"]
+
+
+class Batching(StrictModel):
+    """How a model replica batches concurrent requests (continuous batching)."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=512, description="sequences decoded together in one forward pass"
+    )
+    max_waiting: int = Field(
+        32, ge=0, description="requests admitted but not yet running; beyond: 503 + Retry-After"
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="an idle replica waits this long for more arrivals"
+    )
+    max_prefill_tokens: int = Field(
+        4096, ge=1, description="prompt tokens prefilled together in one step"
+    )
+    max_queue_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request still waiting for a batch slot then gets 503 (a safety net: "
+        "past limits.max_inflight the Router refuses at once)",
+    )
+    stream_interval_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="after the first chunk, tokens go out at most this often (fewer messages "
+        "through Serve; Ray Serve LLM batches its streams every 50 ms too)",
+    )
+
+
 class ModelDeployment(StrictModel):
     """One model deployment (the student or the teacher)."""
 
     model: str = Field(..., description=MODEL_REF_HELP)
+    engine: Engine = Field(
+        "hf",
+        description="hf: transformers with continuous batching (CPU/CUDA, the reference); "
+        "onnxruntime-genai: an int4 ONNX export (CPU); vllm: Ray Serve LLM on a GPU",
+    )
     replicas: int = Field(1, ge=1, le=64, description="Serve replicas of this deployment")
     num_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per replica")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per replica (>0 implies device=cuda)")
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the model runs")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; unset = max(1, int(num_cpus))"
+        None, ge=1, description="intra-op threads; unset = max(1, round(num_cpus))"
     )
-    max_ongoing_requests: int = Field(
-        16, ge=1, description="queued requests per replica (generation itself runs one at a time)"
+    batching: Batching = Field(default_factory=Batching)
+    max_queued_requests: int = Field(
+        64, ge=1, description="Router->replica handle queue; beyond it the Router answers 503"
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to the engine (vllm: vLLM engine args such as max_model_len)",
     )
 
     @field_validator("model")
@@ -60,7 +103,20 @@ class ModelDeployment(StrictModel):
             raise ValueError("device 'cuda' needs num_gpus > 0 (e.g. 1 or 0.5)")
         if self.num_gpus > 0 and self.device != "cuda":
             raise ValueError("num_gpus > 0 needs device: cuda")
+        if self.engine == "vllm" and self.num_gpus <= 0:
+            raise ValueError("engine vllm needs a GPU: set num_gpus: 1 and device: cuda")
+        if self.engine_kwargs and self.engine == "hf":
+            raise ValueError("engine_kwargs are for engine vllm / onnxruntime-genai, not hf")
         return self
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Requests one replica holds at once: the running batch plus its waiting queue."""
+        return self.batching.max_batch_size + self.batching.max_waiting
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or max(1, round(self.num_cpus))
 
 
 class CascadeConfig(StrictModel):
@@ -74,11 +130,48 @@ class CascadeConfig(StrictModel):
         description="mean_logprob: exp(mean token log-prob); min_prob: lowest token probability; "
         "entropy: 1 - mean normalized entropy of the student's next-token distributions",
     )
+    decide_after_tokens: int = Field(
+        16, ge=1, le=4096, description="the student's first N tokens are scored, then decided"
+    )
+    takeover: Literal["prompt", "prefix"] = Field(
+        "prompt",
+        description="on fallback the teacher answers from the prompt (the student's tokens are "
+        "dropped), or continues the student's first tokens (kept in the answer)",
+    )
     fallback: bool = Field(True, description="false = the student always answers")
     fallback_on_error: bool = Field(
         True, description="the teacher answers when the student fails or times out"
     )
-    student_timeout_s: float = Field(30.0, gt=0, description="student generation time limit")
+    student_timeout_s: float = Field(
+        30.0, gt=0, description="time limit for the student to reach the decision"
+    )
+    calibration: str | None = Field(
+        None, description="where threshold / scoring come from (written by `distill calibrate`)"
+    )
+
+
+class Limits(StrictModel):
+    """Request limits and overload behaviour of the Router (checked before any tokenization)."""
+
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="HTTP body size (413 above)")
+    max_prompt_chars: int = Field(
+        32_768, ge=1, description="prompt characters, or all message contents together"
+    )
+    max_messages: int = Field(64, ge=1, description="chat messages per request")
+    max_stop_chars: int = Field(64, ge=1, description="characters per stop string")
+    max_inflight: int = Field(
+        64, ge=1, description="requests one Router replica works on; beyond: 503 + Retry-After"
+    )
+    max_queued: int = Field(
+        16, ge=1, description="requests Serve queues in front of a Router replica (then 503)"
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After header of 503 answers")
+    first_token_timeout_s: float = Field(
+        30.0, gt=0, description="a model's first token (queueing included); then 503"
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="a whole generation; then the generation is cancelled"
+    )
 
 
 class ServeArgs(StrictModel):
@@ -92,6 +185,7 @@ class ServeArgs(StrictModel):
         description="model id clients send; '<name>-student' / '<name>-teacher' pin one model",
     )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    limits: Limits = Field(default_factory=Limits)
     max_tokens_limit: int = Field(256, ge=1, le=8192, description="largest max_tokens accepted")
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none")
     default_temperature: float = Field(

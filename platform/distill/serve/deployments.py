@@ -1,61 +1,101 @@
 """The model deployment (bound twice, as ``Student`` and ``Teacher``) behind the Router.
 
-Each replica loads one HF directory with transformers and answers ``generate(payload)`` with a
-plain dict: ``{"ok": Generation}`` or ``{"error": message, "status": 400}`` for a request this
-model cannot serve (prompt too long for the context, no chat template)::
+Each replica holds one engine (``engine:`` of the model in ``deploy/serve.yaml``; continuous
+batching over every request the replica holds) and streams ``generate(payload)``: engine
+:class:`~distill.serve.engines.base.Chunk` s as tokens are produced, or one
+``{"error": message, "status": 400 | 503}`` for a request this model cannot serve (prompt too long
+for the context, no chat template, waiting queue full). Cancelling the stream (the Router's client
+went away, a timeout) cancels the generation and frees its batch slot::
 
-    handle = serve.get_deployment_handle("Student", app_name="distill")
-    await handle.generate.remote({"prompt": "def f(", "params": {"max_tokens": 8}})
+    handle = serve.get_deployment_handle("Student", app_name="distill").options(stream=True)
+    async for chunk in handle.generate.remote({"prompt": "def f(", "params": {"max_tokens": 8}}):
+        ...
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
+PARAM_KEYS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+def sampling_params(p: dict[str, Any]):
+    """The Router's ``params`` dict -> engine SamplingParams."""
+    from distill.serve.engines.base import SamplingParams
+
+    kw = {k: p[k] for k in PARAM_KEYS if p.get(k) is not None}
+    bias = tuple((int(t), float(b)) for t, b in (p.get("logit_bias") or {}).items())
+    return SamplingParams(**kw, stop=tuple(p.get("stop") or ()), logit_bias=bias)
+
 
 @serve.deployment
 class ModelServer:
-    def __init__(
-        self,
-        role: str,
-        path: str,
-        device: str = "cpu",
-        dtype: str = "float32",
-        torch_threads: int = 1,
-        context_limit: int = 2048,
-    ) -> None:
-        from distill.serve.engine import Generator
+    def __init__(self, role: str, path: str, spec: dict[str, Any], context_limit: int) -> None:
+        from distill.serve.config import ModelDeployment
+        from distill.serve.engines import EngineOptions, build_engine
+        from distill.serve.engines.base import BatchingConfig
 
+        dep = ModelDeployment.model_validate(spec)
         self.role = role
+        self.path = path
         self.context_limit = context_limit
-        self.gen = Generator(Path(path), device=device, dtype=dtype, torch_threads=torch_threads)
+        options = EngineOptions(
+            device=dep.device,
+            dtype=dep.dtype,
+            threads=dep.threads,
+            batching=BatchingConfig(**dep.batching.model_dump()),
+            kwargs=dict(dep.engine_kwargs),
+        )
+        self.engine = build_engine(dep.engine, Path(path), options)
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead engine loop gets the replica replaced."""
+        self.engine.check_health()
 
     def info(self) -> dict[str, Any]:
         return {
             "role": self.role,
-            "path": str(self.gen.path),
-            "max_context": min(self.context_limit, self.gen.max_context),
+            "path": self.path,
+            "engine": self.engine.kind,
+            "max_context": min(self.context_limit, self.engine.max_context),
+            "stats": self.engine.stats(),
         }
 
-    async def generate(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from distill.serve.engine import GenParams, PromptError
+    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
+        from distill.serve.engines.base import Overloaded, PromptError
 
-        p = payload.get("params", {})
-        params = GenParams(
-            max_tokens=int(p.get("max_tokens", 16)),
-            temperature=float(p.get("temperature", 0.0)),
-            top_p=float(p.get("top_p", 1.0)),
-            stop=tuple(p.get("stop") or ()),
-            seed=p.get("seed"),
-        )
-        chat = payload.get("messages") is not None
         try:
-            text = self.gen.render(payload.get("prompt"), payload.get("messages"))
-            out = await asyncio.to_thread(self.gen.generate, text, params, chat, self.context_limit)
+            req = self.engine.prepare(
+                payload.get("prompt"),
+                payload.get("messages"),
+                sampling_params(payload.get("params", {})),
+                payload.get("continue_ids"),
+                self.context_limit,
+                int(payload.get("continue_emitted", 0)),
+            )
         except PromptError as e:
-            return {"error": str(e), "status": 400}
-        return {"ok": out.to_dict()}
+            yield {"error": str(e), "status": 400}
+            return
+        try:
+            async for chunk in self.engine.stream(req):
+                yield chunk
+        except Overloaded as e:
+            yield {"error": f"{self.role} is at capacity: {e}", "status": 503}
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()

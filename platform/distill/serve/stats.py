@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 LATENCY_WINDOW = 2048
@@ -36,6 +37,29 @@ def summarize(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+@dataclass
+class RequestRecord:
+    """One finished request, as the Router accounts for it (``Router._account``)."""
+
+    route: str  # cascade | student | teacher | "-" (refused before routing)
+    status: int  # HTTP status; 499 = the client went away before the end
+    stream: bool = False
+    answered_by: str | None = None
+    confidence: float | None = None
+    fallback: bool = False
+    reason: str | None = None
+    latency_ms: float = 0.0  # arrival -> last byte
+    ttft_ms: float | None = None  # arrival -> first token sent
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_ms: dict[str, float] = field(default_factory=dict)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    started: float = field(default_factory=time.time)  # unix time of arrival
+    info: dict[str, Any] | None = field(default=None, repr=False)  # the answer's distill info
+    payload: dict[str, Any] | None = field(default=None, repr=False)  # for the request log
+
+
 class Stats:
     """Counts by route / answering model / status, fallbacks, and latency windows."""
 
@@ -52,28 +76,21 @@ class Stats:
     def _lat(self, key: str, ms: float) -> None:
         self.latency.setdefault(key, deque(maxlen=LATENCY_WINDOW)).append(ms)
 
-    def record_answer(
-        self,
-        route: str,
-        answered_by: str,
-        reason: str,
-        fallback: bool,
-        model_ms: dict[str, float],
-        total_ms: float,
-    ) -> None:
-        self.requests[route] += 1
-        self.answered_by[answered_by] += 1
-        self.reasons[reason] += 1
-        self.status["200"] += 1
-        if route == "cascade":
+    def record(self, rec: RequestRecord) -> None:
+        self.status[str(rec.status)] += 1
+        if rec.status != 200 or rec.answered_by is None:
+            return
+        self.requests[rec.route] += 1
+        self.answered_by[rec.answered_by] += 1
+        self.reasons[rec.reason or "?"] += 1
+        if rec.route == "cascade":
             self.cascade_requests += 1
-            self.fallbacks += int(fallback)
-        for model, ms in model_ms.items():
+            self.fallbacks += int(rec.fallback)
+        for model, ms in rec.model_ms.items():
             self._lat(model, ms)
-        self._lat(f"request.{route}", total_ms)
-
-    def record_error(self, status: int) -> None:
-        self.status[str(status)] += 1
+        self._lat(f"request.{rec.route}", rec.latency_ms)
+        if rec.ttft_ms is not None:
+            self._lat(f"ttft.{rec.route}", rec.ttft_ms)
 
     def summary(self, cascade: dict[str, Any] | None = None) -> dict[str, Any]:
         rate = self.fallbacks / self.cascade_requests if self.cascade_requests else None
@@ -110,12 +127,12 @@ class ServeMetrics:
             tag_keys=("model",),
         )
 
-    def answer(self, route: str, answered_by: str, fallback: bool, model_ms: dict[str, float]):
-        self.requests.inc(tags={"route": route, "model": answered_by})
-        if fallback:
+    def record(self, rec: RequestRecord) -> None:
+        if rec.status != 200 or rec.answered_by is None:
+            self.errors.inc(tags={"status": str(rec.status)})
+            return
+        self.requests.inc(tags={"route": rec.route, "model": rec.answered_by})
+        if rec.fallback:
             self.fallbacks.inc()
-        for model, ms in model_ms.items():
+        for model, ms in rec.model_ms.items():
             self.latency.observe(ms, tags={"model": model})
-
-    def error(self, status: int) -> None:
-        self.errors.inc(tags={"status": str(status)})

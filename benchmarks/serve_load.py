@@ -1,0 +1,461 @@
+"""Serving under load (loopback only, bounded): the demo's student, teacher and cascade over HTTP
+at several concurrencies, against the bare engine and the landed-main path in the same run.
+
+    .venv/bin/python benchmarks/serve_load.py --student runs/smollm2/student
+    .venv/bin/python benchmarks/serve_load.py --tiny          # tiny random models, ~2 min
+
+Phases, all on this machine in one process tree:
+  before     the landed main's model path: HF ``generate`` at batch 1 behind a lock
+             (sequential whatever the concurrency), in-process;
+  bare       the new batched engine (``engine: hf``) in-process, no HTTP, no Ray;
+  student / teacher / cascade
+             ``distill.serve`` from ``deploy/serve.yaml`` (student path replaced), streamed
+             completions over HTTP on 127.0.0.1 at each concurrency;
+  fallback   cascade requests forced to fall back (threshold 1) with ``takeover: prompt`` and
+             ``prefix``, at concurrency 1: latency vs the teacher alone, agreement with its answers;
+  overload   a burst past ``limits.max_inflight``: how fast the 503s come back.
+Per row: output tokens/s, requests/s, p50 / p99 latency, time to first token, fallback rate and
+errors. Prints the command, machine and date; ``--json`` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import difflib
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prompts(n: int, words: int = 24) -> list[str]:
+    from distill.data.corpus import stdlib_files
+
+    out: list[str] = []
+    for f in stdlib_files()[100:]:
+        toks = f.read_text(errors="replace").split()
+        for i in range(0, max(0, len(toks) - words), words * 7):
+            out.append(" ".join(toks[i : i + words]))
+            if len(out) == n:
+                return out
+    return out
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    from distill.serve.stats import percentile
+
+    return percentile(xs, q)
+
+
+def row(name: str, c: int, results: list[dict], wall: float) -> dict:
+    ok = [r for r in results if r.get("status") == 200]
+    lat = [r["latency"] for r in ok]
+    ttft = [r["ttft"] for r in ok if r.get("ttft") is not None]
+    toks = sum(r["tokens"] for r in ok)
+    fb = [r["fallback"] for r in ok if r.get("fallback") is not None]
+    codes: dict[str, int] = {}
+    for r in results:
+        if r.get("status") != 200:
+            codes[str(r.get("status"))] = codes.get(str(r.get("status")), 0) + 1
+    return {
+        "name": name,
+        "concurrency": c,
+        "requests": len(results),
+        "errors": codes,
+        "tok_s": toks / wall if wall else 0.0,
+        "req_s": len(ok) / wall if wall else 0.0,
+        "p50_s": pct(lat, 50),
+        "p99_s": pct(lat, 99),
+        "ttft_p50_s": pct(ttft, 50),
+        "fallback": sum(fb) / len(fb) if fb else None,
+        "texts": [r.get("text", "") for r in ok],
+    }
+
+
+# -- in-process phases ---------------------------------------------------------------------------
+def run_before(path: Path, texts: list[str], c: int, max_tokens: int, threads: int) -> dict:
+    """Landed main: one ``generate`` at a time behind a lock (concurrent callers queue)."""
+    import torch
+
+    from distill.models.loader import load_causal_lm, load_tokenizer
+
+    torch.set_num_threads(threads)
+    model, tok = load_causal_lm(path), load_tokenizer(path)
+    lock = threading.Lock()
+
+    def one(p: str) -> dict:
+        t0 = time.perf_counter()
+        ids = torch.tensor([tok(p)["input_ids"]])
+        with lock, torch.inference_mode():
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                do_sample=False, pad_token_id=tok.eos_token_id, output_logits=True,
+                return_dict_in_generate=True,
+            )  # fmt: skip
+        n = out.sequences.shape[1] - ids.shape[1]
+        return {"status": 200, "latency": time.perf_counter() - t0, "tokens": n}
+
+    one(texts[0])  # warm up
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(c) as pool:
+        results = list(pool.map(one, texts))
+    return row("before (main: generate, lock)", c, results, time.perf_counter() - t0)
+
+
+def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
+    from distill.serve.engines.base import SamplingParams
+
+    async def main() -> tuple[list[dict], float]:
+        sem = asyncio.Semaphore(c)
+
+        async def one(p: str) -> dict:
+            async with sem:
+                t0 = time.perf_counter()
+                req = engine.prepare(prompt=p, params=SamplingParams(max_tokens=max_tokens))
+                ttft, n, text = None, 0, ""
+                try:
+                    async for ch in engine.stream(req):
+                        if ttft is None and ch.token_ids:
+                            ttft = time.perf_counter() - t0
+                        n += len(ch.token_ids)
+                        text += ch.text
+                except Exception as e:  # a benchmark counts failures, it does not stop
+                    return {"status": type(e).__name__, "latency": time.perf_counter() - t0}
+                return {"status": 200, "latency": time.perf_counter() - t0, "ttft": ttft,
+                        "tokens": n, "text": text}  # fmt: skip
+
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(one(p) for p in texts))
+        return list(res), time.perf_counter() - t0
+
+    results, wall = asyncio.run(main())
+    return row("bare engine", c, results, wall)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+def http_request(port: int, body: dict, timeout: float = 600) -> dict:
+    """One streamed completion over raw HTTP; returns status, latency, TTFT, tokens, text."""
+    import http.client
+
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/completions", json.dumps(body),
+                     {"content-type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        if resp.status != 200:
+            resp.read()
+            return {"status": resp.status, "latency": time.perf_counter() - t0}
+        ttft, text, usage, info = None, "", {}, {}
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if "error" in ev:
+                return {
+                    "status": ev["error"].get("code") or 500,
+                    "latency": time.perf_counter() - t0,
+                }
+            for ch in ev.get("choices", []):
+                if ch.get("text") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                text += ch.get("text") or ""
+            usage = ev.get("usage") or usage
+            info = ev.get("distill") or info
+        return {
+            "status": 200, "latency": time.perf_counter() - t0, "ttft": ttft, "text": text,
+            "tokens": usage.get("completion_tokens", 0), "fallback": info.get("fallback"),
+        }  # fmt: skip
+    except Exception as e:
+        return {"status": f"{type(e).__name__}", "latency": time.perf_counter() - t0}
+    finally:
+        conn.close()
+
+
+def run_http(port, name, model, texts, c, max_tokens, distill=None) -> dict:
+    def one(p: str) -> dict:
+        body = {"model": model, "prompt": p, "max_tokens": max_tokens, "temperature": 0,
+                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        if distill:
+            body["distill"] = distill
+        return http_request(port, body)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(c) as pool:
+        results = list(pool.map(one, texts))
+    return row(name, c, results, time.perf_counter() - t0)
+
+
+def run_overload(port: int, model: str, burst: int) -> dict:
+    """``burst`` long requests at once: admitted ones are cut short, refused ones timed."""
+    body = {"model": model, "prompt": "def main():", "max_tokens": 256, "stream": True}
+    with ThreadPoolExecutor(burst) as pool:
+        results = list(pool.map(lambda _: http_request(port, body, timeout=120), range(burst)))
+    refused = [r["latency"] for r in results if r["status"] == 503]
+    return {
+        "name": "overload burst", "concurrency": burst, "requests": burst,
+        "refused_503": len(refused), "refused_p99_s": pct(refused, 99),
+        "other_errors": [r["status"] for r in results if r["status"] not in (200, 503)],
+    }  # fmt: skip
+
+
+def similarity(a: list[str], b: list[str]) -> tuple[float, float]:
+    """(exact-match rate, mean difflib ratio) of paired answers."""
+    pairs = list(zip(a, b, strict=False))
+    if not pairs:
+        return float("nan"), float("nan")
+    exact = sum(x == y for x, y in pairs) / len(pairs)
+    ratio = sum(difflib.SequenceMatcher(None, x, y).ratio() for x, y in pairs) / len(pairs)
+    return exact, ratio
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def serve_args(cli, student: str, teacher: str):
+    """The serve config's args (deploy/serve.yaml by default) with the models swapped in."""
+    import yaml
+
+    from distill.serve.config import ServeArgs
+
+    raw = yaml.safe_load(Path(cli.serve_config).read_text())
+    args = raw["applications"][0]["args"]
+    args["served_model_name"] = "bench"
+    for role, ref in (("student", student), ("teacher", teacher)):
+        args[role]["model"] = ref
+        args[role]["torch_threads"] = cli.threads
+    args["student"]["engine"] = cli.student_engine
+    max_tokens = cli.max_tokens
+    args["max_tokens_limit"] = max(args["max_tokens_limit"], max_tokens, 256)
+    return ServeArgs.model_validate(args)
+
+
+def models(args) -> tuple[str, str]:
+    if args.tiny:
+        import tempfile
+
+        from distill.models.config import TinySource
+        from distill.models.loader import resolve_source
+
+        cache = Path(tempfile.gettempdir()) / "distill-bench-serve"
+        teacher = resolve_source(TinySource(num_hidden_layers=4, hidden_size=128), cache)
+        student = resolve_source(TinySource(num_hidden_layers=2, hidden_size=128), cache)
+        return args.student or str(student.path), str(teacher.path)
+    if not args.student:
+        sys.exit("give --student DIR (e.g. runs/smollm2/student) or --tiny")
+    return args.student, args.teacher
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def fmt(v, spec=".2f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"{'phase':<34}{'conc':>5}{'req':>5}{'tok/s':>9}{'req/s':>8}{'p50 s':>8}{'p99 s':>8}"
+        f"{'TTFT p50':>10}{'fallback':>10}  errors"
+    )
+    for r in rows:
+        if "tok_s" not in r:
+            continue
+        print(
+            f"{r['name']:<34}{r['concurrency']:>5}{r['requests']:>5}{r['tok_s']:>9.1f}"
+            f"{r['req_s']:>8.2f}{fmt(r['p50_s']):>8}{fmt(r['p99_s']):>8}{fmt(r['ttft_p50_s']):>10}"
+            f"{fmt(r['fallback']):>10}  {r['errors'] or 0}"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", help="student HF dir (runs/smollm2/student)")
+    ap.add_argument("--teacher", default="gguf:default")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models (--student kept)")
+    ap.add_argument("--student-engine", default="hf", choices=["hf", "onnxruntime-genai"])
+    ap.add_argument("--baseline-student", help="HF dir for the 'before' phase (default --student)")
+    ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve.yaml"))
+    ap.add_argument("--concurrency", default="1,4,16,32")
+    ap.add_argument("--min-requests", type=int, default=8, help="requests per level (>= conc)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
+    ap.add_argument("--phases", default="before,bare,student,teacher,cascade,fallback,overload")
+    ap.add_argument("--time-limit", type=float, default=1800, help="seconds for all phases")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    deadline = time.perf_counter() + args.time_limit
+    levels = [int(x) for x in args.concurrency.split(",")]
+    phases = set(args.phases.split(","))
+    student, teacher = models(args)
+    n_max = max(max(levels), args.min_requests)
+    texts = prompts(n_max)
+    rows: list[dict] = []
+    skipped: list[str] = []
+
+    def level_texts(c: int) -> list[str]:
+        return texts[: max(c, args.min_requests)]
+
+    def timed_out(what: str) -> bool:
+        if time.perf_counter() > deadline:
+            skipped.append(what)
+            return True
+        return False
+
+    print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"machine: {machine()}; {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"student {student}; teacher {teacher}; {args.max_tokens} tokens/answer, greedy")
+    from distill.serve.app import resolve_model
+
+    spath = resolve_model(student)[0]
+    if "before" in phases and not timed_out("before"):
+        base = resolve_model(args.baseline_student or student)[0]
+        for c in (1, 4):
+            rows.append(run_before(base, level_texts(c), c, args.max_tokens, args.threads))
+            print_table(rows[-1:])
+    if "bare" in phases and not timed_out("bare"):
+        from distill.serve.engines import EngineOptions, build_engine
+        from distill.serve.engines.base import BatchingConfig
+
+        sa = serve_args(args, student, teacher)
+        b = BatchingConfig(**sa.student.batching.model_dump())
+        engine = build_engine(
+            args.student_engine, spath, EngineOptions(threads=args.threads, batching=b)
+        )
+        run_bare(engine, texts[:2], 2, 4)  # warm up
+        for c in levels:
+            if timed_out(f"bare c={c}"):
+                break
+            rows.append(run_bare(engine, level_texts(c), c, args.max_tokens))
+            rows[-1]["name"] = f"bare engine ({args.student_engine})"
+            print_table(rows[-1:])
+        engine.close()
+        del engine
+    http_phases = phases & {"student", "teacher", "cascade", "fallback", "overload"}
+    if http_phases and not timed_out("http"):
+        rows += run_serve_phases(args, student, teacher, levels, level_texts, timed_out, phases)
+    print()
+    print_table(rows)
+    summary(rows)
+    if skipped:
+        print(f"SKIPPED (time limit {args.time_limit:.0f} s): {', '.join(skipped)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, phases) -> list[dict]:
+    import ray
+    from ray import serve
+
+    from distill.serve.app import build_app
+
+    rows: list[dict] = []
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sa = serve_args(args, student, teacher)
+    try:
+        t0 = time.perf_counter()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(sa), name="bench", route_prefix="/")
+        print(f"serve.run {time.perf_counter() - t0:.1f} s; cascade {sa.cascade.model_dump()}")
+        warm = level_texts(1)[:2]
+        for model in ("bench-student", "bench-teacher"):
+            run_http(port, "warm", model, warm, 1, 8)
+        routes = [("student", "bench-student"), ("teacher", "bench-teacher"), ("cascade", "bench")]
+        for name, model in routes:
+            if name not in phases:
+                continue
+            for c in levels:
+                if timed_out(f"{name} c={c}"):
+                    break
+                rows.append(
+                    run_http(port, f"http {name}", model, level_texts(c), c, args.max_tokens)
+                )
+                print_table(rows[-1:])
+        if "fallback" in phases and not timed_out("fallback"):
+            texts = level_texts(1)
+            alone = run_http(port, "http teacher alone", "bench-teacher", texts, 1, args.max_tokens)
+            rows.append(alone)
+            for takeover in ("prompt", "prefix"):
+                forced = {"threshold": 1.0, "takeover": takeover}
+                r = run_http(port, f"http fallback ({takeover})", "bench", texts, 1,
+                             args.max_tokens, forced)  # fmt: skip
+                r["vs_teacher_p50"] = (r["p50_s"] or 0) / (alone["p50_s"] or float("nan"))
+                r["agree_exact"], r["agree_ratio"] = similarity(r["texts"], alone["texts"])
+                rows.append(r)
+            print_table(rows[-3:])
+        if "overload" in phases and not timed_out("overload"):
+            burst = sa.limits.max_inflight + 8 + sa.limits.max_queued + 16
+            rows.append(run_overload(port, "bench-student", burst))
+            print(rows[-1])
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def summary(rows: list[dict]) -> None:
+    """The issue's goals as ratios measured in this run."""
+
+    def get(name: str, c: int) -> dict | None:
+        return next((r for r in rows if r["name"] == name and r["concurrency"] == c), None)
+
+    before = [r["tok_s"] for r in rows if r["name"].startswith("before")]
+    s16, s1, b1 = (
+        get("http student", 16),
+        get("http student", 1),
+        next((r for r in rows if r["name"].startswith("bare") and r["concurrency"] == 1), None),
+    )
+    print("\ngoals (measured in this run):")
+    if before and s16:
+        print(
+            f"  16-way student tok/s / best 'before' tok/s: {s16['tok_s'] / max(before):.1f}x (goal >= 10x)"
+        )
+    if s1:
+        print(f"  single request, HTTP student: {s1['tok_s']:.1f} tok/s (goal >= 100)")
+    if s1 and b1 and b1["p50_s"]:
+        over = s1["p50_s"] / b1["p50_s"] - 1
+        print(f"  HTTP + Router overhead at c=1 (p50 latency): {over * 100:+.1f}% (goal <= 10%)")
+    if s1 and s1["ttft_p50_s"] and s1["p50_s"]:
+        print(
+            f"  TTFT p50 / full latency p50 at c=1: {s1['ttft_p50_s'] / s1['p50_s']:.2f} (goal <= 0.2)"
+        )
+    for r in rows:
+        if r["name"].startswith("http fallback"):
+            print(
+                f"  {r['name']}: latency {r['vs_teacher_p50']:.2f}x the teacher alone (goal <= 1.25); "
+                f"same answer as the teacher {r['agree_exact']:.2f}, similarity {r['agree_ratio']:.2f}"
+            )
+        if r["name"] == "overload burst":
+            print(
+                f"  overload: {r['refused_503']} of {r['requests']} refused with 503, p99 "
+                f"{fmt(r['refused_p99_s'])} s (goal <= 1 s); other errors {r['other_errors'] or 0}"
+            )
+    errs = sum(sum(r.get("errors", {}).values()) for r in rows if r["name"] != "overload burst")
+    print(f"  errors outside the overload burst: {errs}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""How the Router reaches a model: a stream of engine chunks from a Serve deployment handle.
+
+``ServeModelClient`` talks to distill's ``ModelServer`` (engines hf / onnxruntime-genai);
+``engines.vllm.VLLMModelClient`` to a Ray Serve LLM deployment. Both turn the model's refusals
+into :class:`~distill.serve.cascade.RequestFailed` (400 for a prompt the model cannot take, 503
+when it is at capacity) and cancel the generation when the stream is closed early::
+
+    client = ServeModelClient(handle, "student")
+    gen = client.open({"prompt": "def f(", "params": {"max_tokens": 8}})
+    async for chunk in gen: ...
+    await gen.aclose()        # before the end: cancels the replica's generation
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from distill.serve.cascade import RequestFailed
+
+
+class ServeModelClient:
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle = handle.options(stream=True)
+        self.info_handle = handle
+        self.name = name
+
+    async def open(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
+        from ray.serve.exceptions import BackPressureError
+
+        gen = self.handle.generate.remote(payload)
+        done = False
+        try:
+            async for item in gen:
+                if isinstance(item, dict) and "error" in item:
+                    done = True
+                    raise RequestFailed(int(item.get("status", 400)), str(item["error"]))
+                yield item
+                if item.finish_reason:
+                    done = True
+                    return
+        except BackPressureError as e:
+            done = True
+            raise RequestFailed(503, f"the {self.name} is at capacity ({e})") from None
+        finally:
+            if not done:
+                gen.cancel()
+
+    async def info(self) -> dict[str, Any]:
+        return await self.info_handle.info.remote()

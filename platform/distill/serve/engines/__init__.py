@@ -1,0 +1,58 @@
+"""Engines behind a model replica, chosen per model by ``engine:`` in ``deploy/serve.yaml``.
+
+In-replica engines implement :class:`~distill.serve.engines.base.Engine` and run inside distill's
+``ModelServer`` deployment::
+
+    engine = build_engine("hf", Path("runs/smollm2/student"), EngineOptions(threads=2))
+
+| engine | where | module |
+|---|---|---|
+| ``hf`` | CPU / CUDA, any full-attention transformers LM; continuous batching (the reference) | ``hf.py`` |
+| ``onnxruntime-genai`` | CPU, an int4 ONNX export (``genai_config.json``) | ``ort.py`` |
+| ``vllm`` | GPU, a Ray Serve LLM (``ray.serve.llm``) deployment the Router calls directly | ``vllm.py`` |
+
+A new in-replica engine subclasses :class:`~distill.serve.engines.base.ThreadedEngine` (admission,
+cancellation, stop strings and text are shared) and adds one line to ``ENGINES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.config.base import DistillError
+from distill.serve.engines.base import BatchingConfig, Engine
+
+ENGINES = {
+    "hf": "distill.serve.engines.hf:HFEngine",
+    "onnxruntime-genai": "distill.serve.engines.ort:OrtGenAIEngine",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def build_engine(kind: str, path: Path, options: EngineOptions) -> Engine:
+    """Load ``path`` with the engine ``kind`` (see the table above)."""
+    if kind not in ENGINES:
+        raise DistillError(
+            f"engine {kind!r} does not run inside a distill replica (known: {', '.join(ENGINES)})"
+        )
+    module, name = ENGINES[kind].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(
+        Path(path),
+        device=options.device,
+        dtype=options.dtype,
+        torch_threads=options.threads,
+        batching=options.batching,
+        **options.kwargs,
+    )

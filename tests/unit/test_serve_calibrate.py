@@ -1,0 +1,40 @@
+"""The threshold choice from replayed prompts (pure: no models)."""
+
+import pytest
+
+from distill.config.base import DistillError
+from distill.serve.calibrate import Target, choose, evaluate, token_agreement, tradeoff
+
+CONF = [0.9, 0.8, 0.3, 0.2]
+AGREE = [1.0, 0.5, 0.25, 0.0]
+EXACT = [True, False, False, False]
+
+
+def test_token_agreement():
+    assert token_agreement([1, 2, 3], [1, 2, 3]) == 1.0
+    assert token_agreement([1, 9, 3], [1, 2, 3]) == pytest.approx(2 / 3)
+    assert token_agreement([1, 2], [1, 2, 3, 4]) == 0.5
+    assert token_agreement([], []) == 1.0 and token_agreement([1], []) == 0.0
+
+
+def test_curve_endpoints_and_monotone_fallback():
+    pts = tradeoff(CONF, AGREE, EXACT)
+    assert pts[0].threshold == 0.0 and pts[0].fallback_rate == 0.0
+    assert pts[0].agreement == pytest.approx(sum(AGREE) / 4) and pts[0].exact == 0.25
+    assert pts[-1].threshold == 1.0 and pts[-1].fallback_rate == 1.0 and pts[-1].agreement == 1.0
+    rates = [p.fallback_rate for p in pts]
+    assert rates == sorted(rates)
+    mid = evaluate(0.5, CONF, AGREE, EXACT)  # the two unconfident prompts go to the teacher
+    assert mid.fallback_rate == 0.5 and mid.agreement == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+
+
+def test_choose_meets_either_target_or_says_it_does_not():
+    curves = {"a": tradeoff(CONF, AGREE, EXACT), "b": tradeoff([0.1] * 4, AGREE, EXACT)}
+    ch = choose(curves, Target(min_agreement=0.85))
+    assert ch.met and ch.scoring == "a" and ch.point.fallback_rate == 0.5
+    ch = choose(curves, Target(max_fallback=0.25))
+    assert ch.met and ch.point.fallback_rate <= 0.25 and ch.point.agreement == pytest.approx(0.6875)
+    impossible = choose({"a": tradeoff(CONF, AGREE, EXACT)}, Target(max_fallback=-0.1))
+    assert not impossible.met and impossible.point.fallback_rate == 0.0
+    with pytest.raises(DistillError, match="exactly one target"):
+        Target()

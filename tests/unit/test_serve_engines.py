@@ -1,0 +1,142 @@
+"""Engine adapters without their runtimes: ONNX Runtime GenAI through a fake runtime, vLLM's
+config mapping and stream parsing; the vLLM deployment itself only on a GPU."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from distill.config.base import DistillError
+from distill.serve.config import ModelDeployment
+from distill.serve.engines import EngineOptions, build_engine
+from distill.serve.engines.base import BatchingConfig, PromptError, SamplingParams
+
+
+class FakeRuntime:
+    """The slice of distill.runtime.OrtGenAIModel the adapter uses: next token = last + 1."""
+
+    eos_ids = frozenset({0})
+    pad_id = 0
+    context_length = 128
+    vocab_size = 512
+
+    def __init__(self):
+        self.batches = []
+
+    def generate_steps(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
+                       return_logits=False):  # fmt: skip
+        self.batches.append(len(prompts))
+        last = np.array([p[-1] for p in prompts])
+        for _ in range(max_new_tokens):
+            nxt = (last % 500) + 1
+            logits = np.zeros((len(prompts), self.vocab_size), dtype=np.float32)
+            logits[np.arange(len(prompts)), nxt] = 5.0
+            lp = logits[np.arange(len(prompts)), nxt] - np.log(np.exp(logits).sum(-1))
+            yield type("Step", (), {"token_ids": nxt, "logprobs": lp, "logits": logits})
+            last = nxt
+
+
+def test_ort_adapter_batches_waiting_requests_and_streams(tiny_gqa):
+    from distill.serve.engines.ort import OrtGenAIEngine
+
+    rt = FakeRuntime()
+    eng = OrtGenAIEngine(
+        tiny_gqa.path, runtime=rt, batching=BatchingConfig(batch_wait_ms=50, max_batch_size=4)
+    )
+
+    async def one(prompt, n, top=0):
+        req = eng.prepare(prompt=prompt, params=SamplingParams(max_tokens=n, top_logprobs=top))
+        chunks = [c async for c in eng.stream(req)]
+        return req, chunks
+
+    async def main():
+        return await asyncio.gather(one("def f", 5, top=2), one("import os", 3), one("x", 4))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        eng.close()
+    assert rt.batches == [3]  # the three waiting requests shared one batch
+    for req, chunks in results:
+        ids = [i for c in chunks for i in c.token_ids]
+        assert ids == [(req.prompt_ids[-1] % 500) + 1 + k for k in range(len(ids))]
+        assert len(ids) == req.params.max_tokens and chunks[-1].finish_reason == "length"
+        assert all(0 <= e <= 1 for c in chunks for e in c.entropies)
+    assert results[0][1][0].top is not None and len(results[0][1][0].top[0]) == 2
+    with pytest.raises(PromptError, match="logit_bias"):
+        eng.prepare(prompt="x", params=SamplingParams(logit_bias=((1, 2.0),)))
+
+
+def test_engine_registry_and_config_errors():
+    with pytest.raises(DistillError, match="does not run inside a distill replica"):
+        build_engine("vllm", "/nowhere", EngineOptions())
+    with pytest.raises(ValueError, match="engine vllm needs a GPU"):
+        ModelDeployment(model="m", engine="vllm")
+    with pytest.raises(ValueError, match="engine_kwargs are for"):
+        ModelDeployment(model="m", engine_kwargs={"x": 1})
+    dep = ModelDeployment(model="m", batching={"max_batch_size": 8, "max_waiting": 4})
+    assert dep.max_ongoing_requests == 12 and dep.threads == 1
+
+
+def test_vllm_config_mapping_and_stream_parsing(tiny_gqa, tmp_path):
+    from distill.models.loader import load_tokenizer
+    from distill.serve.cascade import RequestFailed
+    from distill.serve.engines.vllm import llm_config_kwargs, parse_events
+
+    dep = ModelDeployment(
+        model="m", engine="vllm", device="cuda", num_gpus=1, replicas=2,
+        engine_kwargs={"gpu_memory_utilization": 0.4},
+    )  # fmt: skip
+    kw = llm_config_kwargs("student", dep, tmp_path, 2048)
+    assert kw["model_loading_config"] == {
+        "model_id": "distill-student",
+        "model_source": str(tmp_path),
+    }
+    assert kw["engine_kwargs"] == {
+        "max_model_len": 2048, "dtype": "float32", "gpu_memory_utilization": 0.4,
+    }  # fmt: skip
+    assert kw["deployment_config"]["num_replicas"] == 2
+    try:  # Ray's own validation of the mapping, where its config module imports without vLLM
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+        LLMConfig(**kw)
+    except ImportError:
+        pass
+    tok = load_tokenizer(tiny_gqa.path)
+    event = {
+        "choices": [
+            {
+                "text": "ab",
+                "finish_reason": None,
+                "logprobs": {
+                    "tokens": ["token_id:5", "token_id:6"],
+                    "token_logprobs": [-0.1, -0.2],
+                    "top_logprobs": [
+                        {"token_id:5": -0.1, "token_id:9": -3.0},
+                        {"token_id:6": -0.2},
+                    ],
+                },
+            }
+        ]
+    }
+    chunks = parse_events([f"data: {json.dumps(event)}\n\n", "data: [DONE]\n\n"], tok, 512, 1)
+    assert chunks[0].token_ids == [5, 6] and chunks[0].logprobs == [-0.1, -0.2]
+    assert chunks[0].tokens == [tok.decode([5]), tok.decode([6])] and len(chunks[0].top[0]) == 1
+    assert all(0 <= e <= 1 for e in chunks[0].entropies)
+    err = {"error": {"message": "prompt too long", "code": 400}}
+    with pytest.raises(RequestFailed, match="prompt too long"):
+        parse_events(f"data: {json.dumps(err)}\n\n", tok, 512, 0)
+
+
+@pytest.mark.gpu
+def test_vllm_deployment_builds_on_a_gpu(tiny_gqa):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("engine vllm needs CUDA")
+    pytest.importorskip("vllm")
+    from distill.serve.engines.vllm import vllm_deployment
+
+    dep = ModelDeployment(model="m", engine="vllm", device="cuda", num_gpus=1)
+    app = vllm_deployment("student", dep, tiny_gqa.path, 512)
+    assert type(app).__name__ == "Application"
