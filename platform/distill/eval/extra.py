@@ -57,12 +57,12 @@ def check_extra_corpora(corpora: list[ExtraCorpus]) -> None:
 
 def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
     """The corpus' documents in a deterministic order (Ray Data readers of ``distill.data``)."""
-    from distill.data.pipeline import _read
+    from distill.data.pipeline import read_documents
 
     files = extra_files(i, ec)
     cfg = DataConfig(corpus=corpus_config(ec), seq_len=seq_len)
     try:
-        docs: list[dict[str, Any]] = _read(cfg, files).take_all()
+        docs: list[dict[str, Any]] = read_documents(cfg, files).take_all()
     except DistillError as e:
         raise DistillError(f"{_where(i, ec)}: {e}") from None
     docs.sort(key=lambda d: str(d["doc_id"]))

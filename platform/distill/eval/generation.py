@@ -55,8 +55,7 @@ def _stop_ids(tok: Any) -> list[int]:
 def _generate_batch(model: Any, tok: Any, texts: list[str], chat: bool, max_new_tokens: int):
     import torch
 
-    from distill.serve.confidence import confidence
-    from distill.serve.engine import SCORINGS
+    from distill.serve.confidence import SCORINGS, confidence
 
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
