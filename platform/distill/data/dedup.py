@@ -23,19 +23,24 @@ _BASE = np.uint64(0x100000001B3)
 _CHUNK = 8192  # shingles per MinHash update (bounds the [chunk, num_perm] temporary)
 
 
+def window_hashes(seq: np.ndarray, n: int) -> np.ndarray:
+    """uint64 hash of every window of ``n`` consecutive ids (wrapping arithmetic); also the
+    n-grams of ``distill.eval.contamination``."""
+    if len(seq) < n:
+        return np.zeros(0, dtype=np.uint64)
+    powers = np.array([pow(int(_BASE), k, 1 << 64) for k in range(n - 1, -1, -1)], np.uint64)
+    with np.errstate(over="ignore"):
+        x = np.asarray(seq).astype(np.uint64) * _MIX + np.uint64(1)
+        win = np.lib.stride_tricks.sliding_window_view(x, n)
+        return (win * powers).sum(axis=1, dtype=np.uint64)
+
+
 def shingle_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     """Distinct 32-bit hashes of every window of ``n`` consecutive token ids (vectorized)."""
     seq = np.asarray(ids, dtype=np.int64)
     if len(seq) < n:
         seq = np.pad(seq, (0, n - len(seq)), constant_values=-1) if len(seq) else seq
-    if len(seq) < n:
-        return np.zeros(0, dtype=np.uint64)
-    powers = np.array([pow(int(_BASE), k, 1 << 64) for k in range(n - 1, -1, -1)], np.uint64)
-    with np.errstate(over="ignore"):
-        x = seq.astype(np.uint64) * _MIX + np.uint64(1)
-        win = np.lib.stride_tricks.sliding_window_view(x, n)
-        h = (win * powers).sum(axis=1, dtype=np.uint64)
-    return np.unique(h >> np.uint64(32))
+    return np.unique(window_hashes(seq, n) >> np.uint64(32))
 
 
 def token_signature(ids: np.ndarray, shingle: int, num_perm: int) -> np.ndarray:

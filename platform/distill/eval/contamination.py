@@ -24,11 +24,9 @@ import numpy as np
 from pydantic import Field
 
 from distill.config.base import DistillError, StrictModel
+from distill.data.dedup import window_hashes
 
 Items = Sequence[str] | Sequence[Sequence[int]] | np.ndarray
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_BASE = np.uint64(0x100000001B3)
 
 
 class ContaminationConfig(StrictModel):
@@ -86,17 +84,6 @@ def _word_ids(text: str) -> np.ndarray:
     )
 
 
-def _seq_hashes(seq: np.ndarray, n: int) -> np.ndarray:
-    """uint64 hash of every window of ``n`` consecutive ids (wrapping arithmetic)."""
-    if len(seq) < n:
-        return np.zeros(0, dtype=np.uint64)
-    powers = np.array([pow(int(_BASE), k, 1 << 64) for k in range(n - 1, -1, -1)], np.uint64)
-    with np.errstate(over="ignore"):
-        x = seq.astype(np.uint64) * _MIX + np.uint64(1)
-        win = np.lib.stride_tricks.sliding_window_view(x, n)
-        return (win * powers).sum(axis=1, dtype=np.uint64)
-
-
 def _kind(items: Items) -> str:
     if isinstance(items, np.ndarray):
         return "tokens"
@@ -110,7 +97,7 @@ def item_hashes(items: Items, n: int) -> list[np.ndarray]:
     out = []
     for it in items:
         seq = _word_ids(it) if isinstance(it, str) else np.asarray(it, dtype=np.int64)
-        out.append(np.unique(_seq_hashes(seq, n)))
+        out.append(np.unique(window_hashes(seq, n)))
     return out
 
 
