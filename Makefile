@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock.txt pyproject.toml | s
 CONFIG ?= pipelines/configs/smollm2.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint fmt clean-runs
+.PHONY: install demo test test-cluster lint fmt clean-runs
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the two-node Ray cluster test (ray start head + worker, a node killed mid-KD), ~4 min
+test-cluster: install
+	$(PY) -m pytest -q -p no:cacheprovider --run-cluster -m cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
