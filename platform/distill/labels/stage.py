@@ -112,9 +112,10 @@ def scoring_dataset(
         fn_constructor_kwargs=scorer,
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        # one batch in flight per actor: a teacher forward takes seconds, so prefetching gains
-        # nothing, while 4 queued batches (Ray's default) let the first ready actor take the
-        # whole store before a slower-starting actor on another node gets any
+        # one batch in flight per actor (Ray's default queues 4): a teacher forward takes
+        # seconds, so prefetching gains little, and queued batches can leave an actor idle
+        # while another works through its queue. (This did not make the two-node test see
+        # scoring on both nodes; see README "Running on a cluster".)
         compute=ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.num_cpus_per_actor,
         num_gpus=cfg.num_gpus_per_actor or None,
