@@ -116,3 +116,17 @@ def test_k_larger_than_vocab_fails_at_start(stage_ctx):
     ):
         run(ctx, SoftLabelsConfig(k=513))
     assert not (ctx.workdir / "labels").exists()
+
+
+@pytest.mark.timeout(120)
+def test_scorer_pool_that_cannot_start_fails_within_its_timeout(ray_local, stage_ctx):
+    """A pool asking for GPUs the cluster lacks: one error naming the setting, no hang, and
+    no shard or finished manifest left behind."""
+    section = {"num_gpus_per_actor": 1, "actor_start_timeout_s": 3, "rows_per_shard": 8}
+    ctx = stage_ctx(["soft_labels"], soft_labels=section)
+    with pytest.raises(DistillError, match=r"did not all start within 3 s.*actor_start_timeout_s"):
+        run(ctx, ctx.config.soft_labels)
+    root = ctx.workdir / "labels"
+    assert not list(root.glob("shard-*.parquet"))
+    manifest = root / "manifest.json"
+    assert not manifest.exists() or '"complete": true' not in manifest.read_text()

@@ -41,8 +41,9 @@ def test_function_tasks_find_complete_documented_functions():
     code = [t for t in tasks if t["kind"] == "code"]
     assert [t["prompt"].split("(")[0] for t in code] == ["def visit", "def join"]
     visit = code[0]
-    assert visit["prompt"].endswith('"""Visit a node and return its children."""\n')
-    assert visit["reference"].startswith("    out = []") and "return out" in visit["reference"]
+    # the prompt ends with the body's indentation; the reference is the rest of the body
+    assert visit["prompt"].endswith('"""Visit a node and return its children."""\n    ')
+    assert visit["reference"].startswith("out = []") and "return out" in visit["reference"]
     chat = [t for t in tasks if t["kind"] == "chat"]
     assert chat[1]["reference"] == "Join two paths with the separator."
     question = chat[1]["messages"][0]["content"]
@@ -74,6 +75,11 @@ def test_code_answers_are_parsed_up_to_the_function_end():
     assert not code_answer_parses(head, Answer("", 0, "stop"))  # a docstring alone is no body
     # cut by max_new_tokens: the partial last line is dropped, the rest must parse
     assert code_answer_parses(head, Answer("    y = 2 * x\n    return y +", 9, "length"))
+    # a prompt ending with the body's indentation: the answer continues that line
+    primed = head + "    "
+    assert code_answer_parses(primed, Answer("return 2 * x\n\nprint(f(2))\n", 8, "stop"))
+    assert not code_answer_parses(primed, Answer("```\nThe function doubles x.", 9, "stop"))
+    assert not code_answer_parses(primed, Answer("return 2 *", 4, "length"))
 
 
 def test_scores_against_teacher_and_reference():

@@ -32,7 +32,7 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.data.config import DataConfig
-from distill.data.corpus import detect_format, document_ids, fingerprint, resolve_files
+from distill.data.corpus import corpus_root, detect_format, fingerprint, resolve_files
 from distill.data.packed import PackedCorpus
 from distill.data.plan import HELDOUT, SPLITS, TRAIN, Plan, make_plan
 
@@ -71,10 +71,14 @@ class Tokenize:
         )
 
 
-def _text_docs(batch: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
-    """Binary files → ``doc_id`` (path relative to the corpus root) and decoded ``text``."""
+def _text_docs(batch: dict[str, Any], root: str) -> dict[str, Any]:
+    """Binary files → ``doc_id`` (path relative to the corpus root, as ``document_ids``) and
+    decoded ``text``. Only the root travels with the task: a ``{path: id}`` map would become
+    the fused tokenizer actors' constructor argument in the object store."""
     return {
-        "doc_id": [ids[os.path.abspath(str(p))] for p in batch["path"]],
+        "doc_id": [
+            Path(os.path.relpath(os.path.abspath(str(p)), root)).as_posix() for p in batch["path"]
+        ],
         "text": [b.decode("utf-8", errors="replace") for b in batch["bytes"]],
     }
 
@@ -98,8 +102,8 @@ def read_documents(cfg: DataConfig, files: list[Path]):
     paths = [str(f) for f in files]
     if fmt == "text":
         ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=READ_CPUS)
-        ids = {os.path.abspath(p): d for p, d in document_ids(cfg.corpus, files).items()}
-        return ds.map_batches(_text_docs, fn_kwargs={"ids": ids}, num_cpus=READ_CPUS)
+        root = os.path.abspath(corpus_root(cfg.corpus, files))
+        return ds.map_batches(_text_docs, fn_kwargs={"root": root}, num_cpus=READ_CPUS)
     if fmt == "jsonl":
         ds = ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
     else:

@@ -121,7 +121,8 @@ def code_answer_parses(prompt: str, answer: Answer) -> bool:
     A line back at column 0 ends the function; an answer cut by ``max_new_tokens`` loses its
     last (possibly partial) line.
     """
-    lines = answer.text.split("\n")
+    base, _, partial = prompt.rpartition("\n")  # the prompt's last line (the indentation)
+    lines = (partial + answer.text).split("\n")
     kept = []
     for line in lines:
         if line.strip() and not line[0].isspace():
@@ -131,7 +132,7 @@ def code_answer_parses(prompt: str, answer: Answer) -> bool:
         if answer.finish_reason == "length" and kept:
             kept = kept[:-1]
     try:
-        tree = ast.parse(prompt + "\n".join(kept))
+        tree = ast.parse(base + "\n" + "\n".join(kept))
     except (SyntaxError, ValueError):
         return False
     fn = tree.body[0] if len(tree.body) == 1 else None

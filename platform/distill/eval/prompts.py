@@ -32,7 +32,7 @@ import numpy as np
 
 from distill.eval.config import GenerationEvalConfig
 
-PROMPT_SET_VERSION = 1
+PROMPT_SET_VERSION = 2  # 2: code prompts end with the body's indentation
 CHAT_QUESTION = "What does this Python function do? Answer in one sentence."
 _DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(")
 MAX_BODY_LINES = 15
@@ -124,7 +124,11 @@ def function_tasks(
             head, body, bare, docstring = parts
             if n_tokens(head) > max_prompt_tokens:
                 continue
-            out.append({"kind": "code", "prompt": head, "messages": None, "reference": body})
+            # the prompt ends with the body's indentation, so a completion model writes code
+            # (without it the instruct teacher explained the function: 0 of 8 bodies parsed)
+            indent = body[: len(body) - len(body.lstrip(" \t"))]
+            code = {"kind": "code", "prompt": head + indent, "reference": body[len(indent) :]}
+            out.append({**code, "messages": None})
             question = f"{CHAT_QUESTION}\n\n```python\n{bare}\n```"
             if n_tokens(question) <= max_prompt_tokens:
                 msgs = [{"role": "user", "content": question}]

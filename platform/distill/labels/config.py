@@ -35,6 +35,13 @@ class SoftLabelsConfig(StrictModel):
         "(1 CPU per actor starves Ray Data's read tasks and hangs)",
     )
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves")
+    actor_start_timeout_s: int = Field(
+        600,
+        ge=1,
+        description="wait until every scorer actor has started (and loaded its teacher) before "
+        "scoring, at most this long; then fail naming the resources. Without the wait the "
+        "first actor ready (the driver's node) scores everything before a remote one is up",
+    )
     num_threads_per_actor: int | None = Field(
         None,
         ge=1,

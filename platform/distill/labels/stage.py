@@ -107,6 +107,13 @@ def scoring_dataset(
         batch_format="numpy",
         num_cpus=0.5,
     )
+    # Start every actor (a teacher load each) before the first batch: Ray Data otherwise
+    # dispatches to whichever actor is ready first, and on a cluster the driver's node can
+    # score a small job alone while the other nodes' actors are still starting.
+    ds.context.wait_for_min_actors_s = cfg.actor_start_timeout_s
+    # The input blocks are row numbers made on the driver's node: block locality would steer
+    # every batch to the actor on that node while the other nodes' actors wait.
+    ds.context.execution_options.actor_locality_enabled = False
     return ds.map_batches(
         TeacherScorer,
         fn_constructor_kwargs=scorer,
@@ -114,8 +121,7 @@ def scoring_dataset(
         batch_format="numpy",
         # one batch in flight per actor (Ray's default queues 4): a teacher forward takes
         # seconds, so prefetching gains little, and queued batches can leave an actor idle
-        # while another works through its queue. (This did not make the two-node test see
-        # scoring on both nodes; see README "Running on a cluster".)
+        # while another works through its queue.
         compute=ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.num_cpus_per_actor,
         num_gpus=cfg.num_gpus_per_actor or None,
@@ -149,6 +155,22 @@ def _shard_columns(parts: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.nda
     return {key: cols[key] for key in STORE_COLUMNS if key in cols}, stats
 
 
+def _batches(ds):
+    """``ds``'s batches; a scorer pool that cannot start in time is one clear error."""
+    import ray.exceptions
+
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    except ray.exceptions.GetTimeoutError as e:
+        timeout = ds.context.wait_for_min_actors_s
+        raise DistillError(
+            f"soft_labels: the TeacherScorer actors did not all start within {timeout} s "
+            "(soft_labels.actor_start_timeout_s): the cluster lacks the resources the pool asks "
+            "for (soft_labels.num_actors x num_cpus_per_actor / num_gpus_per_actor), or loading "
+            "the teacher is slower; lower num_actors, add nodes or raise the timeout"
+        ) from e
+
+
 def score_shards(
     ds, root: Path, manifest: Manifest, todo: list[ShardSpec], compression: str
 ) -> float:
@@ -158,7 +180,7 @@ def score_shards(
     pending: dict[int, list[dict[str, np.ndarray]]] = {s.index: [] for s in todo}
     counts = dict.fromkeys(pending, 0)
     compute_s = 0.0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in _batches(ds):
         rows = np.asarray(batch["row"], dtype=np.int64)
         shard_of = rows // rps
         for idx in np.unique(shard_of):
