@@ -16,15 +16,20 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_torch_threa
 SHIFT_AT, PROSE = 300, 200
 
 
-def _code_prompts(files, n):
+def _code_prompts(files, n, tok):
+    """Code prompts as the evaluate stage builds them (same token budget, counted in tokens)."""
+    from distill.eval.config import GenerationEvalConfig
     from distill.eval.prompts import function_tasks
 
     docs = [(f.read_text(errors="replace"), True) for f in files]
-    tasks = function_tasks(docs, lambda s: len(s) // 3, 96)
+    budget = GenerationEvalConfig().prompt_tokens
+    tasks = function_tasks(
+        docs, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]), budget
+    )
     return [t["prompt"] for t in tasks if t["kind"] == "code"][:n]
 
 
-def _code_sources(n_held, n_live):
+def _code_sources(n_held, n_live, tok):
     """Stdlib files with documented functions, alternately held out (for evaluate) or used for
     live code prompts; live prompts shuffled, as many users' requests interleave."""
     import random
@@ -33,7 +38,7 @@ def _code_sources(n_held, n_live):
 
     held, live = [], []
     for f in stdlib_files()[300:]:
-        tasks = _code_prompts([f], 1000)
+        tasks = _code_prompts([f], 1000, tok)
         if len(tasks) < 3:
             continue
         if len(held) < n_held and len(held) * 10 <= len(live):
@@ -94,7 +99,7 @@ def test_code_then_prose_traffic_is_flagged_within_200_requests(stage_ctx, code_
     from distill.serve.config import CascadeConfig
 
     tok = load_tokenizer(code_lm)
-    held_files, code = _code_sources(40, SHIFT_AT)
+    held_files, code = _code_sources(40, SHIFT_AT, tok)
     assert len(code) == SHIFT_AT
     # evaluation time: held-out code documents -> the prompt set -> the student's confidences
     ctx = stage_ctx(["evaluate"])
