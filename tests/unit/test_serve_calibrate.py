@@ -38,3 +38,23 @@ def test_choose_meets_either_target_or_says_it_does_not():
     assert not impossible.met and impossible.point.fallback_rate == 0.0
     with pytest.raises(DistillError, match="exactly one target"):
         Target()
+
+
+def test_prompts_from_the_corpus_stage_part_directory(tmp_path):
+    """``runs/NAME/data/heldout.parquet`` is a directory of part files (the README command)."""
+    import numpy as np
+
+    from distill.data.packed import part_name, write_rows
+    from distill.serve.calibrate_run import CalibrateConfig, load_prompts
+
+    held = tmp_path / "heldout.parquet"
+    held.mkdir()
+    rows = np.arange(4 * 64, dtype=np.int32).reshape(4, 64)
+    write_rows(held / part_name(0), rows[:2])
+    write_rows(held / part_name(2), rows[2:])
+    cfg = CalibrateConfig(student="s", prompts=held, out=tmp_path, prompt_tokens=16, num_prompts=4)
+    assert load_prompts(cfg, None) == [r[:16].tolist() for r in rows]
+    empty = tmp_path / "empty.parquet"
+    empty.mkdir()
+    with pytest.raises(DistillError, match="prompts not found"):
+        load_prompts(cfg.model_copy(update={"prompts": empty}), None)

@@ -61,10 +61,11 @@ class Replayed:
 
 
 def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
-    """Prompt token ids: cut from packed held-out rows, or tokenized from a JSONL file."""
+    """Prompt token ids: cut from packed held-out rows (a Parquet file, or the directory of part
+    files the corpus stage writes), or tokenized from a JSONL file."""
     path = cfg.prompts
-    if not path.is_file():
-        raise DistillError(f"prompts not found: {path}")
+    if not (path.is_file() or (path.is_dir() and any(path.glob("*.parquet")))):
+        raise DistillError(f"prompts not found: {path} (a .parquet file or directory, or .jsonl)")
     if path.suffix == ".jsonl":
         out = []
         for i, line in enumerate(path.read_text().splitlines()):
