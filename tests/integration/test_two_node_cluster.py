@@ -232,7 +232,7 @@ def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
         "data.tokenize_batch_size": "64",
         "soft_labels.num_actors": "2",
         "soft_labels.rows_per_shard": "8",
-        "soft_labels.batch_size": "4",  # 8 batches: work for both nodes' actors
+        "soft_labels.batch_size": "4",  # 8 batches of the 32 rows
         "distill.num_workers": "2",
         "distill.cpus_per_worker": "1",
         "distill.max_steps": str(MAX_STEPS),

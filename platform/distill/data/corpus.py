@@ -75,10 +75,15 @@ def corpus_root(cfg: CorpusConfig, files: list[Path]) -> Path:
     return Path(os.path.commonpath(dirs)) if dirs else Path("/")
 
 
+def document_id(path: str | Path, root: str | Path) -> str:
+    """A text document's id: its path relative to ``root`` (absolute), in POSIX form."""
+    return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
+
+
 def document_ids(cfg: CorpusConfig, files: list[Path]) -> dict[str, str]:
     """``{str(path): doc id}`` for text corpora: the path relative to ``corpus_root`` (POSIX)."""
     root = os.path.abspath(corpus_root(cfg, files))
-    return {str(f): Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files}
+    return {str(f): document_id(f, root) for f in files}
 
 
 def detect_format(cfg: CorpusConfig, files: list[Path]) -> str:

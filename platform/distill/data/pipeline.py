@@ -32,7 +32,13 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.data.config import DataConfig
-from distill.data.corpus import corpus_root, detect_format, fingerprint, resolve_files
+from distill.data.corpus import (
+    corpus_root,
+    detect_format,
+    document_id,
+    fingerprint,
+    resolve_files,
+)
 from distill.data.packed import PackedCorpus
 from distill.data.plan import HELDOUT, SPLITS, TRAIN, Plan, make_plan
 
@@ -72,13 +78,11 @@ class Tokenize:
 
 
 def _text_docs(batch: dict[str, Any], root: str) -> dict[str, Any]:
-    """Binary files → ``doc_id`` (path relative to the corpus root, as ``document_ids``) and
-    decoded ``text``. Only the root travels with the task: a ``{path: id}`` map would become
-    the fused tokenizer actors' constructor argument in the object store."""
+    """Binary files → ``doc_id`` (``document_id``: the path relative to the corpus root) and
+    decoded ``text``. Only the root travels with the task, not a ``{path: id}`` map of the
+    whole corpus."""
     return {
-        "doc_id": [
-            Path(os.path.relpath(os.path.abspath(str(p)), root)).as_posix() for p in batch["path"]
-        ],
+        "doc_id": [document_id(str(p), root) for p in batch["path"]],
         "text": [b.decode("utf-8", errors="replace") for b in batch["bytes"]],
     }
 

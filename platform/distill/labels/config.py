@@ -39,8 +39,7 @@ class SoftLabelsConfig(StrictModel):
         600,
         ge=1,
         description="wait until every scorer actor has started (and loaded its teacher) before "
-        "scoring, at most this long; then fail naming the resources. Without the wait the "
-        "first actor ready (the driver's node) scores everything before a remote one is up",
+        "scoring, at most this long; then fail naming the resources the pool asked for",
     )
     num_threads_per_actor: int | None = Field(
         None,

@@ -107,12 +107,12 @@ def scoring_dataset(
         batch_format="numpy",
         num_cpus=0.5,
     )
-    # Start every actor (a teacher load each) before the first batch: Ray Data otherwise
-    # dispatches to whichever actor is ready first, and on a cluster the driver's node can
-    # score a small job alone while the other nodes' actors are still starting.
+    # Start every actor (a teacher load each) before the first batch, so work is not handed
+    # only to the first actor ready, and a pool the cluster cannot place fails after
+    # actor_start_timeout_s instead of waiting forever. Block locality is off: the input
+    # blocks are row numbers made on the driver's node, so locality buys nothing. (Neither
+    # made the two-node test see scoring on both nodes; README "Running on a cluster".)
     ds.context.wait_for_min_actors_s = cfg.actor_start_timeout_s
-    # The input blocks are row numbers made on the driver's node: block locality would steer
-    # every batch to the actor on that node while the other nodes' actors wait.
     ds.context.execution_options.actor_locality_enabled = False
     return ds.map_batches(
         TeacherScorer,

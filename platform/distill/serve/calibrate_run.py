@@ -64,7 +64,9 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
     """Prompt token ids: cut from packed held-out rows (a Parquet file, or the directory of part
     files the corpus stage writes), or tokenized from a JSONL file."""
     path = cfg.prompts
-    if not (path.is_file() or (path.is_dir() and any(path.glob("*.parquet")))):
+    from distill.data.packed import part_files, read_rows
+
+    if not path.exists() or not part_files(path):
         raise DistillError(f"prompts not found: {path} (a .parquet file or directory, or .jsonl)")
     if path.suffix == ".jsonl":
         out = []
@@ -76,8 +78,6 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
                     raise DistillError(f'{path}:{i + 1}: expected {{"prompt": ...}}') from None
                 out.append(list(tok(text)["input_ids"]))
         return out[: cfg.num_prompts]
-    from distill.data.packed import read_rows
-
     rows = read_rows(path)
     if rows.size == 0 or rows.shape[1] < cfg.prompt_tokens:
         raise DistillError(f"{path}: no rows of at least {cfg.prompt_tokens} tokens")
