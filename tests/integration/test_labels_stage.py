@@ -130,3 +130,26 @@ def test_scorer_pool_that_cannot_start_fails_within_its_timeout(ray_local, stage
     assert not list(root.glob("shard-*.parquet"))
     manifest = root / "manifest.json"
     assert not manifest.exists() or '"complete": true' not in manifest.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_strict_spread_pool_on_too_few_nodes_fails_within_its_timeout(ray_local, stage_ctx):
+    """One teacher per node on the one-node test session: one error naming the setting and the
+    node count, no hang, no finished manifest; the placement group is gone afterwards."""
+    import ray
+    from ray.util import placement_group_table
+
+    section = {
+        "num_actors": 2,
+        "placement": "strict_spread",
+        "actor_start_timeout_s": 3,
+        "rows_per_shard": 8,
+    }
+    ctx = stage_ctx(["soft_labels"], soft_labels=section)
+    with pytest.raises(DistillError, match=r"strict_spread: no 2 distinct nodes.*1 alive node"):
+        run(ctx, ctx.config.soft_labels)
+    manifest = ctx.workdir / "labels" / "manifest.json"
+    assert not manifest.exists() or '"complete": true' not in manifest.read_text()
+    states = [pg["state"] for pg in placement_group_table().values()]
+    assert "PENDING" not in states and "CREATED" not in states, states
+    assert ray.is_initialized()

@@ -3,9 +3,8 @@ custom resource each): the pipeline's corpus, soft labels and KD run on both nod
 the worker node's raylet mid-KD is survived (Ray Train restarts the group from the last
 checkpoint on a replacement node; the final step count is the configured one).
 
-Opt-in (`make test-cluster`, `pytest --run-cluster`, DISTILL_RUN_CLUSTER=1): not in `make test`
-while its check that both nodes scored soft labels fails (every other check passes; README
-"Running on a cluster"). Nodes are stopped by process group, never `ray stop`.
+Runs in `make test` / .ci/run; `--skip-cluster` (or DISTILL_SKIP_CLUSTER=1) skips it locally,
+`make test-cluster` runs only it. Nodes are stopped by process group, never `ray stop`.
 """
 
 from __future__ import annotations
@@ -231,6 +230,7 @@ def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
         "data.max_heldout_rows": "8",
         "data.tokenize_batch_size": "64",
         "soft_labels.num_actors": "2",
+        "soft_labels.placement": "strict_spread",  # one teacher per node
         "soft_labels.rows_per_shard": "8",
         "soft_labels.batch_size": "4",  # 8 batches of the 32 rows
         "distill.num_workers": "2",

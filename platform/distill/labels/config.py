@@ -41,6 +41,12 @@ class SoftLabelsConfig(StrictModel):
         description="wait until every scorer actor has started (and loaded its teacher) before "
         "scoring, at most this long; then fail naming the resources the pool asked for",
     )
+    placement: Literal["spread", "strict_spread"] = Field(
+        "spread",
+        description="spread: Ray Data places the actors (best effort; two can share a node "
+        "that another stage was still using); strict_spread: one actor per node (a Ray "
+        "placement group), waiting at most actor_start_timeout_s for num_actors free nodes",
+    )
     num_threads_per_actor: int | None = Field(
         None,
         ge=1,

@@ -1,7 +1,7 @@
 """``TeacherScorer``: the Ray Data callable class that turns token rows into soft labels.
 
 One teacher per actor; each call scores a batch of rows ``{"row": [B], "input_ids": [B, L]}``
-and returns the store columns plus per-row fidelity sums (``_fid_*``, dropped before writing)::
+(or row numbers ``{"data": [B]}`` of the packed corpus at ``corpus_path``, read here) and returns the store columns plus per-row fidelity sums (``_fid_*``, dropped before writing)::
 
     ds.map_batches(TeacherScorer, fn_constructor_kwargs=scorer_kwargs, batch_size=4,
                    compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_format="numpy")
@@ -40,6 +40,7 @@ class TeacherScorer:
         num_threads: int | None = None,
         encoding: str = "topk",
         seed: int = 0,
+        corpus_path: str | None = None,
     ) -> None:
         import torch
 
@@ -63,14 +64,23 @@ class TeacherScorer:
             fidelity_stride=fidelity_stride,
         )
         self.node_id = _node_id()
+        self.corpus_path = corpus_path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         from distill.labels.encode import encode_batch
 
-        rows = np.asarray(batch["row"], dtype=np.int64)
-        ids = as_matrix(batch["input_ids"]).astype(np.int64)
+        if "input_ids" in batch:
+            rows = np.asarray(batch["row"], dtype=np.int64)
+            ids = as_matrix(batch["input_ids"]).astype(np.int64)
+        else:  # row numbers: read them from the packed corpus
+            from distill.data.packed import take_rows
+
+            if self.corpus_path is None:
+                raise ValueError("TeacherScorer got row numbers but no corpus_path")
+            rows = np.sort(np.asarray(batch["data"], dtype=np.int64))
+            ids = take_rows(Path(self.corpus_path), rows).astype(np.int64)
         b = ids.shape[0]
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -1,7 +1,8 @@
 """Stage ``soft_labels``: teacher top-k log-probs (T=1) + tail mass for every corpus token.
 
-Ray Data numbers the packed train rows (``range(n)``), reads the rows of shards still to
-score from ``ctx.corpus.train_path`` (only their row groups), and maps them through ``TeacherScorer`` actors (one teacher each); the
+Ray Data holds the row numbers of the shards still to score (one block per shard) and maps
+them through ``TeacherScorer`` actors (one teacher each, placed by ``soft_labels.placement``),
+which read those rows of ``ctx.corpus.train_path`` (only their row groups) and score them; the
 driver writes each shard as soon as all its rows arrived (temp name + rename) and updates
 ``manifest.json``, so an interrupted run resumes where it stopped::
 
@@ -29,6 +30,7 @@ from distill.labels.manifest import (
     TeacherRef,
     write_manifest,
 )
+from distill.labels.placement import scorer_placement
 from distill.labels.resume import prepare_store
 from distill.labels.scorer import TeacherScorer
 from distill.labels.shards import ShardSpec, id_dtype, sha256_of, shard_plan, write_shard
@@ -75,48 +77,38 @@ def read_corpus_rows(path: Path, rows: np.ndarray) -> np.ndarray:
     return take_rows(path, rows)
 
 
-def _read_todo_rows(
-    batch: dict[str, np.ndarray], path: str, ranges: list[tuple[int, int]]
-) -> dict[str, np.ndarray]:
-    """Ray Data map: row numbers → the rows of shards still to score, with their tokens."""
-    rows = np.asarray(batch["data"], dtype=np.int64)
-    keep = np.zeros(len(rows), dtype=bool)
-    for lo, hi in ranges:
-        keep |= (rows >= lo) & (rows < hi)
-    rows = np.sort(rows[keep])
-    return {"row": rows, "input_ids": read_corpus_rows(Path(path), rows)}
+def row_numbers(todo: list[ShardSpec]):
+    """Ray Data of the ``todo`` shards' row numbers (column ``data``), one block per shard.
+
+    In-memory blocks, not a read: a read task wants a whole CPU, which a multi-node cluster
+    whose CPUs the scorer actors split may never free. ``from_numpy`` runs its tasks now, so
+    call it before any placement group is reserved. Every block is there when scoring starts,
+    so the pool hands one to each actor at once (a streamed read delivered them one by one and
+    a fast teacher could score them all on one actor).
+    """
+    import ray.data
+
+    return ray.data.from_numpy([np.arange(s.start_row, s.stop_row, dtype=np.int64) for s in todo])
 
 
 def scoring_dataset(
-    train_path: Path, num_rows: int, todo: list[ShardSpec], cfg: SoftLabelsConfig, scorer: dict
+    rows, train_path: Path, cfg: SoftLabelsConfig, scorer: dict, remote_args: dict | None = None
 ):
-    """The lazy Ray Data pipeline: row numbers → read the ``todo`` rows → TeacherScorer.
+    """The lazy pipeline: :func:`row_numbers` → ``TeacherScorer`` actors, which read their rows
+    of ``train_path`` (only the row groups holding them) and score them.
 
     Every row carries its global index, so nothing depends on Ray Data's block order.
     """
-    import ray.data
     from ray.data import ActorPoolStrategy
 
-    ranges = [(s.start_row, s.stop_row) for s in todo]
-    # Row numbers as in-memory blocks (one per shard to score), not a read: a read task wants a
-    # whole CPU, which a multi-node cluster whose CPUs the scorer actors split may never free.
-    blocks = [np.arange(s.start_row, s.stop_row, dtype=np.int64) for s in todo]
-    ds = ray.data.from_numpy(blocks).map_batches(
-        _read_todo_rows,
-        fn_kwargs={"path": str(train_path), "ranges": ranges},
-        batch_format="numpy",
-        num_cpus=0.5,
-    )
     # Start every actor (a teacher load each) before the first batch, so work is not handed
     # only to the first actor ready, and a pool the cluster cannot place fails after
-    # actor_start_timeout_s instead of waiting forever. Block locality is off: the input
-    # blocks are row numbers made on the driver's node, so locality buys nothing. (Neither
-    # made the two-node test see scoring on both nodes; README "Running on a cluster".)
-    ds.context.wait_for_min_actors_s = cfg.actor_start_timeout_s
-    ds.context.execution_options.actor_locality_enabled = False
-    return ds.map_batches(
+    # actor_start_timeout_s instead of waiting forever. Which node each actor lands on is
+    # soft_labels.placement (distill.labels.placement).
+    rows.context.wait_for_min_actors_s = cfg.actor_start_timeout_s
+    return rows.map_batches(
         TeacherScorer,
-        fn_constructor_kwargs=scorer,
+        fn_constructor_kwargs={**scorer, "corpus_path": str(train_path)},
         batch_size=cfg.batch_size,
         batch_format="numpy",
         # one batch in flight per actor (Ray's default queues 4): a teacher forward takes
@@ -125,6 +117,7 @@ def scoring_dataset(
         compute=ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.num_cpus_per_actor,
         num_gpus=cfg.num_gpus_per_actor or None,
+        **(remote_args or {}),  # soft_labels.placement (distill.labels.placement)
     )
 
 
@@ -278,8 +271,10 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
     compute_s = 0.0
     if todo:
         ensure_ray(ctx.config.ray)
-        ds = scoring_dataset(corpus.train_path, num_rows, todo, cfg, scorer)
-        compute_s = score_shards(ds, root, manifest, todo, cfg.compression)
+        rows = row_numbers(todo)  # before the placement group: from_numpy's tasks want a CPU
+        with scorer_placement(cfg) as remote_args:
+            ds = scoring_dataset(rows, corpus.train_path, cfg, scorer, remote_args)
+            compute_s = score_shards(ds, root, manifest, todo, cfg.compression)
     score_s = time.perf_counter() - t_score
     manifest.finalize()
     manifest.complete = True
