@@ -3,6 +3,7 @@ config mapping and stream parsing; the vLLM deployment itself only on a GPU."""
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -21,14 +22,16 @@ class FakeRuntime:
     context_length = 128
     vocab_size = 512
 
-    def __init__(self):
+    def __init__(self, step_s: float = 0.0):
         self.batches = []
+        self.step_s = step_s
 
     def generate_steps(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                        return_logits=False):  # fmt: skip
         self.batches.append(len(prompts))
         last = np.array([p[-1] for p in prompts])
         for _ in range(max_new_tokens):
+            time.sleep(self.step_s)
             nxt = (last % 500) + 1
             logits = np.zeros((len(prompts), self.vocab_size), dtype=np.float32)
             logits[np.arange(len(prompts)), nxt] = 5.0
@@ -66,6 +69,39 @@ def test_ort_adapter_batches_waiting_requests_and_streams(tiny_gqa):
     assert results[0][1][0].top is not None and len(results[0][1][0].top[0]) == 2
     with pytest.raises(PromptError, match="logit_bias"):
         eng.prepare(prompt="x", params=SamplingParams(logit_bias=((1, 2.0),)))
+
+
+@pytest.mark.parametrize("max_batches", [1, 2])
+def test_ort_adapter_starts_a_late_request_beside_the_running_batch(tiny_gqa, max_batches):
+    """A request arriving mid-batch is decoded in a second batch at once (max_batches 2) and
+    ends first; with max_batches 1 it waits for the running batch to end."""
+    from distill.serve.engines.ort import OrtGenAIEngine
+
+    rt = FakeRuntime(step_s=0.01)
+    batching = BatchingConfig(batch_wait_ms=0, max_batch_size=4, max_batches=max_batches)
+    eng = OrtGenAIEngine(tiny_gqa.path, runtime=rt, batching=batching)
+    ended: list[str] = []
+
+    async def one(name, n, started=None, after=None):
+        if after is not None:
+            await after.wait()
+        req = eng.prepare(prompt=name, params=SamplingParams(max_tokens=n))
+        async for _ in eng.stream(req):
+            if started is not None:
+                started.set()
+        ended.append(name)
+
+    async def main():
+        started = asyncio.Event()
+        await asyncio.gather(one("long", 60, started=started), one("late", 3, after=started))
+
+    try:
+        asyncio.run(main())
+    finally:
+        eng.close()
+    assert rt.batches == [1, 1]
+    assert ended == (["late", "long"] if max_batches == 2 else ["long", "late"])
+    assert eng.stats()["finished"] == 2
 
 
 def test_engine_registry_and_config_errors():

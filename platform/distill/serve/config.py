@@ -44,6 +44,14 @@ class Batching(StrictModel):
     max_prefill_tokens: int = Field(
         4096, ge=1, description="prompt tokens prefilled together in one step"
     )
+    max_batches: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="engine onnxruntime-genai only: static batches decoded side by side (one "
+        "step each in turn), so a request arriving mid-batch starts at once instead of "
+        "waiting for the running batch to end; 1 = one batch at a time",
+    )
     max_queue_wait_s: float = Field(
         10.0,
         gt=0,
