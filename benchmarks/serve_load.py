@@ -155,8 +155,9 @@ def http_request(port: int, body: dict, timeout: float = 600) -> dict:
                      {"content-type": "application/json"})  # fmt: skip
         resp = conn.getresponse()
         if resp.status != 200:
-            resp.read()
-            return {"status": resp.status, "latency": time.perf_counter() - t0}
+            body_text = resp.read().decode(errors="replace")
+            return {"status": resp.status, "latency": time.perf_counter() - t0,
+                    "message": body_text[:200]}  # fmt: skip
         ttft, text, usage, info = None, "", {}, {}
         for raw in resp:
             line = raw.decode().strip()
@@ -167,6 +168,7 @@ def http_request(port: int, body: dict, timeout: float = 600) -> dict:
                 return {
                     "status": ev["error"].get("code") or 500,
                     "latency": time.perf_counter() - t0,
+                    "message": str(ev["error"].get("message", ""))[:200],
                 }
             for ch in ev.get("choices", []):
                 if ch.get("text") and ttft is None:
@@ -204,11 +206,26 @@ def run_overload(port: int, model: str, burst: int) -> dict:
     with ThreadPoolExecutor(burst) as pool:
         results = list(pool.map(lambda _: http_request(port, body, timeout=120), range(burst)))
     refused = [r["latency"] for r in results if r["status"] == 503]
+    by_source: dict[str, list[float]] = {}
+    for r in results:
+        if r["status"] == 503:
+            by_source.setdefault(refusal_source(r.get("message", "")), []).append(r["latency"])
     return {
         "name": "overload burst", "concurrency": burst, "requests": burst,
         "refused_503": len(refused), "refused_p99_s": pct(refused, 99),
+        "refused_by": {k: {"n": len(v), "p50_s": pct(v, 50), "p99_s": pct(v, 99)}
+                       for k, v in sorted(by_source.items())},
         "other_errors": [r["status"] for r in results if r["status"] not in (200, 503)],
     }  # fmt: skip
+
+
+def refusal_source(message: str) -> str:
+    """Who answered a 503: Serve's queue (before the Router), the Router, or a model replica."""
+    if "server at capacity" in message:
+        return "router"
+    if "is at capacity" in message or "batch slot" in message:
+        return "replica"
+    return "serve queue"
 
 
 def similarity(a: list[str], b: list[str]) -> tuple[float, float]:
@@ -453,6 +470,10 @@ def summary(rows: list[dict]) -> None:
                 f"  overload: {r['refused_503']} of {r['requests']} refused with 503, p99 "
                 f"{fmt(r['refused_p99_s'])} s (goal <= 1 s); other errors {r['other_errors'] or 0}"
             )
+            for src, v in r.get("refused_by", {}).items():
+                print(
+                    f"    refused by {src}: {v['n']}, p50 {fmt(v['p50_s'])} s, p99 {fmt(v['p99_s'])} s"
+                )
     errs = sum(sum(r.get("errors", {}).values()) for r in rows if r["name"] != "overload burst")
     print(f"  errors outside the overload burst: {errs}")
 

@@ -71,6 +71,15 @@ def test_batched_generation_matches_single_and_scoring(engine, tiny_rows):
     assert [int(t) for t in steps[0].token_ids] == [o.token_ids[0] for o in batch]
 
 
+def test_no_spin_session_generates_the_same(engine, ort_dir, tiny_rows):
+    """spin=False (what Serve replicas use) is a session setting only: same tokens."""
+    from distill.runtime.ort_genai import OrtGenAIModel
+
+    quiet = OrtGenAIModel.load(ort_dir, threads=1, spin=False)
+    prompt = [list(tiny_rows[23, :10])]
+    assert quiet.generate(prompt, 5)[0].token_ids == engine.generate(prompt, 5)[0].token_ids
+
+
 def test_evaluate_loads_it_through_the_engine(ort_dir, tiny_rows):
     from distill.eval.metrics import evaluate_models
     from distill.eval.stage import load_for_eval, served_as, stored_parameters

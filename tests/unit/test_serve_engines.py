@@ -176,3 +176,14 @@ def test_vllm_deployment_builds_on_a_gpu(tiny_gqa):
     dep = ModelDeployment(model="m", engine="vllm", device="cuda", num_gpus=1)
     app = vllm_deployment("student", dep, tiny_gqa.path, 512)
     assert type(app).__name__ == "Application"
+
+
+def test_length_buckets_bound_the_padding():
+    from types import SimpleNamespace
+
+    from distill.serve.engines.ort import length_buckets
+
+    seqs = [SimpleNamespace(req=SimpleNamespace(input_ids=[1] * n)) for n in (40, 188, 34, 66, 26)]
+    groups = [[len(s.req.input_ids) for s in g] for g in length_buckets(seqs, slack=32)]
+    assert groups == [[26, 34, 40, 66], [188]]  # 188 > 2 * 26 + 32: a batch of its own
+    assert length_buckets([]) == []

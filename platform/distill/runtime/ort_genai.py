@@ -88,8 +88,10 @@ class OrtGenAIModel:
         self.context_length = int(m.get("context_length", 2048))
 
     @classmethod
-    def load(cls, path: Path, threads: int | None = None) -> OrtGenAIModel:
-        """Open ``path`` on the CPU; ``threads``: intra-op threads (None = ONNX Runtime's)."""
+    def load(cls, path: Path, threads: int | None = None, spin: bool = True) -> OrtGenAIModel:
+        """Open ``path`` on the CPU; ``threads``: intra-op threads (None = ONNX Runtime's);
+        ``spin=False``: idle intra-op threads sleep instead of busy-waiting (ONNX Runtime's
+        ``session.intra_op.allow_spinning``), which leaves the cores to other processes."""
         og = require_ort_genai()
         path = Path(path)
         cfg_file = path / "genai_config.json"
@@ -101,8 +103,12 @@ class OrtGenAIModel:
         cfg = json.loads(cfg_file.read_text())
         config = og.Config(str(path))
         config.clear_providers()
+        opts: dict[str, int | str] = {}
         if threads:
-            opts = {"intra_op_num_threads": int(threads), "inter_op_num_threads": 1}
+            opts.update(intra_op_num_threads=int(threads), inter_op_num_threads=1)
+        if not spin:  # a string value under session_options is a session config entry
+            opts["session.intra_op.allow_spinning"] = "0"
+        if opts:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": opts}}}))
         return cls(og.Model(config), path, cfg)
 

@@ -45,7 +45,7 @@ class Batching(StrictModel):
         4096, ge=1, description="prompt tokens prefilled together in one step"
     )
     max_batches: int = Field(
-        4,
+        8,
         ge=1,
         le=64,
         description="engine onnxruntime-genai only: static batches decoded side by side (one "

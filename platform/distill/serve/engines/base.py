@@ -115,7 +115,7 @@ class BatchingConfig:
     max_waiting: int = 32  # admitted but not yet running; beyond this: Overloaded
     batch_wait_ms: float = 2.0  # an idle engine waits this long for more arrivals
     max_prefill_tokens: int = 4096  # prompt tokens prefilled together in one step
-    max_batches: int = 4  # static-batch engines (ORT): batches decoded side by side
+    max_batches: int = 8  # static-batch engines (ORT): batches decoded side by side
     max_queue_wait_s: float = 10.0  # a request still waiting for a slot then: Overloaded
     stream_interval_ms: float = 50.0  # after the first chunk, send at most this often
 
