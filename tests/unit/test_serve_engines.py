@@ -71,14 +71,19 @@ def test_ort_adapter_batches_waiting_requests_and_streams(tiny_gqa):
         eng.prepare(prompt="x", params=SamplingParams(logit_bias=((1, 2.0),)))
 
 
-@pytest.mark.parametrize("max_batches", [1, 2])
-def test_ort_adapter_starts_a_late_request_beside_the_running_batch(tiny_gqa, max_batches):
+@pytest.mark.parametrize(("max_batches", "queue_wait_s"), [(1, 10.0), (2, 10.0), (1, 0.2)])
+def test_ort_adapter_starts_a_late_request_beside_the_running_batch(
+    tiny_gqa, max_batches, queue_wait_s
+):
     """A request arriving mid-batch is decoded in a second batch at once (max_batches 2) and
-    ends first; with max_batches 1 it waits for the running batch to end."""
+    ends first; with max_batches 1 it waits for the running batch to end, unless it has waited
+    half of max_queue_wait_s (then it gets a batch of its own rather than a 503)."""
     from distill.serve.engines.ort import OrtGenAIEngine
 
     rt = FakeRuntime(step_s=0.01)
-    batching = BatchingConfig(batch_wait_ms=0, max_batch_size=4, max_batches=max_batches)
+    batching = BatchingConfig(
+        batch_wait_ms=0, max_batch_size=4, max_batches=max_batches, max_queue_wait_s=queue_wait_s
+    )
     eng = OrtGenAIEngine(tiny_gqa.path, runtime=rt, batching=batching)
     ended: list[str] = []
 
@@ -100,7 +105,8 @@ def test_ort_adapter_starts_a_late_request_beside_the_running_batch(tiny_gqa, ma
     finally:
         eng.close()
     assert rt.batches == [1, 1]
-    assert ended == (["late", "long"] if max_batches == 2 else ["long", "late"])
+    late_first = max_batches == 2 or queue_wait_s < 1
+    assert ended == (["late", "long"] if late_first else ["long", "late"])
     assert eng.stats()["finished"] == 2
 
 

@@ -7,7 +7,8 @@ The runtime decodes a *static* batch (ONNX Runtime GenAI cannot add a sequence t
 generator), so this adapter batches the requests waiting when a batch starts (those sharing
 temperature / top_p / seed) and runs it until every row has finished or was cancelled. Requests
 arriving meanwhile do not wait for it: up to ``batching.max_batches`` batches (at most
-``batching.max_batch_size`` rows in all) are decoded side by side, one step each in turn.
+``batching.max_batch_size`` rows in all) are decoded side by side, one step each in turn, and a
+request that has waited half of ``max_queue_wait_s`` gets a batch even past ``max_batches``.
 (ONNX Runtime GenAI 0.18's ``og.Engine`` was measured instead and lost: on this CPU it decodes
 16 prompts at 151 tok/s where a static batch does 292; its paged ``dynamic_batching`` needs a
 paged-attention model, which the CPU int4 export is not.) Per-token
@@ -18,6 +19,7 @@ runtime's sampler has no logit bias or presence / frequency penalties: such requ
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +105,13 @@ class OrtGenAIEngine(ThreadedEngine):
         """Start new batches from the waiting requests (blocks while nothing runs)."""
         running = sum(len(b.rows) for b in batches)
         free = self.batching.max_batch_size - running
-        if free <= 0 or len(batches) >= self.batching.max_batches:
+        if free <= 0:
+            return
+        # past max_batches, a request still gets a batch of its own once it has waited half
+        # of max_queue_wait_s: free rows never turn into 503s, only a full replica does
+        if len(batches) >= self.batching.max_batches and not self._waited(
+            self.batching.max_queue_wait_s / 2
+        ):
             return
         taken = self._take_new(not batches, free, 1 << 30)
         for group in self._groups(taken):
@@ -114,6 +122,13 @@ class OrtGenAIEngine(ThreadedEngine):
                     seq.fail(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
                 self.counters["failed"] += len(group)
                 self._finish_all(group)
+
+    def _waited(self, seconds: float) -> bool:
+        """True when the oldest waiting request has waited at least ``seconds``."""
+        with self._cond:
+            return (
+                bool(self._waiting) and time.perf_counter() - self._waiting[0].submitted >= seconds
+            )
 
     def _finish_all(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
