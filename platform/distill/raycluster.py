@@ -28,6 +28,7 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 PASS_THROUGH = ("DISTILL_CACHE",)
+FOOTER_ACTORS_VAR = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"  # read when Ray Data first reads Parquet
 _session_dir: str | None = None
 
 
@@ -55,11 +56,16 @@ def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
     global _session_dir
     import ray
 
+    if cfg.parquet_footer_actors is not None:  # before this process's first read_parquet
+        os.environ.setdefault(FOOTER_ACTORS_VAR, str(cfg.parquet_footer_actors))
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    env = base_env()
+    if FOOTER_ACTORS_VAR in os.environ:
+        env[FOOTER_ACTORS_VAR] = os.environ[FOOTER_ACTORS_VAR]
     kwargs: dict = {
-        "runtime_env": {"env_vars": base_env()},
+        "runtime_env": {"env_vars": env},
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }

@@ -1,5 +1,6 @@
 """Storage locations (paths, file://, object-store URIs) and the one worker-env table."""
 
+import os
 import socket
 
 import pytest
@@ -16,6 +17,22 @@ def test_worker_env_follows_use_gpu():
     # the job-wide env (ray.init / job runtime_env) never picks an accelerator
     assert "DS_ACCELERATOR" not in base_env()
     assert base_env().items() <= cpu.items() and base_env().items() <= gpu.items()
+
+
+def test_parquet_footer_actors_default_and_override(monkeypatch):
+    """ensure_ray sets Ray Data's FooterReader pool size unless the user's env already does."""
+    import ray
+
+    from distill.lineage.config import RayConfig
+    from distill.raycluster import FOOTER_ACTORS_VAR, ensure_ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no cluster: only the env part
+    monkeypatch.delenv(FOOTER_ACTORS_VAR, raising=False)
+    ensure_ray(RayConfig())
+    assert os.environ[FOOTER_ACTORS_VAR] == "2"
+    monkeypatch.setenv(FOOTER_ACTORS_VAR, "16")
+    ensure_ray(RayConfig(parquet_footer_actors=4))
+    assert os.environ[FOOTER_ACTORS_VAR] == "16"
 
 
 def test_local_uris_and_round_trip(tmp_path):
