@@ -211,9 +211,9 @@ def test_two_concurrent_requests_share_a_forward_pass(server):
 
 
 def test_early_decision_and_takeover(client):
-    def ask(**distill):
+    def ask(max_tokens=12, **distill):
         r = client.completions.create(
-            model="tiny", prompt="import os", max_tokens=12, extra_body={"distill": distill}
+            model="tiny", prompt="import os", max_tokens=max_tokens, extra_body={"distill": distill}
         )
         return r, r.model_extra["distill"]
 
@@ -223,10 +223,13 @@ def test_early_decision_and_takeover(client):
         {"model": "teacher", "tokens": 12}
     ]
     assert set(info["latency_ms"]) == {"student", "teacher"}
-    r, info = ask(threshold=1, decide_after_tokens=3, takeover="prefix")
+    # a long answer: chunks merge while the Router is busy, and a student that has already
+    # finished by the decision is not continued (the teacher answers from the prompt); 12
+    # tokens of the tiny student could all arrive in the first chunk on a loaded box
+    r, info = ask(max_tokens=256, threshold=1, decide_after_tokens=3, takeover="prefix")
     kept = info["segments"][0]
-    assert kept["model"] == "student" and kept["tokens"] >= 3
-    assert info["segments"][1]["model"] == "teacher" and r.usage.completion_tokens == 12
+    assert kept["model"] == "student" and kept["tokens"] >= 3, info
+    assert info["segments"][1]["model"] == "teacher" and r.usage.completion_tokens == 256
     r, info = ask(threshold=0, decide_after_tokens=2)
     assert info["answered_by"] == "student" and info["segments"] == [
         {"model": "student", "tokens": 12}

@@ -69,14 +69,6 @@ def teacher_vocab_size(model_dir: Path) -> int:
     return int(cfg["vocab_size"])
 
 
-def read_corpus_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (global indices, sorted) of the packed corpus as int32 ``[n, L]``; reads
-    only the row groups that hold them (a Parquet file or a directory of part files)."""
-    from distill.data.packed import take_rows
-
-    return take_rows(path, rows)
-
-
 def row_numbers(todo: list[ShardSpec]):
     """Ray Data of the ``todo`` shards' row numbers (column ``data``), one block per shard.
 
