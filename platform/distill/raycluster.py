@@ -27,8 +27,8 @@ BASE_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",
 }
-PASS_THROUGH = ("DISTILL_CACHE",)
 FOOTER_ACTORS_VAR = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"  # read when Ray Data first reads Parquet
+PASS_THROUGH = ("DISTILL_CACHE", FOOTER_ACTORS_VAR)
 _session_dir: str | None = None
 
 
@@ -61,11 +61,8 @@ def ensure_ray(cfg: RayConfig, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    env = base_env()
-    if FOOTER_ACTORS_VAR in os.environ:
-        env[FOOTER_ACTORS_VAR] = os.environ[FOOTER_ACTORS_VAR]
     kwargs: dict = {
-        "runtime_env": {"env_vars": env},
+        "runtime_env": {"env_vars": base_env()},
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }

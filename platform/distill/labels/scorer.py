@@ -1,7 +1,8 @@
 """``TeacherScorer``: the Ray Data callable class that turns token rows into soft labels.
 
 One teacher per actor; each call scores a batch of rows ``{"row": [B], "input_ids": [B, L]}``
-(or row numbers ``{"data": [B]}`` of the packed corpus at ``corpus_path``, read here) and returns the store columns plus per-row fidelity sums (``_fid_*``, dropped before writing)::
+(or row numbers ``{"data": [B]}`` of the packed corpus at ``corpus_path``, read here) and
+returns the store columns plus per-row fidelity sums (``_fid_*``, dropped before writing)::
 
     ds.map_batches(TeacherScorer, fn_constructor_kwargs=scorer_kwargs, batch_size=4,
                    compute=ActorPoolStrategy(size=1), num_cpus=0.5, batch_format="numpy")

@@ -114,14 +114,8 @@ class OrtGenAIEngine(ThreadedEngine):
         ):
             return
         taken = self._take_new(not batches, free, 1 << 30)
-        for group in self._groups(taken):
-            try:
-                batches.append(_Batch(self.runtime, group))
-            except Exception as e:
-                for seq in group:
-                    seq.fail(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
-                self.counters["failed"] += len(group)
-                self._finish_all(group)
+        # a batch's generator starts on its first step: errors surface in _run_loop
+        batches.extend(_Batch(self.runtime, group) for group in self._groups(taken))
 
     def _waited(self, seconds: float) -> bool:
         """True when the oldest waiting request has waited at least ``seconds``."""
@@ -129,10 +123,6 @@ class OrtGenAIEngine(ThreadedEngine):
             return (
                 bool(self._waiting) and time.perf_counter() - self._waiting[0].submitted >= seconds
             )
-
-    def _finish_all(self, seqs: list[Sequence]) -> None:
-        for seq in seqs:
-            self._finish(seq)
 
     def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Requests the runtime can decode in one batch (same sampling, safe padding), split
