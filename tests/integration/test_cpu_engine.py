@@ -101,3 +101,42 @@ def test_fp_checkpoint_cannot_be_imported_as_gptq(tiny_gqa, tmp_path):
     with pytest.raises(DistillError, match="not a GPTQ checkpoint"):
         export_ort_genai(tiny_gqa.path, tmp_path / "x", EngineConfig(kind="ort-genai"))
     assert not (tmp_path / "x").exists()
+
+
+def test_serve_engine_runs_the_runtime_in_a_child_process(engine, ort_dir):
+    """A replica's engine steps the runtime in a child process (ONNX Runtime GenAI holds the
+    GIL while it computes): same tokens and log-probs as in-process generation; a dead child
+    fails the request with its exit code and marks the engine unhealthy; close() ends it."""
+    import asyncio
+
+    from distill.serve.engines.base import SamplingParams
+    from distill.serve.engines.ort import OrtGenAIEngine
+
+    eng = OrtGenAIEngine(ort_dir, torch_threads=1)
+
+    async def run(prompt: str, n: int):
+        params = SamplingParams(max_tokens=n, top_logprobs=2)
+        req = eng.prepare(prompt=prompt, params=params)
+        return req, [c async for c in eng.stream(req)]
+
+    try:
+        proc = eng.table.proc
+        req, chunks = asyncio.run(run("def add(a, b):", 6))
+        ref = engine.generate([req.input_ids], max_new_tokens=6)[0]
+        got = [i for c in chunks for i in c.token_ids]
+        assert got == ref.token_ids[: len(got)] and len(got) >= 1
+        lps = [lp for c in chunks for lp in c.logprobs]
+        assert lps == pytest.approx(ref.logprobs[: len(got)], abs=1e-3)
+        top = [t for c in chunks for t in c.top]
+        assert all(len(t) == 2 and t[0][1] >= t[1][1] for t in top)
+        assert all(0 <= e <= 1 for c in chunks for e in c.entropies)
+
+        proc.kill()
+        proc.wait(10)
+        with pytest.raises(RuntimeError, match="worker process exited"):
+            asyncio.run(run("x = 1", 4))
+        with pytest.raises(RuntimeError, match="engine loop died"):
+            eng.check_health()
+    finally:
+        eng.close()
+    assert proc.poll() is not None

@@ -193,3 +193,21 @@ def test_length_buckets_bound_the_padding():
     groups = [[len(s.req.input_ids) for s in g] for g in length_buckets(seqs, slack=32)]
     assert groups == [[26, 34, 40, 66], [188]]  # 188 > 2 * 26 + 32: a batch of its own
     assert length_buckets([]) == []
+
+
+def test_step_scores_match_a_log_softmax():
+    from distill.serve.engines.ort_table import score
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 50)).astype(np.float32) * 4
+    step = type("Step", (), {"token_ids": np.array([1, 2, 3]), "logprobs": np.zeros(3),
+                             "logits": logits})  # fmt: skip
+    s = score(step, top_k=4)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ent = -(np.exp(logp) * logp).sum(-1) / np.log(50)
+    assert s.entropies == pytest.approx(ent, abs=1e-5)
+    best = np.argsort(-logp, -1)[:, :4]
+    assert (s.top_ids == best).all()
+    assert s.top_logprobs == pytest.approx(np.take_along_axis(logp, best, -1), abs=1e-5)
+    assert score(step, top_k=0).top_ids is None

@@ -71,6 +71,13 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+def _token_logprobs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """``log_softmax(logits)[i, tokens[i]]`` with one pass of exp over the vocabulary."""
+    m = logits.max(-1)
+    log_z = np.log(np.exp(logits - m[:, None]).sum(-1))
+    return logits[np.arange(len(tokens)), tokens] - m - log_z
+
+
 class OrtGenAIModel:
     """An exported ONNX Runtime GenAI model directory (``genai_config.json`` + ``model.onnx``)."""
 
@@ -163,7 +170,7 @@ class OrtGenAIModel:
             logits = np.asarray(gen.get_logits())[:, -1].astype(np.float32)
             gen.generate_next_token()
             tokens = np.asarray(gen.get_next_tokens()).astype(np.int64)
-            lp = _log_softmax(logits)[np.arange(len(tokens)), tokens]
+            lp = _token_logprobs(logits, tokens)
             tokens = np.where(done, -1, tokens)
             lp = np.where(done, 0.0, lp)
             done = done | np.isin(tokens, list(self.eos_ids))

@@ -11,14 +11,15 @@ arriving meanwhile do not wait for it: up to ``batching.max_batches`` batches (a
 request that has waited half of ``max_queue_wait_s`` gets a batch even past ``max_batches``.
 (ONNX Runtime GenAI 0.18's ``og.Engine`` was measured instead and lost: on this CPU it decodes
 16 prompts at 151 tok/s where a static batch does 292; its paged ``dynamic_batching`` needs a
-paged-attention model, which the CPU int4 export is not.) Per-token
-log-probs come from the runtime, entropies and ``top_logprobs`` from the step logits. The
-runtime's sampler has no logit bias or presence / frequency penalties: such requests get a 400.
+paged-attention model, which the CPU int4 export is not.) The runtime itself runs in a child
+process of the replica (``ort_table.ProcessTable``): its Python bindings hold the GIL while they
+compute, which stalled the replica's event loop. Per-token log-probs come from the runtime,
+entropies and ``top_logprobs`` from the step logits (computed in the child). The runtime's
+sampler has no logit bias or presence / frequency penalties: such requests get a 400.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from distill.serve.engines.base import (
     Sequence,
     ThreadedEngine,
 )
+from distill.serve.engines.ort_table import BatchTable, ProcessTable, Scored
 from distill.serve.engines.prompt import PromptBuilder
 
 
@@ -56,20 +58,24 @@ class OrtGenAIEngine(ThreadedEngine):
         batching: BatchingConfig | None = None,
         runtime: Any = None,
     ) -> None:
+        # The runtime holds the GIL while it computes, so a replica runs it in a child process
+        # (ort_table.py); a ``runtime`` object given here is stepped in this process instead.
+        # No busy-waiting: a replica shares the cores with Serve's proxy and the Router
+        # (serve_load, 2 cores, 104-request burst: the Router's 503s p50 1.19 s without
+        # spinning vs 3.22 s with it; 16-way HTTP 87.4 vs 80.8-86.0 tok/s; c=1 the same).
         if runtime is None:
-            from distill.runtime.ort_genai import OrtGenAIModel
-
-            # no busy-waiting: a replica shares the cores with Serve's proxy and the Router.
-            # serve_load, 2 cores, 104-request burst: the Router's 503s p50 1.19 s without
-            # spinning vs 3.22 s with it; 16-way HTTP 87.4 vs 80.8-86.0 tok/s; c=1 the same.
-            runtime = OrtGenAIModel.load(Path(path), threads=torch_threads, spin=False)
-        self.runtime = runtime
+            self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=False)
+        else:
+            self.table = BatchTable(runtime)
+        meta = self.table.info()
+        self.pad_id = int(meta["pad_id"])
         self.path = Path(path)
-        self.max_context = int(runtime.context_length)
+        self.max_context = int(meta["context_length"])
         tok = _tokenizer(self.path)
         self.prompts = PromptBuilder(tok, self.max_context, self.path.name)
-        super().__init__(tok, set(runtime.eos_ids), batching or BatchingConfig())
-        self.rows: list[Sequence] = []
+        super().__init__(tok, set(meta["eos_ids"]), batching or BatchingConfig())
+        self.batches: dict[int, list[Sequence]] = {}  # the engine thread's, by table id
+        self._next_id = 0
 
     def prepare(self, prompt=None, messages=None, params=None, *args, **kw) -> EngineRequest:
         p = params or SamplingParams()
@@ -78,44 +84,83 @@ class OrtGenAIEngine(ThreadedEngine):
             raise PromptError(f"{field}: not supported by engine {self.kind}")
         return super().prepare(prompt, messages, p, *args, **kw)
 
+    def close(self) -> None:
+        super().close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.table.shutdown()
+
     def _running(self) -> list[Sequence]:
-        return list(self.rows)
+        return [seq for rows in list(self.batches.values()) for seq in rows]
 
     def _run_loop(self) -> None:
-        batches: list[_Batch] = []
+        batches = self.batches
+        closes: list[int] = []
         while not self._closed:
-            self._admit(batches)
-            for batch in list(batches):
-                try:
-                    done = batch.step(self.counters)
-                except Exception as e:  # fail this batch's requests, keep serving
-                    for seq in batch.rows:
-                        seq.fail(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
-                    self.counters["failed"] += len(batch.rows)
-                    done = True
-                if done:
-                    batch.close(self._finish)
-                    batches.remove(batch)
-            self.rows = [seq for b in batches for seq in b.rows]
-            self.active = len(self.rows)
-        for batch in batches:
-            batch.close(self._finish)
+            opens = self._admit(batches)
+            if not (opens or closes or batches):
+                continue
+            results = self.table.cycle(opens, closes, list(batches))
+            closes = []
+            for bid, res in results.items():
+                if self._deliver(batches[bid], res):
+                    closes.append(bid)
+                    self._end(batches.pop(bid), res)
+            self.active = sum(len(rows) for rows in batches.values())
+        for rows in batches.values():
+            self._end(rows, None)
 
-    def _admit(self, batches: list[_Batch]) -> None:
-        """Start new batches from the waiting requests (blocks while nothing runs)."""
-        running = sum(len(b.rows) for b in batches)
+    def _deliver(self, rows: list[Sequence], res: Scored | str | None) -> bool:
+        """Hand one step's tokens to their sequences; True when the batch has ended."""
+        if not isinstance(res, Scored):
+            return True
+        pushed = 0
+        for i, seq in enumerate(rows):
+            tok = int(res.token_ids[i])
+            if seq.finished or seq.cancelled or tok < 0:
+                continue
+            pushed += 1
+            top = None
+            if res.top_ids is not None and res.top_logprobs is not None:
+                top = list(zip(res.top_ids[i].tolist(), res.top_logprobs[i].tolist(), strict=True))
+            seq.push(tok, float(res.logprobs[i]), float(res.entropies[i]), top)
+        c = self.counters
+        c["steps"] += 1
+        c["batched_tokens"] += pushed
+        c["tokens"] += pushed
+        c["max_batch"] = max(c["max_batch"], pushed)
+        return all(s.finished or s.cancelled for s in rows)
+
+    def _end(self, rows: list[Sequence], res: Scored | str | None) -> None:
+        """A batch has ended: fail the rows it left unfinished, count every row."""
+        for seq in rows:
+            if isinstance(res, str):
+                if not seq.finished:
+                    self.counters["failed"] += 1
+                seq.fail(RuntimeError(f"generation failed: {res}"))
+            elif not seq.finished and not seq.cancelled:  # the runtime stopped early
+                seq.fail(RuntimeError("the runtime ended the batch before this request"))
+            self._finish(seq)
+
+    def _admit(self, batches: dict[int, list[Sequence]]) -> list[tuple[int, dict]]:
+        """New batches from the waiting requests (blocks while nothing runs): their ids and
+        ``generate_steps`` arguments, already entered in ``batches``."""
+        running = sum(len(rows) for rows in batches.values())
         free = self.batching.max_batch_size - running
         if free <= 0:
-            return
+            return []
         # past max_batches, a request still gets a batch of its own once it has waited half
         # of max_queue_wait_s: free rows never turn into 503s, only a full replica does
         if len(batches) >= self.batching.max_batches and not self._waited(
             self.batching.max_queue_wait_s / 2
         ):
-            return
-        taken = self._take_new(not batches, free, 1 << 30)
-        # a batch's generator starts on its first step: errors surface in _run_loop
-        batches.extend(_Batch(self.runtime, group) for group in self._groups(taken))
+            return []
+        opens = []
+        for rows in self._groups(self._take_new(not batches, free, 1 << 30)):
+            self._next_id += 1
+            batches[self._next_id] = rows
+            opens.append((self._next_id, batch_args(rows)))
+        return opens
 
     def _waited(self, seconds: float) -> bool:
         """True when the oldest waiting request has waited at least ``seconds``."""
@@ -132,7 +177,7 @@ class OrtGenAIEngine(ThreadedEngine):
         for s in seqs:
             p = s.params
             key = (p.temperature, p.top_p if p.temperature else 1.0, p.seed)
-            if s.req.input_ids[-1] == self.runtime.pad_id:  # would be taken for padding
+            if s.req.input_ids[-1] == self.pad_id:  # would be taken for padding
                 key = (*key, id(s))
             groups.setdefault(key, []).append(s)
         return [part for g in groups.values() for part in length_buckets(g)]
@@ -151,53 +196,14 @@ def length_buckets(seqs: list[Sequence], slack: int = 32) -> list[list[Sequence]
     return out
 
 
-class _Batch:
-    """One static batch of the runtime, decoded one step per :meth:`step` call."""
-
-    def __init__(self, runtime: Any, rows: list[Sequence]) -> None:
-        p = rows[0].params
-        self.rows = rows
-        self.top_k = max(s.params.top_logprobs for s in rows)
-        self.steps = runtime.generate_steps(
-            [s.req.input_ids for s in rows],
-            max_new_tokens=max(s.params.max_tokens - len(s.req.continue_ids) for s in rows),
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            return_logits=True,
-        )
-
-    def step(self, counters: dict[str, Any]) -> bool:
-        """Decode one token per row and deliver it; True when the batch has ended."""
-        import numpy as np
-
-        step = next(self.steps, None)
-        if step is None:
-            return True
-        logp = step.logits - step.logits.max(-1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        ent = -(np.exp(logp) * logp).sum(-1) / math.log(logp.shape[-1])
-        pushed = 0
-        for i, seq in enumerate(self.rows):
-            if seq.finished or seq.cancelled or step.token_ids[i] < 0:
-                continue
-            pushed += 1
-            top = None
-            if self.top_k:
-                best = np.argsort(-logp[i])[: self.top_k]
-                top = [(int(t), float(logp[i, t])) for t in best]
-            seq.push(int(step.token_ids[i]), float(step.logprobs[i]), float(ent[i]), top)
-        counters["steps"] += 1
-        counters["batched_tokens"] += pushed
-        counters["tokens"] += pushed
-        counters["max_batch"] = max(counters["max_batch"], pushed)
-        return all(s.finished or s.cancelled for s in self.rows)
-
-    def close(self, finish) -> None:
-        close = getattr(self.steps, "close", None)
-        if close is not None:
-            close()
-        for seq in self.rows:
-            if not seq.finished and not seq.cancelled:  # the runtime stopped early
-                seq.fail(RuntimeError("the runtime ended the batch before this request"))
-            finish(seq)
+def batch_args(rows: list[Sequence]) -> dict[str, Any]:
+    """``generate_steps`` arguments (and ``top_logprobs``) of one static batch."""
+    p = rows[0].params
+    return {
+        "prompts": [s.req.input_ids for s in rows],
+        "max_new_tokens": max(s.params.max_tokens - len(s.req.continue_ids) for s in rows),
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "seed": p.seed,
+        "top_logprobs": max(s.params.top_logprobs for s in rows),
+    }
