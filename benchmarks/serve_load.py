@@ -14,7 +14,8 @@ Phases, all on this machine in one process tree:
   fallback   cascade requests forced to fall back (threshold 1) with ``takeover: prompt`` and
              ``prefix``, at concurrency 1: latency vs the teacher alone, agreement with its answers;
   overload   a burst past ``limits.max_inflight``: how fast the 503s come back.
-Per row: output tokens/s, requests/s, p50 / p99 latency, time to first token, fallback rate and
+Per row: output tokens/s, requests/s, p50 / p99 latency, time to first token, decode/req (p50
+over requests of tokens/s after the first token), fallback rate and
 errors. Prints the command, machine and date; ``--json`` writes the rows.
 """
 
@@ -52,6 +53,16 @@ def prompts(n: int, words: int = 24) -> list[str]:
     return out
 
 
+def decode_rates(results: list[dict]) -> list[float]:
+    """Each answer's decode speed after its first token: (tokens - 1) / (latency - TTFT)."""
+    out = []
+    for r in results:
+        n, ttft = r.get("tokens", 0), r.get("ttft")
+        if n > 1 and ttft is not None and r["latency"] > ttft:
+            out.append((n - 1) / (r["latency"] - ttft))
+    return out
+
+
 def pct(xs: list[float], q: float) -> float | None:
     from distill.serve.stats import percentile
 
@@ -78,6 +89,7 @@ def row(name: str, c: int, results: list[dict], wall: float) -> dict:
         "p50_s": pct(lat, 50),
         "p99_s": pct(lat, 99),
         "ttft_p50_s": pct(ttft, 50),
+        "decode_tok_s_p50": pct(decode_rates(ok), 50),
         "fallback": sum(fb) / len(fb) if fb else None,
         "texts": [r.get("text", "") for r in ok],
     }
@@ -292,7 +304,7 @@ def fmt(v, spec=".2f") -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         f"{'phase':<34}{'conc':>5}{'req':>5}{'tok/s':>9}{'req/s':>8}{'p50 s':>8}{'p99 s':>8}"
-        f"{'TTFT p50':>10}{'fallback':>10}  errors"
+        f"{'TTFT p50':>10}{'decode/req':>11}{'fallback':>10}  errors"
     )
     for r in rows:
         if "tok_s" not in r:
@@ -300,7 +312,7 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{r['name']:<34}{r['concurrency']:>5}{r['requests']:>5}{r['tok_s']:>9.1f}"
             f"{r['req_s']:>8.2f}{fmt(r['p50_s']):>8}{fmt(r['p99_s']):>8}{fmt(r['ttft_p50_s']):>10}"
-            f"{fmt(r['fallback']):>10}  {r['errors'] or 0}"
+            f"{fmt(r.get('decode_tok_s_p50'), '.1f'):>11}{fmt(r['fallback']):>10}  {r['errors'] or 0}"
         )
 
 
@@ -451,7 +463,10 @@ def summary(rows: list[dict]) -> None:
             f"  16-way student tok/s / best 'before' tok/s: {s16['tok_s'] / max(before):.1f}x (goal >= 10x)"
         )
     if s1:
-        print(f"  single request, HTTP student: {s1['tok_s']:.1f} tok/s (goal >= 100)")
+        print(
+            f"  single request, HTTP student: {s1['tok_s']:.1f} tok/s end to end (goal >= 100); "
+            f"after the first token {fmt(s1.get('decode_tok_s_p50'), '.1f')} tok/s (p50 per request)"
+        )
     if s1 and b1 and b1["p50_s"]:
         over = s1["p50_s"] / b1["p50_s"] - 1
         print(f"  HTTP + Router overhead at c=1 (p50 latency): {over * 100:+.1f}% (goal <= 10%)")

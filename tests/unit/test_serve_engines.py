@@ -211,3 +211,37 @@ def test_step_scores_match_a_log_softmax():
     assert (s.top_ids == best).all()
     assert s.top_logprobs == pytest.approx(np.take_along_axis(logp, best, -1), abs=1e-5)
     assert score(step, top_k=0).top_ids is None
+
+
+@pytest.mark.parametrize(("max_batch_size", "refused"), [(4, False), (1, True)])
+def test_ort_adapter_refuses_a_long_wait_only_when_every_row_is_taken(
+    tiny_gqa, max_batch_size, refused
+):
+    """A step longer than max_queue_wait_s keeps a late request waiting past the limit; it is
+    refused (503) only if every row is taken, else it gets a batch at the next admission."""
+    from distill.serve.engines.base import Overloaded
+    from distill.serve.engines.ort import OrtGenAIEngine
+
+    batching = BatchingConfig(
+        batch_wait_ms=0, max_batch_size=max_batch_size, max_batches=1, max_queue_wait_s=0.2
+    )
+    eng = OrtGenAIEngine(tiny_gqa.path, runtime=FakeRuntime(step_s=0.4), batching=batching)
+
+    async def main():
+        running = eng.stream(eng.prepare(prompt="long", params=SamplingParams(max_tokens=4)))
+        await anext(running)
+        late = eng.prepare(prompt="late", params=SamplingParams(max_tokens=2))
+        try:
+            return [c async for c in eng.stream(late)]
+        finally:
+            await running.aclose()
+
+    try:
+        if refused:
+            with pytest.raises(Overloaded, match="within 0.2 s"):
+                asyncio.run(main())
+        else:
+            chunks = asyncio.run(main())
+            assert sum(len(c.token_ids) for c in chunks) == 2
+    finally:
+        eng.close()

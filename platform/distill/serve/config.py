@@ -55,8 +55,8 @@ class Batching(StrictModel):
     max_queue_wait_s: float = Field(
         10.0,
         gt=0,
-        description="a request still waiting for a batch slot then gets 503 (a safety net: "
-        "past limits.max_inflight the Router refuses at once)",
+        description="a request still waiting for a batch slot then, with every slot taken, "
+        "gets 503 (a safety net: past limits.max_inflight the Router refuses at once)",
     )
     stream_interval_ms: float = Field(
         50.0,

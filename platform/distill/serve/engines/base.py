@@ -299,7 +299,7 @@ class ThreadedEngine(Engine):
             return await asyncio.wait_for(seq.queue.get(), limit)
         except TimeoutError:
             with self._cond:
-                if seq in self._waiting:
+                if seq in self._waiting and self._slots_taken():
                     self._waiting.remove(seq)
                     seq.finished = True
                     self.counters["rejected"] += 1
@@ -356,6 +356,11 @@ class ThreadedEngine(Engine):
     def _running(self) -> list[Sequence]:
         """Sequences the subclass is generating (to fail them if the loop dies)."""
         return []
+
+    def _slots_taken(self) -> bool:
+        """Whether a request that waited ``max_queue_wait_s`` found every slot taken (then it
+        gets 503); an engine that admits on every step has no other reason to keep one waiting."""
+        return True
 
     def _take_new(self, idle: bool, free_slots: int, budget_tokens: int) -> list[Sequence]:
         """Waiting sequences that fit (blocks while ``idle`` and nothing waits)."""

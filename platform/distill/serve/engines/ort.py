@@ -93,6 +93,11 @@ class OrtGenAIEngine(ThreadedEngine):
     def _running(self) -> list[Sequence]:
         return [seq for rows in list(self.batches.values()) for seq in rows]
 
+    def _slots_taken(self) -> bool:
+        # rows may be free while max_batches batches run: such a request gets a batch at the
+        # next admission (past max_batches once it has waited half the limit), never a 503
+        return len(self._running()) >= self.batching.max_batch_size
+
     def _run_loop(self) -> None:
         batches = self.batches
         closes: list[int] = []
