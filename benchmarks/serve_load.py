@@ -397,8 +397,10 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
     from ray import serve
 
     from distill.serve.app import build_app
+    from distill.serve.config import apply_serve_env
 
     rows: list[dict] = []
+    apply_serve_env()  # what `distill serve` runs with (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

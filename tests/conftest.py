@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # process's spinning OpenMP threads starve the Ray workers it waits on. Ray workers inherit
 # this; Ray Train workers still set their own thread count from distill.cpus_per_worker.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the Serve tests run as `distill serve` does (Ray Serve's high-throughput mode); the first
+# test to start Ray passes it to every Ray process
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 
 
 def pytest_addoption(parser):

@@ -2,6 +2,7 @@
 
 import asyncio
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,14 @@ def test_ray_typed_builder_validates_args(tiny_gqa, tiny_mha):
         call_user_app_builder_with_args_if_necessary(
             build_app, {**args, "cascade": {"threshold": -1}}
         )
+
+
+def test_serve_env_defaults_leave_a_users_value(monkeypatch):
+    from distill.serve.config import apply_serve_env
+
+    monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)
+    apply_serve_env()
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
+    apply_serve_env()
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"

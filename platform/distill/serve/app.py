@@ -19,7 +19,7 @@ from typing import Any
 
 from distill.config.base import DistillError
 from distill.lineage.resolve import resolve_registered
-from distill.serve.config import ModelDeployment, ServeArgs
+from distill.serve.config import ModelDeployment, ServeArgs, apply_serve_env
 
 ROLES = ("student", "teacher")
 DEMO_HINT = (
@@ -180,6 +180,7 @@ def run_from_config(path: Path, blocking: bool = True) -> str:
     cfg = load_serve_config(Path(path))
     http = cfg.get("http_options") or {}
     host, port = str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+    apply_serve_env()  # a local Ray started next inherits it
     ensure_ray(RayConfig())
     import ray
 

@@ -11,6 +11,7 @@ packaged SmolLM2 teacher, converted once into ``~/.cache/distill``).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -27,6 +28,21 @@ MODEL_REF_HELP = (
 
 
 Engine = Literal["hf", "onnxruntime-genai", "vllm"]
+
+# Ray Serve's high-throughput mode (Ray >= 2.56): user code and the request router on each
+# replica's own event loop, gRPC between replicas, and the ingress (Router) replica serving HTTP
+# itself instead of behind Serve's proxy. benchmarks/serve_load.py, 2 cores, int4 ORT student,
+# 16-way HTTP: 117 / 112 / 107 tok/s with it vs 92 / 100 / 98 without (three A/B pairs,
+# 2026-12-02); c=1 61 / 64 / 59 vs 58 / 60 / 58. Every Ray process must see it: `distill serve`
+# sets it before it starts a local Ray, a cluster in its pods (k8s/rayservice.yaml).
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def apply_serve_env() -> None:
+    """Put :data:`SERVE_ENV` in this process's environment (values already set win), before
+    Ray starts: a local Ray's processes inherit it."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 class Batching(StrictModel):
