@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,40 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from nodeprocs import end_group, free_ports
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "pipelines" / "configs" / "smoke.yaml"
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the cluster's process group, SIGKILL it after ``grace_s``."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                proc.wait(timeout=5)
-                return
-            proc.poll()
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +35,7 @@ def ray_cluster():
     token = secrets.token_hex(32)
     # Every fixed default port (agent 52365, client server 10001) may be held by another
     # engineer's cluster on this machine: give each one a free port.
-    gcs_port, dash_port, agent_port, client_port = _free_ports(4)
+    gcs_port, dash_port, agent_port, client_port = free_ports(4)
     env = dict(os.environ)
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the job driver runs `python`
@@ -114,7 +84,7 @@ def ray_cluster():
             time.sleep(1)
         yield address, token
     finally:
-        _end_group(proc)
+        end_group(proc)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nodeprocs import end_group, free_ports
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -30,42 +30,13 @@ VENV_BIN = Path(sys.executable).parent
 MAX_STEPS = 16
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the node's process group, SIGKILL it after ``grace_s``."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                proc.wait(timeout=5)
-                return
-            proc.poll()
-            time.sleep(0.3)
-
-
 class Cluster:
     """Head and worker nodes on loopback, each its own process group, temp dir and ports."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.token = secrets.token_hex(32)
-        self.gcs_port = _free_ports(1)[0]
+        self.gcs_port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.nodes: dict[str, subprocess.Popen] = {}
         self.watcher: NodeWatcher | None = None
@@ -83,7 +54,7 @@ class Cluster:
 
     def start(self, name: str, resource: str) -> subprocess.Popen:
         head = name == "head"
-        ports = _free_ports(6)
+        ports = free_ports(6)
         cmd = [
             str(VENV_BIN / "ray"),
             "start",
@@ -104,7 +75,7 @@ class Cluster:
             cmd += [
                 "--head",
                 f"--port={self.gcs_port}",
-                f"--ray-client-server-port={_free_ports(1)[0]}",
+                f"--ray-client-server-port={free_ports(1)[0]}",
                 "--include-dashboard=false",
             ]
         else:
@@ -152,7 +123,7 @@ class Cluster:
         if self.watcher is not None:
             self.watcher.close()
         for proc in self.nodes.values():
-            _end_group(proc)
+            end_group(proc)
 
 
 _WATCH = """
@@ -254,7 +225,7 @@ def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
             time.sleep(0.2)
         os.kill(cluster.raylet_pid("worker"), signal.SIGKILL)
         killed_at = sorted(p.name for p in ckpt.glob("*/checkpoint-step*"))
-        _end_group(cluster.nodes.pop("worker"))
+        end_group(cluster.nodes.pop("worker"))
         cluster.start("worker2", "worker_node")  # a replacement node joins the cluster
         cluster.wait_for(["head_node", "worker_node"])
         rc = proc.wait(timeout=600)
