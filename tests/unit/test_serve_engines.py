@@ -245,3 +245,39 @@ def test_ort_adapter_refuses_a_long_wait_only_when_every_row_is_taken(
             assert sum(len(c.token_ids) for c in chunks) == 2
     finally:
         eng.close()
+
+
+def test_ort_adapter_checks_a_waiting_request_again_after_the_queue_wait(tiny_gqa):
+    """Rows free at the first check (so no 503 then) but taken by an earlier request at the
+    next admission: the later request is refused at its next check instead of waiting for the
+    running batches to end."""
+    from distill.serve.engines.base import Overloaded
+    from distill.serve.engines.ort import OrtGenAIEngine
+
+    batching = BatchingConfig(
+        batch_wait_ms=0, max_batch_size=2, max_batches=1, max_queue_wait_s=0.2
+    )
+    eng = OrtGenAIEngine(tiny_gqa.path, runtime=FakeRuntime(step_s=0.4), batching=batching)
+
+    async def later(prompt: str):
+        req = eng.prepare(prompt=prompt, params=SamplingParams(max_tokens=2))
+        t0 = time.perf_counter()
+        try:
+            return [c async for c in eng.stream(req)], time.perf_counter() - t0
+        except Overloaded as e:
+            return e, time.perf_counter() - t0
+
+    async def main():
+        running = eng.stream(eng.prepare(prompt="long", params=SamplingParams(max_tokens=8)))
+        await anext(running)
+        try:
+            return await asyncio.gather(later("a"), later("b"))
+        finally:
+            await running.aclose()
+
+    try:
+        (a, _), (b, b_s) = asyncio.run(main())
+    finally:
+        eng.close()
+    assert sum(len(c.token_ids) for c in a) == 2  # took the free row
+    assert isinstance(b, Overloaded) and b_s < 2.0  # not after the long batch (3.2 s)

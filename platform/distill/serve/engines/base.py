@@ -293,18 +293,22 @@ class ThreadedEngine(Engine):
                     self._cond.notify()
 
     async def _first_item(self, seq: Sequence) -> Chunk | BaseException:
-        """The first chunk; a request still waiting for a slot after max_queue_wait_s leaves."""
+        """The first chunk; a request still waiting for a slot after max_queue_wait_s leaves
+        (checked again every max_queue_wait_s while it waits with slots free)."""
         limit = self.batching.max_queue_wait_s
-        try:
-            return await asyncio.wait_for(seq.queue.get(), limit)
-        except TimeoutError:
-            with self._cond:
-                if seq in self._waiting and self._slots_taken():
-                    self._waiting.remove(seq)
-                    seq.finished = True
-                    self.counters["rejected"] += 1
-                    raise Overloaded(f"no batch slot became free within {limit:g} s") from None
-            return await seq.queue.get()  # it got a slot meanwhile: prefill is under way
+        while True:
+            try:
+                return await asyncio.wait_for(seq.queue.get(), limit)
+            except TimeoutError:
+                with self._cond:
+                    if seq not in self._waiting:
+                        break  # it got a slot meanwhile: prefill is under way
+                    if self._slots_taken():
+                        self._waiting.remove(seq)
+                        seq.finished = True
+                        self.counters["rejected"] += 1
+                        raise Overloaded(f"no batch slot became free within {limit:g} s") from None
+        return await seq.queue.get()
 
     def _submit(self, seq: Sequence) -> None:
         with self._cond:
