@@ -21,7 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the Serve tests run as `distill serve` does (Ray Serve's high-throughput mode); the first
 # test to start Ray passes it to every Ray process
-os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+from distill.serve.config import apply_serve_env  # noqa: E402
+
+apply_serve_env()
 
 
 def pytest_addoption(parser):

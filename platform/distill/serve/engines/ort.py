@@ -60,9 +60,8 @@ class OrtGenAIEngine(ThreadedEngine):
     ) -> None:
         # The runtime holds the GIL while it computes, so a replica runs it in a child process
         # (ort_table.py); a ``runtime`` object given here is stepped in this process instead.
-        # No busy-waiting: a replica shares the cores with Serve's proxy and the Router
-        # (serve_load, 2 cores, 104-request burst: the Router's 503s p50 1.19 s without
-        # spinning vs 3.22 s with it; 16-way HTTP 87.4 vs 80.8-86.0 tok/s; c=1 the same).
+        # No busy-waiting: the child shares the cores with the replica, Serve and the Router
+        # (16-way HTTP probe, 2 cores: 99.9 / 112.3 tok/s without spinning, 87.6 / 94.6 with).
         if runtime is None:
             self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=False)
         else:
@@ -150,8 +149,7 @@ class OrtGenAIEngine(ThreadedEngine):
     def _admit(self, batches: dict[int, list[Sequence]]) -> list[tuple[int, dict]]:
         """New batches from the waiting requests (blocks while nothing runs): their ids and
         ``generate_steps`` arguments, already entered in ``batches``."""
-        running = sum(len(rows) for rows in batches.values())
-        free = self.batching.max_batch_size - running
+        free = self.batching.max_batch_size - len(self._running())
         if free <= 0:
             return []
         # past max_batches, a request still gets a batch of its own once it has waited half
