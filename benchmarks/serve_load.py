@@ -10,7 +10,10 @@ Phases, all on this machine in one process tree:
   bare       the new batched engine (``engine: hf``) in-process, no HTTP, no Ray;
   student / teacher / cascade
              ``distill.serve`` from ``deploy/serve.yaml`` (student path replaced), streamed
-             completions over HTTP on 127.0.0.1 at each concurrency;
+             completions over HTTP on 127.0.0.1 at each concurrency, sent to the Router
+             replica's own port (Serve's direct ingress, which ``distill serve`` prints);
+  student-proxy
+             the student route again through Serve's proxy port, for comparison;
   fallback   cascade requests forced to fall back (threshold 1) with ``takeover: prompt`` and
              ``prefix``, at concurrency 1: latency vs the teacher alone, agreement with its answers;
   overload   a burst past ``limits.max_inflight``: how fast the 503s come back.
@@ -328,7 +331,9 @@ def main() -> int:
     ap.add_argument("--min-requests", type=int, default=8, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
-    ap.add_argument("--phases", default="before,bare,student,teacher,cascade,fallback,overload")
+    ap.add_argument(
+        "--phases", default="before,bare,student,student-proxy,teacher,cascade,fallback,overload"
+    )
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for all phases")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
@@ -379,7 +384,7 @@ def main() -> int:
             print_table(rows[-1:])
         engine.close()
         del engine
-    http_phases = phases & {"student", "teacher", "cascade", "fallback", "overload"}
+    http_phases = phases - {"before", "bare"}
     if http_phases and not timed_out("http"):
         rows += run_serve_phases(args, student, teacher, levels, level_texts, timed_out, phases)
     print()
@@ -411,19 +416,25 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(sa), name="bench", route_prefix="/")
         print(f"serve.run {time.perf_counter() - t0:.1f} s; cascade {sa.cascade.model_dump()}")
+        proxy, port = port, direct_port(port)
+        print(f"HTTP to the Router replica's own port {port} (proxy: {proxy})")
         warm = level_texts(1)[:2]
-        for model in ("bench-student", "bench-teacher"):
-            run_http(port, "warm", model, warm, 1, 8)
-        routes = [("student", "bench-student"), ("teacher", "bench-teacher"), ("cascade", "bench")]
-        for name, model in routes:
+        for p, model in ((port, "bench-student"), (port, "bench-teacher"), (proxy, "bench")):
+            run_http(p, "warm", model, warm, 1, 8)
+        routes = [
+            ("student", "bench-student", port),
+            ("student-proxy", "bench-student", proxy),
+            ("teacher", "bench-teacher", port),
+            ("cascade", "bench", port),
+        ]
+        for name, model, p in routes:
             if name not in phases:
                 continue
             for c in levels:
                 if timed_out(f"{name} c={c}"):
                     break
-                rows.append(
-                    run_http(port, f"http {name}", model, level_texts(c), c, args.max_tokens)
-                )
+                label = "http student via proxy" if name == "student-proxy" else f"http {name}"
+                rows.append(run_http(p, label, model, level_texts(c), c, args.max_tokens))
                 print_table(rows[-1:])
         if "fallback" in phases and not timed_out("fallback"):
             texts = level_texts(1)
@@ -445,6 +456,15 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
         serve.shutdown()
         ray.shutdown()
     return rows
+
+
+def direct_port(proxy_port: int) -> int:
+    """The Router replica's direct-ingress port (what ``distill serve`` prints and a cluster's
+    HAProxy sends traffic to); the proxy's port when direct ingress is off."""
+    from distill.serve.ingress import direct_ingress_urls
+
+    urls = direct_ingress_urls("bench", "127.0.0.1", proxy_port)
+    return int(urls[0].rsplit(":", 1)[1]) if urls else proxy_port
 
 
 def summary(rows: list[dict]) -> None:
@@ -472,6 +492,13 @@ def summary(rows: list[dict]) -> None:
     if s1 and b1 and b1["p50_s"]:
         over = s1["p50_s"] / b1["p50_s"] - 1
         print(f"  HTTP + Router overhead at c=1 (p50 latency): {over * 100:+.1f}% (goal <= 10%)")
+    for c in (1, 16):
+        d, viaproxy = get("http student", c), get("http student via proxy", c)
+        if d and viaproxy and viaproxy["tok_s"]:
+            print(
+                f"  c={c}: direct to the Router replica {d['tok_s']:.1f} tok/s, through Serve's "
+                f"proxy {viaproxy['tok_s']:.1f} ({d['tok_s'] / viaproxy['tok_s']:.2f}x)"
+            )
     if s1 and s1["ttft_p50_s"] and s1["p50_s"]:
         print(
             f"  TTFT p50 / full latency p50 at c=1: {s1['ttft_p50_s'] / s1['p50_s']:.2f} (goal <= 0.2)"

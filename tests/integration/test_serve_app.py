@@ -199,6 +199,22 @@ def test_models_health_and_stats(server):
     assert stats["cascade"]["threshold"] == 0.0 and stats["cascade"]["scoring"] == "min_prob"
 
 
+def test_the_router_replica_serves_http_directly(server):
+    """High-throughput mode (set by conftest as by ``distill serve``): the Router replica has an
+    HTTP port of its own, bound to the configured host, that answers like the proxy."""
+    from openai import OpenAI
+
+    from distill.serve.ingress import direct_ingress_urls
+
+    urls = direct_ingress_urls("distill", "127.0.0.1", server["port"])
+    assert len(urls) == 1 and urls[0] != server["base"]
+    client = OpenAI(base_url=urls[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+    out = client.completions.create(model="tiny-student", prompt="def f(x):", max_tokens=3)
+    assert out.usage.completion_tokens >= 1 and out.model == "tiny-student"
+    chunks = list(client.completions.create(model="tiny", prompt="x = 1", stream=True))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
 def test_two_concurrent_requests_share_a_forward_pass(server):
     before = _engine(server)["max_batch"]
     body = json.dumps({"model": "tiny-student", "prompt": "def f(x):", "max_tokens": 64}).encode()

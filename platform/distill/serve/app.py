@@ -176,6 +176,7 @@ def run_from_config(path: Path, blocking: bool = True) -> str:
 
     from distill.lineage.config import RayConfig
     from distill.raycluster import ensure_ray
+    from distill.serve.ingress import direct_ingress_urls
 
     cfg = load_serve_config(Path(path))
     http = cfg.get("http_options") or {}
@@ -187,12 +188,15 @@ def run_from_config(path: Path, blocking: bool = True) -> str:
     for app in cfg["applications"]:
         check_resources(app["args"], ray.cluster_resources())
     serve.start(http_options={"host": host, "port": port})
-    urls = []
+    urls, direct = [], []
     for app in cfg["applications"]:
-        prefix = app.get("route_prefix") or "/"
-        serve.run(build_app(app["args"]), name=app.get("name", "default"), route_prefix=prefix)
+        prefix, name = app.get("route_prefix") or "/", app.get("name", "default")
+        serve.run(build_app(app["args"]), name=name, route_prefix=prefix)
         urls.append(f"http://{host}:{port}{prefix.rstrip('/')}")
+        direct += [u + prefix.rstrip("/") for u in direct_ingress_urls(name, host, port)]
     print(f"serving {', '.join(urls)}  (OpenAI base URL: {urls[0]}/v1)")
+    if direct:  # high-throughput mode: the Router replicas serve HTTP themselves too
+        print(f"direct to the Router replicas (no proxy hop): {'/v1, '.join(direct)}/v1")
     if blocking:
         try:
             while True:
