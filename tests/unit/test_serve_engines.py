@@ -281,3 +281,32 @@ def test_ort_adapter_checks_a_waiting_request_again_after_the_queue_wait(tiny_gq
         eng.close()
     assert sum(len(c.token_ids) for c in a) == 2  # took the free row
     assert isinstance(b, Overloaded) and b_s < 2.0  # not after the long batch (3.2 s)
+
+
+def test_a_step_decoded_ahead_is_the_step_the_next_cycle_returns():
+    """The child process decodes each running batch's next step while the replica delivers the
+    last one; the next cycle returns exactly the steps it would have decoded then, and a batch
+    closed meanwhile drops its step."""
+    from distill.serve.engines.ort_table import BatchTable
+
+    def run(ahead: bool) -> list[list[int]]:
+        table = BatchTable(FakeRuntime())
+        kw = {"max_new_tokens": 4, "top_logprobs": 1}
+        out = table.cycle(
+            [(1, {"prompts": [[5], [9]], **kw}), (2, {"prompts": [[7]], **kw})], [], [1, 2]
+        )
+        seen = [out[1].token_ids.tolist(), out[2].token_ids.tolist()]
+        for _ in range(4):
+            if ahead:
+                table.step_ahead([1, 2])
+                assert set(table.ahead) == {1, 2}
+            out = table.cycle([], [], [1, 2])
+            seen += [r.token_ids.tolist() if r is not None else None for r in out.values()]
+        if ahead:
+            table.step_ahead([2])
+            table.cycle([], [2], [])
+            assert table.ahead == {} and 2 not in table.batches
+        return seen
+
+    assert run(ahead=True) == run(ahead=False)
+    assert run(ahead=False)[:2] == [[6, 10], [8]] and run(ahead=False)[-1] is None

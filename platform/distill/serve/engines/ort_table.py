@@ -15,7 +15,12 @@ and talks to it over two pipes, one round trip per engine cycle::
     table.shutdown()
 
 The child also does the per-step arithmetic (log-probs, entropies, ``top_logprobs``) on the
-``[batch, vocab]`` logits, so none of it runs under the replica's GIL either.
+``[batch, vocab]`` logits, so none of it runs under the replica's GIL either. After answering a
+cycle it decodes the next step of every running batch (``BatchTable.step_ahead``) while the
+replica delivers the last one, so the runtime does not wait for the replica: bare engine, int4
+student, 2 cores, two interleaved A/B pairs (2026-12-02): single-request decode 82.1 / 91.5
+tok/s with it, 74.8 / 74.6 without; 16 concurrent 147.6 / 148.1 tok/s, 130.4 / 142.4 without.
+A step decoded for a batch the replica then closes is wasted (one step per such batch).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class BatchTable:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.batches: dict[int, tuple[Any, int]] = {}
+        self.ahead: dict[int, Scored | str | None] = {}  # steps decoded before they were asked
 
     def info(self) -> dict[str, Any]:
         rt = self.runtime
@@ -84,6 +90,7 @@ class BatchTable:
         decode one step of each batch in ``step``: its :class:`Scored`, ``None`` once it has
         ended, or the error that ended it (a string)."""
         for bid in closes:
+            self.ahead.pop(bid, None)
             gen = self.batches.pop(bid, (None, 0))[0]
             if gen is not None:
                 gen.close()
@@ -92,15 +99,23 @@ class BatchTable:
             top_k = int(kw.pop("top_logprobs", 0))
             # a generator starts on its first step: bad prompts fail there, as that batch's error
             self.batches[bid] = (self.runtime.generate_steps(**kw, return_logits=True), top_k)
-        out: dict[int, Scored | str | None] = {}
+        return {bid: self.ahead.pop(bid) if bid in self.ahead else self._step(bid) for bid in step}
+
+    def step_ahead(self, step: list[int]) -> None:
+        """Decode the next step of each batch in ``step`` that has not ended, before the next
+        :meth:`cycle` asks for it (which then returns it at once). The child process does this
+        while the replica delivers the previous step, so the runtime never waits for it."""
         for bid in step:
-            gen, top_k = self.batches[bid]
-            try:
-                s = next(gen, None)
-                out[bid] = None if s is None else score(s, top_k)
-            except Exception as e:  # this batch ends; the others go on
-                out[bid] = f"{type(e).__name__}: {e}"
-        return out
+            if bid in self.batches and bid not in self.ahead:
+                self.ahead[bid] = self._step(bid)
+
+    def _step(self, bid: int) -> Scored | str | None:
+        gen, top_k = self.batches[bid]
+        try:
+            s = next(gen, None)
+            return None if s is None else score(s, top_k)
+        except Exception as e:  # this batch ends; the others go on
+            return f"{type(e).__name__}: {e}"
 
     def shutdown(self) -> None:
         self.cycle([], list(self.batches), [])
@@ -109,12 +124,20 @@ class BatchTable:
 class ProcessTable:
     """A :class:`BatchTable` over an ``OrtGenAIModel`` in a child process."""
 
-    def __init__(self, path: Path, threads: int | None, spin: bool, timeout_s: float = 300) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None,
+        spin: bool,
+        lookahead: bool = True,
+        timeout_s: float = 300,
+    ) -> None:
         to_child, child_in = os.pipe()
         child_out, from_child = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         cmd = [sys.executable, "-m", "distill.serve.engines.ort_table", str(to_child)]
         cmd += [str(from_child), str(path), str(threads or 0), "1" if spin else "0"]
+        cmd += ["1" if lookahead else "0"]
         self.proc = subprocess.Popen(cmd, pass_fds=(to_child, from_child), env=env)
         os.close(to_child)
         os.close(from_child)
@@ -175,7 +198,9 @@ class ProcessTable:
         self._rx.close()
 
 
-def _child(rx: Connection, tx: Connection, path: str, threads: int, spin: bool) -> None:
+def _child(
+    rx: Connection, tx: Connection, path: str, threads: int, spin: bool, lookahead: bool
+) -> None:
     try:
         from distill.runtime.ort_genai import OrtGenAIModel
 
@@ -189,21 +214,25 @@ def _child(rx: Connection, tx: Connection, path: str, threads: int, spin: bool) 
             opens, closes, step = rx.recv()
         except (EOFError, OSError):  # the replica is gone
             return
+        out = table.cycle(opens, closes, step)
         try:
-            tx.send(("ok", table.cycle(opens, closes, step)))
+            tx.send(("ok", out))
         except (BrokenPipeError, OSError):
             return
+        if lookahead:  # the next step of every running batch, while the replica delivers this one
+            table.step_ahead([bid for bid, res in out.items() if isinstance(res, Scored)])
 
 
 if __name__ == "__main__":
     # run the module's own copy, so that results pickle as distill...ort_table.Scored
     from distill.serve.engines import ort_table
 
-    rfd, wfd, model_path, n_threads, spinning = sys.argv[1:6]
+    rfd, wfd, model_path, n_threads, spinning, ahead = sys.argv[1:7]
     ort_table._child(
         Connection(int(rfd), writable=False),
         Connection(int(wfd), readable=False),
         model_path,
         int(n_threads),
         spinning == "1",
+        ahead == "1",
     )
