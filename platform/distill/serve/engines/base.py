@@ -363,8 +363,10 @@ class ThreadedEngine(Engine):
 
     def _slots_taken(self) -> bool:
         """Whether a request that waited ``max_queue_wait_s`` found every slot taken (then it
-        gets 503); an engine that admits on every step has no other reason to keep one waiting."""
-        return True
+        gets 503). With rows free it waits on (checked again every ``max_queue_wait_s``): a
+        step or prefill longer than the limit is not a full replica. (The HF teacher refused
+        cascade fallbacks with 24 of 32 rows free while a contended 16-way step ran past 2 s.)"""
+        return len(self._running()) >= self.batching.max_batch_size
 
     def _take_new(self, idle: bool, free_slots: int, budget_tokens: int) -> list[Sequence]:
         """Waiting sequences that fit (blocks while ``idle`` and nothing waits)."""

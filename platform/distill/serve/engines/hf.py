@@ -114,6 +114,7 @@ class HFEngine(ThreadedEngine):
         self.prompts = PromptBuilder(tok, self.max_context, self.path.name)
         super().__init__(tok, eos_ids, batching or BatchingConfig())
         self.rows: list[Sequence] = []
+        self.prefilling: list[Sequence] = []  # taken from the queue, their prefill under way
         self.kv = KVBatch()
 
     def _check_cache_layout(self) -> None:
@@ -128,7 +129,7 @@ class HFEngine(ThreadedEngine):
             )
 
     def _running(self) -> list[Sequence]:
-        return list(self.rows)
+        return [*self.rows, *self.prefilling]
 
     def _run_loop(self) -> None:
         import torch
@@ -158,6 +159,7 @@ class HFEngine(ThreadedEngine):
             seq.fail(RuntimeError(f"generation failed: {type(error).__name__}: {error}"))
             self.counters["failed"] += 1
         self.rows = []
+        self.prefilling = []
         self.kv = KVBatch()
         self.active = 0
 
@@ -176,6 +178,7 @@ class HFEngine(ThreadedEngine):
         import torch
         from transformers.cache_utils import DynamicCache
 
+        self.prefilling = new
         for seq in new:
             self._setup(seq)
         length = max(len(s.req.input_ids) for s in new)
@@ -190,6 +193,7 @@ class HFEngine(ThreadedEngine):
         logits = self._forward(ids, mask, cache)
         self.kv.merge(cache, mask)
         self.rows.extend(new)
+        self.prefilling = []
         self.counters["prefills"] += 1
         self._push(new, logits)
 

@@ -92,11 +92,6 @@ class OrtGenAIEngine(ThreadedEngine):
     def _running(self) -> list[Sequence]:
         return [seq for rows in list(self.batches.values()) for seq in rows]
 
-    def _slots_taken(self) -> bool:
-        # rows may be free while max_batches batches run: such a request gets a batch at the
-        # next admission (past max_batches once it has waited half the limit), never a 503
-        return len(self._running()) >= self.batching.max_batch_size
-
     def _run_loop(self) -> None:
         batches = self.batches
         closes: list[int] = []
@@ -154,6 +149,7 @@ class OrtGenAIEngine(ThreadedEngine):
             return []
         # past max_batches, a request still gets a batch of its own once it has waited half
         # of max_queue_wait_s: free rows never turn into 503s, only a full replica does
+        # (ThreadedEngine._slots_taken)
         if len(batches) >= self.batching.max_batches and not self._waited(
             self.batching.max_queue_wait_s / 2
         ):
