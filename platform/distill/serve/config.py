@@ -30,8 +30,9 @@ MODEL_REF_HELP = (
 Engine = Literal["hf", "onnxruntime-genai", "vllm"]
 
 # Ray Serve's high-throughput mode (Ray >= 2.56): user code and the request router on each
-# replica's own event loop, gRPC between replicas, and the ingress (Router) replica serving HTTP
-# itself instead of behind Serve's proxy. benchmarks/serve_load.py, 2 cores, int4 ORT student,
+# replica's own event loop, gRPC between replicas, and each ingress (Router) replica serving
+# HTTP on a port of its own too (direct ingress, serve/ingress.py; the proxy port still
+# forwards to it). benchmarks/serve_load.py through the proxy, 2 cores, int4 ORT student,
 # 16-way HTTP: 117 / 112 / 107 tok/s with it vs 92 / 100 / 98 without (three A/B pairs,
 # 2026-12-02); c=1 61 / 64 / 59 vs 58 / 60 / 58. Every Ray process must see it: `distill serve`
 # sets it before it starts a local Ray, a cluster in its pods (k8s/rayservice.yaml).
