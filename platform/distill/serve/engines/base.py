@@ -362,10 +362,9 @@ class ThreadedEngine(Engine):
         return []
 
     def _slots_taken(self) -> bool:
-        """Whether a request that waited ``max_queue_wait_s`` found every slot taken (then it
-        gets 503). With rows free it waits on (checked again every ``max_queue_wait_s``): a
-        step or prefill longer than the limit is not a full replica. (The HF teacher refused
-        cascade fallbacks with 24 of 32 rows free while a contended 16-way step ran past 2 s.)"""
+        """Whether a request that waited ``max_queue_wait_s`` found every slot taken (then 503).
+        With rows free it waits on, checked every ``max_queue_wait_s``: a step longer than the
+        limit is not a full replica (the HF teacher refused fallbacks with 16 of 32 rows free)."""
         return len(self._running()) >= self.batching.max_batch_size
 
     def _take_new(self, idle: bool, free_slots: int, budget_tokens: int) -> list[Sequence]:
