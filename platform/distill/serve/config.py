@@ -36,7 +36,12 @@ Engine = Literal["hf", "onnxruntime-genai", "vllm"]
 # 16-way HTTP: 117 / 112 / 107 tok/s with it vs 92 / 100 / 98 without (three A/B pairs,
 # 2026-12-02); c=1 61 / 64 / 59 vs 58 / 60 / 58. Every Ray process must see it: `distill serve`
 # sets it before it starts a local Ray, a cluster in its pods (k8s/rayservice.yaml).
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Direct ingress holds a Router replica 30 s on shutdown by default, for an external load
+# balancer (HAProxy) to drain it; a local Ray has none, and every serve.shutdown() took 30 s.
+SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
 
 def apply_serve_env() -> None:
