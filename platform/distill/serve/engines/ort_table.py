@@ -102,9 +102,9 @@ class BatchTable:
         return {bid: self.ahead.pop(bid) if bid in self.ahead else self._step(bid) for bid in step}
 
     def step_ahead(self, step: list[int]) -> None:
-        """Decode the next step of each batch in ``step`` that has not ended, before the next
-        :meth:`cycle` asks for it (which then returns it at once). The child process does this
-        while the replica delivers the previous step, so the runtime never waits for it."""
+        """Decode the next step of each batch in ``step`` (the caller passes those still
+        running) before the next :meth:`cycle` asks for it, which then returns it at once. The
+        child process does this while the replica delivers the previous step."""
         for bid in step:
             if bid in self.batches and bid not in self.ahead:
                 self.ahead[bid] = self._step(bid)
