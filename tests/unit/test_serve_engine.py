@@ -208,9 +208,8 @@ def test_a_long_step_refuses_a_waiting_request_only_when_every_row_is_taken(
         running = eng.stream(eng.prepare(prompt="a", params=SamplingParams(max_tokens=6)))
         sem.release()  # the prefill runs; the first decode step then blocks
         await asyncio.wait_for(anext(running), 30)
-        late = asyncio.ensure_future(
-            _collect(eng, "b", SamplingParams(max_tokens=2))
-        )  # waits for the blocked step
+        # waits for the blocked step
+        late = asyncio.ensure_future(_collect(eng, "b", SamplingParams(max_tokens=2)))
         await asyncio.sleep(0.8)  # past two checks of max_queue_wait_s
         for _ in range(40):
             sem.release()

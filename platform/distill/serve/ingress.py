@@ -6,7 +6,7 @@ serve`` sets) each ingress replica (the Router) also serves HTTP on a port of it
 connects there skips the proxy actor's hop. ``distill serve deploy/serve.yaml`` prints both::
 
     serving http://127.0.0.1:8000  (OpenAI base URL: http://127.0.0.1:8000/v1)
-    direct to the Router replica (no proxy hop): http://127.0.0.1:30000/v1
+    direct to the Router replicas (no proxy hop): http://127.0.0.1:30000/v1
 
 Six direct / proxy pairs on the int4 ORT student (probes and three full ``serve_load`` runs,
 2 cores, 2026-12-02): 16-way, direct was ahead in five of six (-4% to +16%: 95.5-118.1 vs
