@@ -107,7 +107,7 @@ def test_ort_adapter_starts_a_late_request_beside_the_running_batch(
     assert rt.batches == [1, 1]
     late_first = max_batches == 2 or queue_wait_s < 1
     assert ended == (["late", "long"] if late_first else ["long", "late"])
-    assert eng.stats()["finished"] == 2
+    assert eng.stats()["finished"] == 2 and eng.stats()["prefills"] == 2  # one per batch
 
 
 def test_engine_registry_and_config_errors():

@@ -100,6 +100,7 @@ class OrtGenAIEngine(ThreadedEngine):
             if not (opens or closes or batches):
                 continue
             results = self.table.cycle(opens, closes, list(batches))
+            self.counters["prefills"] += len(opens)  # the child prefills a batch on its 1st step
             closes = []
             for bid, res in results.items():
                 if self._deliver(batches[bid], res):
