@@ -121,6 +121,7 @@ def test_serve_engine_runs_the_runtime_in_a_child_process(engine, ort_dir):
 
     try:
         proc = eng.table.proc
+        assert proc.args[-2] == "1"  # its intra-op threads spin unless engine_kwargs.spin: false
         req, chunks = asyncio.run(run("def add(a, b):", 6))
         ref = engine.generate([req.input_ids], max_new_tokens=6)[0]
         got = [i for c in chunks for i in c.token_ids]

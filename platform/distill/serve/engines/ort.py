@@ -2,6 +2,7 @@
 replica, with the shared admission / cancellation / text plumbing of :class:`ThreadedEngine`::
 
     student: {model: runs/smollm2/student-int4-ort, engine: onnxruntime-genai, num_cpus: 2}
+    # engine_kwargs: {spin: false}   # intra-op threads sleep between ops (a busy shared node)
 
 The runtime decodes a *static* batch (ONNX Runtime GenAI cannot add a sequence to a running
 generator), so this adapter batches the requests waiting when a batch starts (those sharing
@@ -57,13 +58,18 @@ class OrtGenAIEngine(ThreadedEngine):
         torch_threads: int | None = None,
         batching: BatchingConfig | None = None,
         runtime: Any = None,
+        spin: bool = True,
     ) -> None:
         # The runtime holds the GIL while it computes, so a replica runs it in a child process
         # (ort_table.py); a ``runtime`` object given here is stepped in this process instead.
-        # No busy-waiting: the child shares the cores with the replica, Serve and the Router
-        # (16-way HTTP probe, 2 cores: 99.9 / 112.3 tok/s without spinning, 87.6 / 94.6 with).
+        # ``spin``: idle intra-op threads busy-wait between ops (ONNX Runtime's default). With
+        # the child decoding ahead, five interleaved A/B pairs of HTTP waves (2 cores,
+        # 2026-12-02) gave a single request 114.3 tok/s mean with it, 102.4 without (5 of 5
+        # pairs), 16 concurrent 207.9 vs 200.4 (2 of 5). Before the look-ahead, spinning lost at
+        # 16-way (87.6 / 94.6 vs 99.9 / 112.3 tok/s): ``engine_kwargs: {spin: false}`` for a
+        # node whose cores are busy with other work.
         if runtime is None:
-            self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=False)
+            self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=spin)
         else:
             self.table = BatchTable(runtime)
         meta = self.table.info()
