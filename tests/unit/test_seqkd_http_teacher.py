@@ -146,7 +146,9 @@ def test_rate_limit_spaces_requests(stub):
     for _ in range(4):
         c.complete(ROW)
     times = [t for t, _, _ in stub.requests]
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.045
+    # 3 gaps of 1/20 s at the client; received times jitter on a loaded box (a 41 ms gap after a
+    # late one was seen), so the span is asserted: unthrottled, the 4 took 7 ms here
+    assert times[-1] - times[0] >= 3 * 0.05 * 0.9
 
 
 def test_api_key_is_sent(stub):
