@@ -1,8 +1,9 @@
 """The Serve app end to end on tiny models, through the real ``openai`` client and raw HTTP.
 
-Student = tiny MHA Llama, teacher = tiny GQA Llama (same tokenizer). Serve starts once for the
-module; every test shares it: batching, streaming, the early decision, limits, 503 on overload,
-cancellation on disconnect, the OpenAI fields.
+Student = tiny MHA Llama in Student replicas, teacher = tiny GQA Llama hosted by the Router
+replica itself (``placement: router``; same tokenizer). Serve starts once for the module; every
+test shares it: batching, streaming, the early decision, limits, 503 on overload, cancellation on
+disconnect (both placements), the OpenAI fields.
 """
 
 import http.client
@@ -43,7 +44,12 @@ def server(tiny_gqa, tiny_mha, tmp_path_factory):
     args = {
         "served_model_name": "tiny",
         "student": {"model": str(tiny_mha.path), "num_cpus": 0.5, "batching": batching},
-        "teacher": {"model": str(tiny_gqa.path), "num_cpus": 0.5, "batching": batching},
+        "teacher": {
+            "model": str(tiny_gqa.path),
+            "num_cpus": 0.5,
+            "batching": batching,
+            "placement": "router",  # no Teacher replicas: the Router holds the engine
+        },
         # threshold 0 (default 0.5) and the scoring reach the Router as its user_config
         "cascade": {"threshold": 0.0, "scoring": "min_prob", "decide_after_tokens": 2},
         "max_tokens_limit": 400,
@@ -197,6 +203,14 @@ def test_models_health_and_stats(server):
     status, stats = _get(server, "/v1/stats")
     assert status == 200 and stats["requests"] >= 1 and "student" in stats["latency_ms"]
     assert stats["cascade"]["threshold"] == 0.0 and stats["cascade"]["scoring"] == "min_prob"
+    assert health["teacher"]["engine"] == "hf" and health["teacher"]["stats"]["requests"] >= 0
+
+
+def test_a_router_hosted_model_has_no_replicas_of_its_own(server):
+    from ray import serve
+
+    deployments = serve.status().applications["distill"].deployments
+    assert set(deployments) == {"Router", "Student"}
 
 
 def test_the_router_replica_serves_http_directly(server):
@@ -321,10 +335,11 @@ def test_bad_chat_input(server):
     assert code == 400 and "5 messages; the limit is 4" in err["error"]["message"]
 
 
-def test_overload_gets_503_and_disconnects_free_the_slots(server):
+@pytest.mark.parametrize("role", ["student", "teacher"])  # placement replica, router
+def test_overload_gets_503_and_disconnects_free_the_slots(server, role):
     """Fill every slot with open streams, get a 503 at once, hang up: generations cancelled."""
-    before = _engine(server)
-    body = {"model": "tiny-student", "prompt": "def f(x):", "max_tokens": 400, "stream": True}
+    before = _engine(server, role)
+    body = {"model": f"tiny-{role}", "prompt": "def f(x):", "max_tokens": 400, "stream": True}
     with ThreadPoolExecutor(MAX_INFLIGHT) as pool:
         streams = list(pool.map(lambda _: _open_stream(server, body), range(MAX_INFLIGHT)))
     assert all(first[0].startswith("data: ") for _, first in streams)  # streaming has begun
@@ -336,7 +351,7 @@ def test_overload_gets_503_and_disconnects_free_the_slots(server):
         conn.sock.shutdown(socket.SHUT_RDWR)
         conn.close()
     for _ in range(200):
-        stats = _engine(server)
+        stats = _engine(server, role)
         if stats["active"] == 0 and _get(server, "/v1/stats")[1]["inflight"] == 0:
             break
         time.sleep(0.05)

@@ -284,6 +284,8 @@ def test_serve_args_validation():
         ({"cascade": {"threshold": 1.5}}, "less than or equal to 1"),
         ({"cascade": {"scoring": "vibes"}}, "mean_logprob"),
         ({"bogus": 1}, "Extra inputs"),
+        ({"student": {"model": "s", "placement": "router", "replicas": 2}}, "router_replicas"),
+        ({"student": {"model": "s", "placement": "gpu"}}, "'replica' or 'router'"),
     ]
     for patch, msg in bad:
         with pytest.raises(ValidationError, match=msg):
@@ -331,7 +333,7 @@ def test_stats_summary():
 
 
 def test_resource_check_fails_before_deploying():
-    from distill.serve.app import check_resources, required_resources
+    from distill.serve.app import check_resources, required_resources, router_resources
 
     args = ServeArgs.model_validate(
         {"student": {"model": "s", "num_cpus": 1, "replicas": 2}, "teacher": {"model": "t"}}
@@ -340,6 +342,16 @@ def test_resource_check_fails_before_deploying():
     check_resources(args, {"CPU": 4.0})
     with pytest.raises(DistillError, match="reserves 3.1 CPU .* has 2"):
         check_resources(args, {"CPU": 2.0})
+    # placement router: no Student replicas; each Router replica reserves the student's CPUs
+    hosted = ServeArgs.model_validate(
+        {
+            "student": {"model": "s", "num_cpus": 0.95, "placement": "router"},
+            "teacher": {"model": "t", "num_cpus": 0.95},
+            "router_replicas": 2,
+        }
+    )
+    assert router_resources(hosted) == {"num_cpus": pytest.approx(1.05), "num_gpus": 0.0}
+    assert required_resources(hosted) == {"CPU": pytest.approx(3.05), "GPU": 0.0}
 
 
 def test_ray_typed_builder_validates_args(tiny_gqa, tiny_mha):

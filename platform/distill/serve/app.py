@@ -76,6 +76,8 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
 
 
 def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit: int):
+    if dep.placement == "router":
+        return None  # the Router replica builds this engine itself
     if dep.engine == "vllm":
         from distill.serve.engines.vllm import vllm_deployment
 
@@ -92,7 +94,9 @@ def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit
 
 
 def build_app(args: ServeArgs):
-    """Router(ingress) -> Student, Teacher. ``args`` arrives validated (Ray's typed builder)."""
+    """Router(ingress) -> Student, Teacher. ``args`` arrives validated (Ray's typed builder).
+    A model with ``placement: router`` has no deployment of its own: each Router replica holds
+    its engine and reserves its CPUs / GPUs."""
     from distill.serve.router import Router
 
     if isinstance(args, dict):
@@ -110,7 +114,7 @@ def build_app(args: ServeArgs):
         max_ongoing_requests=lim.max_inflight + 8,
         max_queued_requests=lim.max_queued,
         backpressure_config={"status_code": 503, "retry_after_s": lim.retry_after_s},
-        ray_actor_options={"num_cpus": args.router_num_cpus},
+        ray_actor_options=router_resources(args),
         user_config={"cascade": args.cascade.model_dump()},
     ).bind(
         student,
@@ -120,11 +124,22 @@ def build_app(args: ServeArgs):
     )
 
 
+def router_resources(args: ServeArgs) -> dict[str, float]:
+    """One Router replica's Ray resources: its own plus those of the models it hosts."""
+    hosted = [getattr(args, r) for r in ROLES if getattr(args, r).placement == "router"]
+    return {
+        "num_cpus": args.router_num_cpus + sum(d.num_cpus for d in hosted),
+        "num_gpus": sum(d.num_gpus for d in hosted),
+    }
+
+
 def required_resources(args: ServeArgs) -> dict[str, float]:
     """Ray CPUs / GPUs every replica of the app reserves together."""
-    deps = [(args.student.replicas, args.student), (args.teacher.replicas, args.teacher)]
-    cpus = args.router_replicas * args.router_num_cpus + sum(n * d.num_cpus for n, d in deps)
-    return {"CPU": cpus, "GPU": sum(n * d.num_gpus for n, d in deps)}
+    own = [getattr(args, r) for r in ROLES if getattr(args, r).placement == "replica"]
+    router = router_resources(args)
+    cpus = args.router_replicas * router["num_cpus"] + sum(d.replicas * d.num_cpus for d in own)
+    gpus = args.router_replicas * router["num_gpus"] + sum(d.replicas * d.num_gpus for d in own)
+    return {"CPU": cpus, "GPU": gpus}
 
 
 def check_resources(args: ServeArgs, available: dict[str, float]) -> None:

@@ -1,7 +1,9 @@
-"""How the Router reaches a model: a stream of engine chunks from a Serve deployment handle.
+"""How the Router reaches a model: a stream of engine chunks.
 
-``ServeModelClient`` talks to distill's ``ModelServer`` (engines hf / onnxruntime-genai);
-``engines.vllm.VLLMModelClient`` to a Ray Serve LLM deployment. Both turn the model's refusals
+``ServeModelClient`` talks to distill's ``ModelServer`` replicas through a deployment handle
+(engines hf / onnxruntime-genai, ``placement: replica``); ``LocalModelClient`` to an engine the
+Router replica holds itself (``placement: router``); ``engines.vllm.VLLMModelClient`` to a Ray
+Serve LLM deployment. All turn the model's refusals
 into :class:`~distill.serve.cascade.RequestFailed` (400 for a prompt the model cannot take, 503
 when it is at capacity) and cancel the generation when the stream is closed early::
 
@@ -48,3 +50,40 @@ class ServeModelClient:
 
     async def info(self) -> dict[str, Any]:
         return await self.info_handle.info.remote()
+
+    def check_health(self) -> None:
+        """Serve health-checks the model's own replicas."""
+
+    def close(self) -> None:
+        """Nothing held here: the replicas are Serve's."""
+
+
+class LocalModelClient:
+    """``placement: router``: the engine runs inside the Router replica (the onnxruntime-genai
+    engine computes in a child process of it), so a token reaches the HTTP response without a
+    hop through another Serve replica and Ray's streaming generator."""
+
+    def __init__(self, host: Any, name: str) -> None:
+        self.host = host  # a distill.serve.deployments.ModelHost
+        self.name = name
+
+    async def open(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
+        gen = self.host.generate(payload)
+        try:
+            async for item in gen:
+                if isinstance(item, dict) and "error" in item:
+                    raise RequestFailed(int(item.get("status", 400)), str(item["error"]))
+                yield item
+                if item.finish_reason:
+                    return
+        finally:
+            await gen.aclose()  # cancels the generation unless it finished
+
+    async def info(self) -> dict[str, Any]:
+        return self.host.info()
+
+    def check_health(self) -> None:
+        self.host.check_health()
+
+    def close(self) -> None:
+        self.host.close()

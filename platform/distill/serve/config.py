@@ -98,6 +98,13 @@ class ModelDeployment(StrictModel):
         description="hf: transformers with continuous batching (CPU/CUDA, the reference); "
         "onnxruntime-genai: an int4 ONNX export (CPU); vllm: Ray Serve LLM on a GPU",
     )
+    placement: Literal["replica", "router"] = Field(
+        "replica",
+        description="replica: Serve replicas of its own (Student / Teacher), scaled by "
+        "replicas; router: one engine inside each Router replica (no replica hop per token; "
+        "its num_cpus are added to the Router's). engine onnxruntime-genai computes in a child "
+        "process either way",
+    )
     replicas: int = Field(1, ge=1, le=64, description="Serve replicas of this deployment")
     num_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per replica")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per replica (>0 implies device=cuda)")
@@ -112,7 +119,8 @@ class ModelDeployment(StrictModel):
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed to the engine (vllm: vLLM engine args such as max_model_len)",
+        description="passed to the engine (vllm: vLLM engine args such as max_model_len; "
+        "onnxruntime-genai: {spin: false} stops its threads spinning between steps)",
     )
 
     @field_validator("model")
@@ -135,6 +143,15 @@ class ModelDeployment(StrictModel):
             raise ValueError("num_gpus > 0 needs device: cuda")
         if self.engine == "vllm" and self.num_gpus <= 0:
             raise ValueError("engine vllm needs a GPU: set num_gpus: 1 and device: cuda")
+        if self.placement == "router" and self.engine == "vllm":
+            raise ValueError(
+                "engine vllm runs in Ray Serve LLM replicas: placement must be replica"
+            )
+        if self.placement == "router" and self.replicas != 1:
+            raise ValueError(
+                "placement router runs one engine in each Router replica: set "
+                "router_replicas, not replicas"
+            )
         if self.engine_kwargs and self.engine == "hf":
             raise ValueError("engine_kwargs are for engine vllm / onnxruntime-genai, not hf")
         return self

@@ -41,8 +41,11 @@ def sampling_params(p: dict[str, Any]):
     return SamplingParams(**kw, stop=tuple(p.get("stop") or ()), logit_bias=bias)
 
 
-@serve.deployment
-class ModelServer:
+class ModelHost:
+    """One model's engine and its request contract, wherever it runs: in a ``ModelServer``
+    replica (``placement: replica``) or inside each Router replica (``placement: router``,
+    :class:`~distill.serve.client.LocalModelClient`)."""
+
     def __init__(self, role: str, path: str, spec: dict[str, Any], context_limit: int) -> None:
         from distill.serve.config import ModelDeployment
         from distill.serve.engines import EngineOptions, build_engine
@@ -89,13 +92,26 @@ class ModelServer:
         except PromptError as e:
             yield {"error": str(e), "status": 400}
             return
+        stream = self.engine.stream(req)
         try:
-            async for chunk in self.engine.stream(req):
+            async for chunk in stream:
                 yield chunk
         except Overloaded as e:
             yield {"error": f"{self.role} is at capacity: {e}", "status": 503}
+        finally:
+            await stream.aclose()  # closed early: the engine frees the batch slot now
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
+            self.engine = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@serve.deployment
+class ModelServer(ModelHost):
+    """``placement: replica``: the model in Serve replicas of its own (``Student``,
+    ``Teacher``), scaled by ``replicas``; the Router streams from it through a handle."""

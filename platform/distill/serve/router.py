@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 
 from distill.monitor.log import open_request_log
 from distill.serve.cascade import Answer, ModelStream, RequestFailed, Timeouts, start_answer
-from distill.serve.client import ServeModelClient
+from distill.serve.client import LocalModelClient, ServeModelClient
 from distill.serve.config import CascadeConfig, ServeArgs
 from distill.serve.schemas import (
     ChatCompletionRequest,
@@ -71,8 +71,14 @@ def _headers(info: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _make_client(handle: DeploymentHandle, role: str, args: ServeArgs, path: str):
-    if getattr(args, role).engine == "vllm":
+def _make_client(handle: DeploymentHandle | None, role: str, args: ServeArgs, path: str):
+    dep = getattr(args, role)
+    if dep.placement == "router":  # the engine lives in this Router replica
+        from distill.serve.deployments import ModelHost
+
+        spec = dep.model_dump(mode="json")
+        return LocalModelClient(ModelHost(role, path, spec, args.context_limit), role)
+    if dep.engine == "vllm":
         from distill.serve.engines.vllm import VLLMModelClient
 
         return VLLMModelClient(handle, role, path, args.context_limit)
@@ -102,8 +108,8 @@ async def _chain(first: str, rest):
 class Router:
     def __init__(
         self,
-        student: DeploymentHandle,
-        teacher: DeploymentHandle,
+        student: DeploymentHandle | None,
+        teacher: DeploymentHandle | None,
         args: dict,
         paths: dict[str, str],
     ) -> None:
@@ -121,6 +127,15 @@ class Router:
         self.stats = Stats()
         self.metrics = ServeMetrics()
         self.request_log = open_request_log(self.args.request_log)  # distill monitor reads it
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: an engine this replica hosts must be alive."""
+        for client in self.clients.values():
+            client.check_health()
+
+    def __del__(self) -> None:
+        for client in getattr(self, "clients", {}).values():
+            client.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {cascade: {threshold: 0.3, scoring: entropy, ...}}``."""

@@ -182,3 +182,9 @@ class VLLMModelClient:
 
     async def info(self) -> dict[str, Any]:
         return {"role": self.name, "engine": "vllm", "max_context": self.context_limit}
+
+    def check_health(self) -> None:
+        """Serve health-checks the LLMServer replicas."""
+
+    def close(self) -> None:
+        """Nothing held here: the replicas are Serve's."""
