@@ -3,6 +3,10 @@ at several concurrencies, against the bare engine and the landed-main path in th
 
     .venv/bin/python benchmarks/serve_load.py --student runs/smollm2/student
     .venv/bin/python benchmarks/serve_load.py --tiny          # tiny random models, ~2 min
+    # the student hosted in the Router vs in replicas of its own, 4 alternating waves each
+    .venv/bin/python benchmarks/serve_load.py --student runs/smollm2/student-int4-cpu \
+        --student-engine onnxruntime-genai --baseline-student runs/smollm2/student \
+        --student-placement router --compare-placement --rounds 4 --concurrency 1,16
 
 Phases, all on this machine in one process tree:
   before     the landed main's model path: HF ``generate`` at batch 1 behind a lock
@@ -12,6 +16,8 @@ Phases, all on this machine in one process tree:
              ``distill.serve`` from ``deploy/serve.yaml`` (student path replaced), streamed
              completions over HTTP on 127.0.0.1 at each concurrency, sent to the Router
              replica's own port (Serve's direct ingress, which ``distill serve`` prints);
+             (with --compare-placement, a second app with the student at the other
+             ``placement``, its waves alternating with these, --rounds times);
   student-proxy
              the student route again through Serve's proxy port, for comparison;
   fallback   cascade requests forced to fall back (threshold 1) with ``takeover: prompt`` and
@@ -27,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import difflib
 import json
 import os
 import platform
@@ -41,6 +46,9 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_http.py, next to this file
+
+from serve_http import row, run_ab, run_http, run_overload, similarity  # noqa: E402
 
 
 def prompts(n: int, words: int = 24) -> list[str]:
@@ -54,48 +62,6 @@ def prompts(n: int, words: int = 24) -> list[str]:
             if len(out) == n:
                 return out
     return out
-
-
-def decode_rates(results: list[dict]) -> list[float]:
-    """Each answer's decode speed after its first token: (tokens - 1) / (latency - TTFT)."""
-    out = []
-    for r in results:
-        n, ttft = r.get("tokens", 0), r.get("ttft")
-        if n > 1 and ttft is not None and r["latency"] > ttft:
-            out.append((n - 1) / (r["latency"] - ttft))
-    return out
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    from distill.serve.stats import percentile
-
-    return percentile(xs, q)
-
-
-def row(name: str, c: int, results: list[dict], wall: float) -> dict:
-    ok = [r for r in results if r.get("status") == 200]
-    lat = [r["latency"] for r in ok]
-    ttft = [r["ttft"] for r in ok if r.get("ttft") is not None]
-    toks = sum(r["tokens"] for r in ok)
-    fb = [r["fallback"] for r in ok if r.get("fallback") is not None]
-    codes: dict[str, int] = {}
-    for r in results:
-        if r.get("status") != 200:
-            codes[str(r.get("status"))] = codes.get(str(r.get("status")), 0) + 1
-    return {
-        "name": name,
-        "concurrency": c,
-        "requests": len(results),
-        "errors": codes,
-        "tok_s": toks / wall if wall else 0.0,
-        "req_s": len(ok) / wall if wall else 0.0,
-        "p50_s": pct(lat, 50),
-        "p99_s": pct(lat, 99),
-        "ttft_p50_s": pct(ttft, 50),
-        "decode_tok_s_p50": pct(decode_rates(ok), 50),
-        "fallback": sum(fb) / len(fb) if fb else None,
-        "texts": [r.get("text", "") for r in ok],
-    }
 
 
 # -- in-process phases ---------------------------------------------------------------------------
@@ -158,101 +124,6 @@ def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
     return row("bare engine", c, results, wall)
 
 
-# -- HTTP ------------------------------------------------------------------------------------------
-def http_request(port: int, body: dict, timeout: float = 600) -> dict:
-    """One streamed completion over raw HTTP; returns status, latency, TTFT, tokens, text."""
-    import http.client
-
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", "/v1/completions", json.dumps(body),
-                     {"content-type": "application/json"})  # fmt: skip
-        resp = conn.getresponse()
-        if resp.status != 200:
-            body_text = resp.read().decode(errors="replace")
-            return {"status": resp.status, "latency": time.perf_counter() - t0,
-                    "message": body_text[:200]}  # fmt: skip
-        ttft, text, usage, info = None, "", {}, {}
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ev = json.loads(line[6:])
-            if "error" in ev:
-                return {
-                    "status": ev["error"].get("code") or 500,
-                    "latency": time.perf_counter() - t0,
-                    "message": str(ev["error"].get("message", ""))[:200],
-                }
-            for ch in ev.get("choices", []):
-                if ch.get("text") and ttft is None:
-                    ttft = time.perf_counter() - t0
-                text += ch.get("text") or ""
-            usage = ev.get("usage") or usage
-            info = ev.get("distill") or info
-        return {
-            "status": 200, "latency": time.perf_counter() - t0, "ttft": ttft, "text": text,
-            "tokens": usage.get("completion_tokens", 0), "fallback": info.get("fallback"),
-        }  # fmt: skip
-    except Exception as e:
-        return {"status": f"{type(e).__name__}", "latency": time.perf_counter() - t0}
-    finally:
-        conn.close()
-
-
-def run_http(port, name, model, texts, c, max_tokens, distill=None) -> dict:
-    def one(p: str) -> dict:
-        body = {"model": model, "prompt": p, "max_tokens": max_tokens, "temperature": 0,
-                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
-        if distill:
-            body["distill"] = distill
-        return http_request(port, body)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(c) as pool:
-        results = list(pool.map(one, texts))
-    return row(name, c, results, time.perf_counter() - t0)
-
-
-def run_overload(port: int, model: str, burst: int) -> dict:
-    """``burst`` long requests at once: admitted ones are cut short, refused ones timed."""
-    body = {"model": model, "prompt": "def main():", "max_tokens": 256, "stream": True}
-    with ThreadPoolExecutor(burst) as pool:
-        results = list(pool.map(lambda _: http_request(port, body, timeout=120), range(burst)))
-    refused = [r["latency"] for r in results if r["status"] == 503]
-    by_source: dict[str, list[float]] = {}
-    for r in results:
-        if r["status"] == 503:
-            by_source.setdefault(refusal_source(r.get("message", "")), []).append(r["latency"])
-    return {
-        "name": "overload burst", "concurrency": burst, "requests": burst,
-        "refused_503": len(refused), "refused_p99_s": pct(refused, 99),
-        "refused_by": {k: {"n": len(v), "p50_s": pct(v, 50), "p99_s": pct(v, 99)}
-                       for k, v in sorted(by_source.items())},
-        "other_errors": [r["status"] for r in results if r["status"] not in (200, 503)],
-    }  # fmt: skip
-
-
-def refusal_source(message: str) -> str:
-    """Who answered a 503: Serve's queue (before the Router), the Router, or a model replica."""
-    if "server at capacity" in message:
-        return "router"
-    if "is at capacity" in message or "batch slot" in message:
-        return "replica"
-    return "serve queue"
-
-
-def similarity(a: list[str], b: list[str]) -> tuple[float, float]:
-    """(exact-match rate, mean difflib ratio) of paired answers."""
-    pairs = list(zip(a, b, strict=False))
-    if not pairs:
-        return float("nan"), float("nan")
-    exact = sum(x == y for x, y in pairs) / len(pairs)
-    ratio = sum(difflib.SequenceMatcher(None, x, y).ratio() for x, y in pairs) / len(pairs)
-    return exact, ratio
-
-
 # -- the run ---------------------------------------------------------------------------------------
 def serve_args(cli, student: str, teacher: str):
     """The serve config's args (deploy/serve.yaml by default) with the models swapped in."""
@@ -267,6 +138,8 @@ def serve_args(cli, student: str, teacher: str):
         args[role]["model"] = ref
         args[role]["torch_threads"] = cli.threads
     args["student"]["engine"] = cli.student_engine
+    if cli.student_placement:
+        args["student"]["placement"] = cli.student_placement
     max_tokens = cli.max_tokens
     args["max_tokens_limit"] = max(args["max_tokens_limit"], max_tokens, 256)
     return ServeArgs.model_validate(args)
@@ -325,6 +198,18 @@ def main() -> int:
     ap.add_argument("--teacher", default="gguf:default")
     ap.add_argument("--tiny", action="store_true", help="tiny random models (--student kept)")
     ap.add_argument("--student-engine", default="hf", choices=["hf", "onnxruntime-genai"])
+    ap.add_argument(
+        "--student-placement",
+        choices=["replica", "router"],
+        help="the student's placement (default: the serve config's)",
+    )
+    ap.add_argument(
+        "--compare-placement",
+        action="store_true",
+        help="also deploy the student at the other placement (a second app) and run the "
+        "student waves on both, alternating, --rounds times",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="student waves per level and arm")
     ap.add_argument("--baseline-student", help="HF dir for the 'before' phase (default --student)")
     ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve.yaml"))
     ap.add_argument("--concurrency", default="1,4,16,32")
@@ -406,23 +291,42 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
 
     rows: list[dict] = []
     apply_serve_env()  # what `distill serve` runs with (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    # logical CPUs: each app reserves 2.0 (router 0.1 + 2 x 0.95, as on a 2-CPU node)
+    ray.init(num_cpus=5 if args.compare_placement else 3, include_dashboard=False,
+             log_to_driver=False)  # fmt: skip
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        proxy = s.getsockname()[1]
     sa = serve_args(args, student, teacher)
     try:
         t0 = time.perf_counter()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy})
         serve.run(build_app(sa), name="bench", route_prefix="/")
         print(f"serve.run {time.perf_counter() - t0:.1f} s; cascade {sa.cascade.model_dump()}")
-        proxy, port = port, direct_port(port)
+        port = direct_port(proxy, "bench")
         print(f"HTTP to the Router replica's own port {port} (proxy: {proxy})")
+        arms = [("http student", port, "")]
+        if args.compare_placement:
+            other = "router" if sa.student.placement == "replica" else "replica"
+            sb = sa.model_copy(
+                update={"student": sa.student.model_copy(update={"placement": other})}
+            )
+            serve.run(build_app(sb), name="bench-b", route_prefix="/b")
+            arms.append((f"http student ({other})", direct_port(proxy, "bench-b"), "/b"))
+            print(f"student placement {sa.student.placement} (bench) vs {other} (bench-b, /b)")
         warm = level_texts(1)[:2]
-        for p, model in ((port, "bench-student"), (port, "bench-teacher"), (proxy, "bench")):
+        for _name, p, prefix in arms:
+            run_http(p, "warm", "bench-student", warm, 1, 8, prefix=prefix)
+        for p, model in ((port, "bench-teacher"), (proxy, "bench")):
             run_http(p, "warm", model, warm, 1, 8)
+        if "student" in phases:
+            for c in levels:
+                if timed_out(f"student c={c}"):
+                    break
+                got = run_ab(arms, "bench-student", level_texts(c), c, args.max_tokens, args.rounds)
+                rows += got
+                print_table(got)
         routes = [
-            ("student", "bench-student", port),
             ("student-proxy", "bench-student", proxy),
             ("teacher", "bench-teacher", port),
             ("cascade", "bench", port),
@@ -436,34 +340,40 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
                 label = "http student via proxy" if name == "student-proxy" else f"http {name}"
                 rows.append(run_http(p, label, model, level_texts(c), c, args.max_tokens))
                 print_table(rows[-1:])
-        if "fallback" in phases and not timed_out("fallback"):
-            texts = level_texts(1)
-            alone = run_http(port, "http teacher alone", "bench-teacher", texts, 1, args.max_tokens)
-            rows.append(alone)
-            for takeover in ("prompt", "prefix"):
-                forced = {"threshold": 1.0, "takeover": takeover}
-                r = run_http(port, f"http fallback ({takeover})", "bench", texts, 1,
-                             args.max_tokens, forced)  # fmt: skip
-                r["vs_teacher_p50"] = (r["p50_s"] or 0) / (alone["p50_s"] or float("nan"))
-                r["agree_exact"], r["agree_ratio"] = similarity(r["texts"], alone["texts"])
-                rows.append(r)
-            print_table(rows[-3:])
-        if "overload" in phases and not timed_out("overload"):
-            burst = sa.limits.max_inflight + 8 + sa.limits.max_queued + 16
-            rows.append(run_overload(port, "bench-student", burst))
-            print(rows[-1])
+        rows += run_fallback_and_overload(args, sa, port, level_texts, timed_out, phases)
     finally:
         serve.shutdown()
         ray.shutdown()
     return rows
 
 
-def direct_port(proxy_port: int) -> int:
+def run_fallback_and_overload(args, sa, port, level_texts, timed_out, phases) -> list[dict]:
+    rows: list[dict] = []
+    if "fallback" in phases and not timed_out("fallback"):
+        texts = level_texts(1)
+        alone = run_http(port, "http teacher alone", "bench-teacher", texts, 1, args.max_tokens)
+        rows.append(alone)
+        for takeover in ("prompt", "prefix"):
+            forced = {"threshold": 1.0, "takeover": takeover}
+            r = run_http(port, f"http fallback ({takeover})", "bench", texts, 1,
+                         args.max_tokens, forced)  # fmt: skip
+            r["vs_teacher_p50"] = (r["p50_s"] or 0) / (alone["p50_s"] or float("nan"))
+            r["agree_exact"], r["agree_ratio"] = similarity(r["texts"], alone["texts"])
+            rows.append(r)
+        print_table(rows[-3:])
+    if "overload" in phases and not timed_out("overload"):
+        burst = sa.limits.max_inflight + 8 + sa.limits.max_queued + 16
+        rows.append(run_overload(port, "bench-student", burst))
+        print(rows[-1])
+    return rows
+
+
+def direct_port(proxy_port: int, app: str) -> int:
     """The Router replica's direct-ingress port (what ``distill serve`` prints and a cluster's
     HAProxy sends traffic to); the proxy's port when direct ingress is off."""
     from distill.serve.ingress import direct_ingress_urls
 
-    urls = direct_ingress_urls("bench", "127.0.0.1", proxy_port)
+    urls = direct_ingress_urls(app, "127.0.0.1", proxy_port)
     return int(urls[0].rsplit(":", 1)[1]) if urls else proxy_port
 
 
@@ -499,6 +409,17 @@ def summary(rows: list[dict]) -> None:
                 f"  c={c}: direct to the Router replica {d['tok_s']:.1f} tok/s, through Serve's "
                 f"proxy {viaproxy['tok_s']:.1f} ({d['tok_s'] / viaproxy['tok_s']:.2f}x)"
             )
+    for r in rows:
+        if r["name"].startswith("http student (") and r.get("rounds_tok_s"):
+            a = get("http student", r["concurrency"])
+            if a and a.get("rounds_tok_s"):
+                wins = sum(x > y for x, y in zip(a["rounds_tok_s"], r["rounds_tok_s"], strict=True))
+                print(
+                    f"  c={r['concurrency']}: http student {a['tok_s']:.1f} tok/s (p50 "
+                    f"{fmt(a['p50_s'])} s) vs {r['name']} {r['tok_s']:.1f} (p50 {fmt(r['p50_s'])}"
+                    f" s): {a['tok_s'] / r['tok_s']:.2f}x, ahead in {wins} of "
+                    f"{len(a['rounds_tok_s'])} alternating waves"
+                )
     if s1 and s1["ttft_p50_s"] and s1["p50_s"]:
         print(
             f"  TTFT p50 / full latency p50 at c=1: {s1['ttft_p50_s'] / s1['p50_s']:.2f} (goal <= 0.2)"
