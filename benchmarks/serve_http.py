@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -117,14 +118,14 @@ def run_http(port, name, model, texts, c, max_tokens, distill=None, prefix="") -
     return row(name, c, *wave(port, model, texts, c, max_tokens, distill, prefix))
 
 
-def run_ab(arms: list[tuple[str, int, str]], model, texts, c, max_tokens, rounds) -> list[dict]:
-    """Waves of the same requests on each arm ``(name, port, prefix)``, ``rounds`` times, the
-    order alternating (A B, B A, ...) so the drift of a shared box hits the arms alike. One row
-    per arm over all its waves, with each wave's tok/s in ``rounds_tok_s``."""
+def run_ab(arms: list[tuple[str, Callable]], texts, c, rounds) -> list[dict]:
+    """Waves of the same requests on each arm ``(name, wave_fn(texts, c) -> (results, wall))``,
+    ``rounds`` times, the order alternating (A B C, C B A, ...) so the drift of a shared box hits
+    the arms alike. One row per arm over all its waves, each wave's tok/s in ``rounds_tok_s``."""
     got: dict[str, tuple[list[dict], list[float], list[float]]] = {a[0]: ([], [], []) for a in arms}
     for r in range(rounds):
-        for name, port, prefix in arms if r % 2 == 0 else arms[::-1]:
-            results, wall = wave(port, model, texts, c, max_tokens, prefix=prefix)
+        for name, wave_fn in arms if r % 2 == 0 else arms[::-1]:
+            results, wall = wave_fn(texts, c)
             res, walls, rates = got[name]
             res += results
             walls.append(wall)

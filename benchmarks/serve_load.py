@@ -48,7 +48,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_http.py, next to this file
 
-from serve_http import row, run_ab, run_http, run_overload, similarity  # noqa: E402
+from serve_http import row, run_ab, run_http, run_overload, similarity, wave  # noqa: E402
+
+BARE_RAY_UP = "bare engine, Ray up"
 
 
 def prompts(n: int, words: int = 24) -> list[str]:
@@ -95,6 +97,11 @@ def run_before(path: Path, texts: list[str], c: int, max_tokens: int, threads: i
 
 
 def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
+    return row("bare engine", c, *bare_wave(engine, texts, c, max_tokens))
+
+
+def bare_wave(engine, texts: list[str], c: int, max_tokens: int) -> tuple[list[dict], float]:
+    """``texts`` through the engine in this process, ``c`` at a time: (results, wall s)."""
     from distill.serve.engines.base import SamplingParams
 
     async def main() -> tuple[list[dict], float]:
@@ -120,8 +127,7 @@ def run_bare(engine, texts: list[str], c: int, max_tokens: int) -> dict:
         res = await asyncio.gather(*(one(p) for p in texts))
         return list(res), time.perf_counter() - t0
 
-    results, wall = asyncio.run(main())
-    return row("bare engine", c, results, wall)
+    return asyncio.run(main())
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -267,11 +273,15 @@ def main() -> int:
             rows.append(run_bare(engine, level_texts(c), c, args.max_tokens))
             rows[-1]["name"] = f"bare engine ({args.student_engine})"
             print_table(rows[-1:])
-        engine.close()
-        del engine
+    else:
+        engine = None
     http_phases = phases - {"before", "bare"}
     if http_phases and not timed_out("http"):
-        rows += run_serve_phases(args, student, teacher, levels, level_texts, timed_out, phases)
+        rows += run_serve_phases(
+            args, student, teacher, levels, level_texts, timed_out, phases, engine
+        )
+    if engine is not None:
+        engine.close()
     print()
     print_table(rows)
     summary(rows)
@@ -282,7 +292,11 @@ def main() -> int:
     return 0
 
 
-def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, phases) -> list[dict]:
+def run_serve_phases(
+    args, student, teacher, levels, level_texts, timed_out, phases, engine=None
+) -> list[dict]:
+    """The HTTP phases; ``engine`` (the bare phase's, still loaded) joins the student waves as
+    an arm of its own: the bare engine with the Ray cluster up, in the same minutes."""
     import ray
     from ray import serve
 
@@ -305,25 +319,33 @@ def run_serve_phases(args, student, teacher, levels, level_texts, timed_out, pha
         print(f"serve.run {time.perf_counter() - t0:.1f} s; cascade {sa.cascade.model_dump()}")
         port = direct_port(proxy, "bench")
         print(f"HTTP to the Router replica's own port {port} (proxy: {proxy})")
-        arms = [("http student", port, "")]
+
+        def http_arm(p: int, prefix: str):
+            return lambda texts, c: wave(
+                p, "bench-student", texts, c, args.max_tokens, None, prefix
+            )
+
+        arms = [("http student", http_arm(port, ""))]
+        if engine is not None:
+            arms.insert(0, (BARE_RAY_UP, lambda t, c: bare_wave(engine, t, c, args.max_tokens)))
         if args.compare_placement:
             other = "router" if sa.student.placement == "replica" else "replica"
             sb = sa.model_copy(
                 update={"student": sa.student.model_copy(update={"placement": other})}
             )
             serve.run(build_app(sb), name="bench-b", route_prefix="/b")
-            arms.append((f"http student ({other})", direct_port(proxy, "bench-b"), "/b"))
+            arms.append((f"http student ({other})", http_arm(direct_port(proxy, "bench-b"), "/b")))
             print(f"student placement {sa.student.placement} (bench) vs {other} (bench-b, /b)")
         warm = level_texts(1)[:2]
-        for _name, p, prefix in arms:
-            run_http(p, "warm", "bench-student", warm, 1, 8, prefix=prefix)
+        for _name, wave_fn in arms:
+            wave_fn(warm, 1)
         for p, model in ((port, "bench-teacher"), (proxy, "bench")):
             run_http(p, "warm", model, warm, 1, 8)
         if "student" in phases:
             for c in levels:
                 if timed_out(f"student c={c}"):
                     break
-                got = run_ab(arms, "bench-student", level_texts(c), c, args.max_tokens, args.rounds)
+                got = run_ab(arms, level_texts(c), c, args.rounds)
                 rows += got
                 print_table(got)
         routes = [
@@ -387,8 +409,12 @@ def summary(rows: list[dict]) -> None:
     s16, s1, b1 = (
         get("http student", 16),
         get("http student", 1),
-        next((r for r in rows if r["name"].startswith("bare") and r["concurrency"] == 1), None),
+        next(
+            (r for r in rows if r["name"].startswith("bare engine (") and r["concurrency"] == 1),
+            None,
+        ),
     )
+    bu = get(BARE_RAY_UP, 1)
     print("\ngoals (measured in this run):")
     if before and s16:
         print(
@@ -399,9 +425,20 @@ def summary(rows: list[dict]) -> None:
             f"  single request, HTTP student: {s1['tok_s']:.1f} tok/s end to end (goal >= 100); "
             f"after the first token {fmt(s1.get('decode_tok_s_p50'), '.1f')} tok/s (p50 per request)"
         )
+    if s1 and bu and bu["p50_s"]:
+        over = s1["p50_s"] / bu["p50_s"] - 1
+        wins = sum(x < y for x, y in zip(s1["rounds_tok_s"], bu["rounds_tok_s"], strict=True))
+        print(
+            f"  HTTP + Router overhead at c=1 (p50 latency, vs the bare engine in this process "
+            f"in alternating waves, Ray up): {over * 100:+.1f}% (goal <= 10%); HTTP slower in "
+            f"{wins} of {len(bu['rounds_tok_s'])} waves"
+        )
     if s1 and b1 and b1["p50_s"]:
         over = s1["p50_s"] / b1["p50_s"] - 1
-        print(f"  HTTP + Router overhead at c=1 (p50 latency): {over * 100:+.1f}% (goal <= 10%)")
+        print(
+            f"  the serving stack at c=1 (p50 latency, vs the bare engine before Ray started: "
+            f"HTTP + Router + Ray's own processes + drift between the phases): {over * 100:+.1f}%"
+        )
     for c in (1, 16):
         d, viaproxy = get("http student", c), get("http student via proxy", c)
         if d and viaproxy and viaproxy["tok_s"]:
