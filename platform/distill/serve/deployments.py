@@ -1,6 +1,8 @@
-"""The model deployment (bound twice, as ``Student`` and ``Teacher``) behind the Router.
+"""The model deployment (bound as ``Student`` and ``Teacher``) behind the Router.
 
-Each replica holds one engine (``engine:`` of the model in ``deploy/serve.yaml``; continuous
+A model with ``placement: router`` gets no deployment: each Router replica holds a
+:class:`ModelHost` for it (``distill.serve.client.LocalModelClient``). Otherwise each replica
+holds one engine (``engine:`` of the model in ``deploy/serve.yaml``; continuous
 batching over every request the replica holds) and streams ``generate(payload)``: engine
 :class:`~distill.serve.engines.base.Chunk` s as tokens are produced, or one
 ``{"error": message, "status": 400 | 503}`` for a request this model cannot serve (prompt too long
