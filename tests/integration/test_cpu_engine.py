@@ -72,7 +72,8 @@ def test_batched_generation_matches_single_and_scoring(engine, tiny_rows):
 
 
 def test_no_spin_session_generates_the_same(engine, ort_dir, tiny_rows):
-    """spin=False (what Serve replicas use) is a session setting only: same tokens."""
+    """spin=False (``engine_kwargs: {spin: false}``; replicas spin by default) is a session
+    setting only: same tokens."""
     from distill.runtime.ort_genai import OrtGenAIModel
 
     quiet = OrtGenAIModel.load(ort_dir, threads=1, spin=False)
@@ -121,7 +122,9 @@ def test_serve_engine_runs_the_runtime_in_a_child_process(engine, ort_dir):
 
     try:
         proc = eng.table.proc
-        assert proc.args[-2] == "1"  # its intra-op threads spin unless engine_kwargs.spin: false
+        # the child's argv ends "... THREADS SPIN LOOKAHEAD": its intra-op threads spin unless
+        # engine_kwargs.spin: false
+        assert proc.args[-3:] == ["1", "1", "1"]
         req, chunks = asyncio.run(run("def add(a, b):", 6))
         ref = engine.generate([req.input_ids], max_new_tokens=6)[0]
         got = [i for c in chunks for i in c.token_ids]
