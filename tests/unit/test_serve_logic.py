@@ -378,3 +378,61 @@ def test_serve_env_defaults_leave_a_users_value(monkeypatch):
     monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
     apply_serve_env()
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+
+
+def test_a_router_hosted_model_client_refuses_cancels_and_health_checks():
+    """``placement: router``: LocalModelClient turns the host's refusals into RequestFailed and
+    closes the host's generation when the Router stops reading early."""
+    from distill.serve.client import LocalModelClient
+
+    class Host:  # the ModelHost contract: generate / info / check_health / close
+        def __init__(self) -> None:
+            self.closed_streams, self.healthy, self.closed = 0, True, False
+
+        async def generate(self, payload):
+            if payload["prompt"] in ("long", "busy"):
+                status = 400 if payload["prompt"] == "long" else 503
+                yield {"error": f"refused: {payload['prompt']}", "status": status}
+                return
+            try:
+                for i in range(5):
+                    yield Chunk(
+                        [i], f"t{i}", [-0.1], [0.5], finish_reason="length" if i == 4 else None
+                    )
+            finally:
+                self.closed_streams += 1
+
+        def info(self):
+            return {"role": "student", "engine": "fake"}
+
+        def check_health(self) -> None:
+            if not self.healthy:
+                raise RuntimeError("engine loop died")
+
+        def close(self) -> None:
+            self.closed = True
+
+    host = Host()
+    client = LocalModelClient(host, "student")
+
+    async def main() -> None:
+        for prompt, status in (("long", 400), ("busy", 503)):
+            with pytest.raises(RequestFailed) as e:
+                async for _ in client.open({"prompt": prompt}):
+                    pass
+            assert e.value.status == status and prompt in e.value.message
+        whole = [c async for c in client.open({"prompt": "ok"})]
+        assert [c.token_ids[0] for c in whole] == [0, 1, 2, 3, 4] and host.closed_streams == 1
+        gen = client.open({"prompt": "ok"})
+        assert (await anext(gen)).token_ids == [0]
+        await gen.aclose()  # the client went away after one chunk
+        assert host.closed_streams == 2
+        assert (await client.info())["engine"] == "fake"
+
+    asyncio.run(main())
+    client.check_health()
+    host.healthy = False
+    with pytest.raises(RuntimeError, match="engine loop died"):
+        client.check_health()
+    client.close()
+    assert host.closed
