@@ -129,8 +129,7 @@ def run_ab(arms: list[tuple[str, Callable]], texts, c, rounds) -> list[dict]:
             res, walls, rates = got[name]
             res += results
             walls.append(wall)
-            ok = sum(x.get("tokens", 0) for x in results if x.get("status") == 200)
-            rates.append(ok / wall if wall else 0.0)
+            rates.append(row(name, c, results, wall)["tok_s"])
     out = []
     for name, (res, walls, rates) in got.items():
         out.append({**row(name, c, res, sum(walls)), "rounds_tok_s": rates})

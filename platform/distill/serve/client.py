@@ -21,6 +21,11 @@ from typing import Any
 from distill.serve.cascade import RequestFailed
 
 
+def refusal(item: dict[str, Any]) -> RequestFailed:
+    """A model's ``{"error": message, "status": 400 | 503}`` item as the Router's error."""
+    return RequestFailed(int(item.get("status", 400)), str(item["error"]))
+
+
 class ServeModelClient:
     def __init__(self, handle: Any, name: str) -> None:
         self.handle = handle.options(stream=True)
@@ -36,7 +41,7 @@ class ServeModelClient:
             async for item in gen:
                 if isinstance(item, dict) and "error" in item:
                     done = True
-                    raise RequestFailed(int(item.get("status", 400)), str(item["error"]))
+                    raise refusal(item)
                 yield item
                 if item.finish_reason:
                     done = True
@@ -72,7 +77,7 @@ class LocalModelClient:
         try:
             async for item in gen:
                 if isinstance(item, dict) and "error" in item:
-                    raise RequestFailed(int(item.get("status", 400)), str(item["error"]))
+                    raise refusal(item)
                 yield item
                 if item.finish_reason:
                     return
