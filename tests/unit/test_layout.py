@@ -46,8 +46,3 @@ def test_import_is_light_and_side_effect_free():
         "assert not heavy, heavy; assert dict(os.environ) == before"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
-def test_no_library_file_over_400_lines():
-    big = [p for p in LIB.rglob("*.py") if len(p.read_text().splitlines()) > 400]
-    assert not big, big
