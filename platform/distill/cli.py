@@ -24,32 +24,15 @@ def _table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from distill.eval.report import main_table
+
     t = Table(title=f"distill results — {report['pipeline']} ({report['machine']})")
-    cols = [
-        ("model", "model", "{}"),
-        ("engine", "engine", "{}"),
-        ("params", "parameters", "{:,}"),
-        ("size MB", "size_bytes", "{:.1f}"),
-        ("held-out ppl", "perplexity", "{:.2f}"),
-        ("next-tok acc", "next_token_accuracy", "{:.3f}"),
-        ("agree w/ teacher", "agreement", "{:.3f}"),
-        ("KL to teacher", "kl_to_reference", "{:.3f}"),
-        ("fwd tok/s", "tokens_per_s", "{:.0f}"),
-    ]
-    for title, _, _ in cols:
+    header, rows = main_table(report)
+    for title in header:
         t.add_column(title, justify="right")
-    for m in report["models"]:
-        row = []
-        for _, key, fmt in cols:
-            v = m.get(key)
-            if v is None:
-                row.append("—")
-            elif key == "size_bytes":
-                row.append(fmt.format(v / 1e6))
-            else:
-                row.append(fmt.format(v))
+    for row in rows:
         t.add_row(*row)
-    Console(width=max(Console().width, 132)).print(t)
+    Console(width=max(Console().width, 160)).print(t)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -22,9 +22,11 @@ from typing import Any
 
 from distill.config.base import DistillError
 from distill.config.pipeline import PipelineConfig
-from distill.stages import StageContext, StageResult, stage_function
+from distill.stages import INDEPENDENT, StageContext, StageResult, stage_function
 
 Say = Callable[[str], None]
+# Artifacts registered as model versions (the release gate's candidates that can be served).
+REGISTERED = ("student", "int4", "int4_cpu", "teacher_int4")
 
 
 @dataclass
@@ -39,6 +41,22 @@ class PipelineSummary:
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_keys(cfg: PipelineConfig, base: str) -> dict[str, str]:
+    """Each stage's cache key: chained from ``base`` (teacher, corpus, initial student) through
+    every earlier stage's settings, so a change reruns that stage and all after it; an
+    ``INDEPENDENT`` stage's key comes from ``base`` and its own settings alone."""
+    keys: dict[str, str] = {}
+    chain = base
+    for name in cfg.stages:
+        section = getattr(cfg, name).model_dump(mode="json")
+        if name in INDEPENDENT:
+            keys[name] = _key(base, name, section)
+            chain = _key(chain, keys[name])
+        else:
+            keys[name] = chain = _key(chain, name, section)
+    return keys
 
 
 def _cached(path: Path, key: str) -> dict[str, Any] | None:
@@ -173,17 +191,18 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
         parent.log_input_dataset(
             "corpus-heldout", corpus.heldout_path.as_uri(), corpus.fingerprint, "eval"
         )
-        chain = _key(
+        base = _key(
             teacher.weights_sha256,
             corpus.fingerprint,
             initial_student and initial_student.weights_sha256,
         )
+        keys = stage_keys(cfg, base)
         versions: dict[str, str] = {}
         for name in cfg.stages:
             section = getattr(cfg, name)
-            chain = _key(chain, name, section.model_dump(mode="json"))
+            key = keys[name]
             cache_file = workdir / "stages" / f"{name}.json"
-            hit = _cached(cache_file, chain)
+            hit = _cached(cache_file, key)
             st = time.perf_counter()
             with tracker.stage(name) as run:
                 run.log_params(section.model_dump(mode="json"))
@@ -210,19 +229,19 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
 
                         log_training_curves(run)
                     registered = {}
-                    for key in ("student", "int4"):
-                        if key in result.outputs:
-                            tags = {"kind": key, "pipeline_run_id": parent.run_id}
-                            if key == "int4" and "student" in versions:
+                    for art in REGISTERED:
+                        if art in result.outputs:
+                            tags = {"kind": art, "pipeline_run_id": parent.run_id}
+                            if art in ("int4", "int4_cpu") and "student" in versions:
                                 tags["parent_version"] = versions["student"]
-                            registered[key] = register_checkpoint(
-                                run, result.outputs[key], registered_name, tags
+                            registered[art] = register_checkpoint(
+                                run, result.outputs[art], registered_name, tags
                             )
                             say(
-                                f"[distill] registered {registered_name} v{registered[key]} ({key})"
+                                f"[distill] registered {registered_name} v{registered[art]} ({art})"
                             )
                     versions.update(registered)
-                    _save(cache_file, chain, result, run.run_id, registered)
+                    _save(cache_file, key, result, run.run_id, registered)
                 artifacts.update(result.outputs)
                 if name == "evaluate":  # the release gate: verdicts, report.md, alias
                     from distill.eval.release import release

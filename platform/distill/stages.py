@@ -3,7 +3,8 @@
 The runner (``distill.runner``) builds one ``StageContext`` per stage, opens the stage's MLflow
 child run (``ctx.tracker``), calls the stage, and records ``StageResult.outputs`` as the
 artifacts later stages read from ``ctx.artifacts``. Artifact keys:
-``teacher``, ``soft_labels``, ``generations``, ``pruned``, ``student``, ``int4``.
+``teacher``, ``soft_labels``, ``generations``, ``pruned``, ``student``, ``int4``,
+``int4_cpu``, ``teacher_int4``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ STAGES: dict[str, str] = {
     "distill": "distill.train.stage:run",
     "sft": "distill.seqkd.sft_stage:run",
     "quantize": "distill.quant.stage:run",
+    "teacher_int4": "distill.quant.teacher_stage:run",
     "evaluate": "distill.eval.stage:run",
 }
+
+# Stages keyed on the teacher, the corpus and their own settings alone, not on the stages before
+# them: their output does not depend on the student, so a rerun with a new student reuses it.
+INDEPENDENT = frozenset({"teacher_int4"})
 
 # Which earlier artifact becomes the model a stage works on, most preferred first.
 STUDENT_CHAIN = ("student", "pruned", "initial_student", "teacher")

@@ -19,6 +19,7 @@ PRODUCES = {
     "prune": "pruned",
     "distill": "student",
     "quantize": "int4",
+    "teacher_int4": "teacher_int4",
 }
 
 
@@ -48,32 +49,44 @@ def test_smoke_report_and_table(smoke_run):
 
     workdir, _, out = smoke_run
     report = json.loads((workdir / "report.json").read_text())
+    from distill.eval.stage import ORDER
+
     stages = yaml.safe_load(SMOKE.read_text())["stages"]
-    expected = ["teacher"] + [PRODUCES[s] for s in stages if s in PRODUCES and s != "soft_labels"]
-    assert [m["model"] for m in report["models"]] == expected
+    made = {"teacher"} | {PRODUCES[s] for s in stages if s in PRODUCES}
+    assert [m["model"] for m in report["models"]] == [k for k in ORDER if k in made]
     for m in report["models"]:
         assert m["perplexity"] > 1 and 0 <= m["next_token_accuracy"] <= 1
-        assert m["tokens_per_s"] > 0 and m["parameters"] > 0 and m["size_bytes"] > 0
+        assert m["parameters"] > 0 and m["size_bytes"] > 0
+        assert m["decode_b1_tps"] > 0 and m["decode_b8_tps"] > 0 and m["prefill_tps"] > 0
+        assert m["extra"]["rich"]["perplexity"] > 1  # the out-of-domain corpus
         if m["model"] != "teacher":
             assert 0 <= m["agreement"] <= 1 and m["kl_to_reference"] >= 0
-    assert "held-out ppl" in out and "distill results" in out
+    # the quantized teacher: same quantize path as the student, its own lineage branch
+    t4 = next(m for m in report["models"] if m["model"] == "teacher_int4")
+    assert t4["engine"] == "gptqmodel" and "teacher-int4" in t4["path"]
+    assert "held-out ppl" in out and "distill results" in out and "decode tok/s b1" in out
+    assert report["extra_corpora"]["rich"]["package"] == "rich"
     # generation checks, the release gate and the readable report
     gen = {m["model"]: m.get("generation") for m in report["models"]}
     assert all(g and 0 <= g["degenerate"] <= 1 for g in gen.values()), gen
     verdicts = report["gate"]["verdicts"]
-    assert set(verdicts) == {"student", "int4"}
+    assert set(verdicts) == {"student", "int4", "teacher_int4"}
     for name, v in verdicts.items():
         assert f"gate: {name} {'PASS' if v['passed'] else 'FAIL'}" in out
+        assert "dominated_by" in v and "in_budget" in v
+        if v["dominated_by"]:
+            assert f"DOMINATED by {v['dominated_by']}" in out
     assert "## Release gate" in (workdir / "report.md").read_text()
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     champ = report["gate"]["champion"]
-    if champ:  # the alias follows the verdict: set on the first passing model's version
+    if champ:  # the alias follows the verdict: set on the chosen candidate's version
         mv = client.get_model_version_by_alias("smoke-student", "champion")
-        assert str(mv.version) == champ["version"] and verdicts[champ["model"]]["passed"]
+        assert str(mv.version) == champ["version"] and verdicts[champ["model"]]["eligible"]
+        assert mv.tags["kind"] == champ["model"]
     else:
-        assert not any(v["passed"] for v in verdicts.values())
+        assert not any(v["eligible"] for v in verdicts.values())
 
 
 @pytest.mark.timeout(900)
@@ -106,7 +119,7 @@ def test_smoke_lineage_chain(smoke_run):
         if s["stage"] == "distill":
             assert "training_curves.png" in names, names
         if s["stage"] == "evaluate":
-            assert {"report.json", "report.md", "pareto.png", "quality_vs_size.png"} <= names
+            assert {"report.json", "report.md", "pareto.png"} <= names
     cli = _distill("lineage", run_id, "--workdir", str(workdir))
     assert cli.returncode == 0 and "evaluate" in cli.stdout
 
@@ -117,6 +130,7 @@ def test_rerun_continues_from_finished_stages(smoke_run):
     proc = _distill("run", str(SMOKE), "--workdir", str(workdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cached from run" in proc.stdout
+    assert "stage teacher_int4: cached from run" in proc.stdout
     # a changed stage config invalidates that stage (and everything after it)
     proc = _distill("run", str(SMOKE), "--workdir", str(workdir), "--set", "evaluate.max_rows=8")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -82,8 +82,8 @@ def test_no_spin_session_generates_the_same(engine, ort_dir, tiny_rows):
 
 
 def test_evaluate_loads_it_through_the_engine(ort_dir, tiny_rows):
+    from distill.artifacts import load_for_eval, served_as, stored_parameters
     from distill.eval.metrics import evaluate_models
-    from distill.eval.stage import load_for_eval, served_as, stored_parameters
 
     model = load_for_eval(ort_dir)
     assert served_as(ort_dir)["engine"].startswith("onnxruntime-genai")

@@ -107,7 +107,9 @@ def test_code_then_prose_traffic_is_flagged_within_200_requests(stage_ctx, code_
     write_rows(ctx.corpus.heldout_path, pack(held, 64, tok.eos_token_id, max_rows=1000))
     ctx.artifacts["student"] = code_lm
     gen = {"code_prompts": 64, "chat_prompts": 0, "text_prompts": 0, "max_new_tokens": 4}
-    cfg = EvaluateConfig(max_rows=8, batch_size=8, speed_rows=2, generation=gen)
+    cfg = EvaluateConfig(
+        max_rows=8, batch_size=8, speed={"new_tokens": 4, "repeats": 1}, generation=gen
+    )
     report = run(ctx, cfg).summary
     reference = report["generation"]["confidence"]["student"]["mean_logprob"]
     assert len(reference) >= 40

@@ -22,11 +22,12 @@ def test_bad_group_size_fails_before_any_work(stage_ctx):
 
 def test_calibration_never_uses_heldout_rows(stage_ctx, tiny_rows):
     from distill.data.packed import write_rows
-    from distill.quant.stage import calibration_rows, run
+    from distill.quant.checkpoint import calibration_rows
+    from distill.quant.stage import run
 
     ctx = stage_ctx(["quantize"], quantize=TINY)
     cfg = ctx.config.quantize
-    rows = calibration_rows(ctx, cfg)
+    rows = calibration_rows(ctx.corpus, cfg)
     heldout = {r.tobytes() for r in ctx.corpus.heldout()}
     assert len(rows) and not any(r.tobytes() in heldout for r in rows)
     assert np.array_equal(rows, ctx.corpus.train(len(rows)))

@@ -79,7 +79,7 @@ def test_gate_passes_decent_student_blocks_pruned_and_broken_int4(stage_ctx, cod
     cfg = EvaluateConfig(
         max_rows=8,
         batch_size=4,
-        speed_rows=2,
+        speed={"new_tokens": 4, "repeats": 1},
         generation={"code_prompts": 2, "chat_prompts": 1, "text_prompts": 2, "max_new_tokens": 12},
     )
     report = run(ctx, cfg).summary
@@ -142,7 +142,7 @@ def test_extra_corpus_is_read_with_the_corpus_readers_and_scored_per_corpus(
     cfg = EvaluateConfig(
         max_rows=4,
         batch_size=4,
-        speed_rows=2,
+        speed={"new_tokens": 4, "repeats": 1},
         extra_corpora=[{"name": "ood", "paths": [str(ood_jsonl)], "max_rows": 4}],
         generation={"enabled": False},
     )

@@ -81,3 +81,42 @@ def test_teacher_union_discriminates():
         PipelineConfig.model_validate(
             {"name": "x", "stages": ["evaluate"], "teacher": {"kind": "tiny", "hidden_size": 30}}
         )
+
+
+def test_the_quantized_teacher_runs_before_evaluate_with_the_quantize_settings():
+    cfg = PipelineConfig.model_validate(
+        {"name": "x", "stages": ["quantize", "evaluate"], "quantize": {"group_size": 32}}
+    )
+    assert cfg.stages == ["quantize", "teacher_int4", "evaluate"]
+    assert cfg.teacher_int4.quantize is not None and cfg.teacher_int4.quantize.group_size == 32
+    off = {"name": "x", "stages": ["quantize", "evaluate"], "teacher_int4": {"enabled": False}}
+    assert PipelineConfig.model_validate(off).stages == ["quantize", "evaluate"]
+    own = {
+        "name": "x",
+        "stages": ["quantize", "evaluate"],
+        "teacher_int4": {"quantize": {"group_size": 128}},
+    }
+    assert PipelineConfig.model_validate(own).teacher_int4.quantize.group_size == 128
+    for stages, needle in (
+        (["quantize", "evaluate", "teacher_int4"], "teacher_int4 must come before evaluate"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            PipelineConfig.model_validate({"name": "x", "stages": stages})
+    with pytest.raises(ValueError, match="teacher_int4.enabled is false"):
+        PipelineConfig.model_validate(
+            {"name": "x", "stages": ["teacher_int4"], "teacher_int4": {"enabled": False}}
+        )
+
+
+def test_the_quantized_teacher_is_keyed_on_its_own_settings_alone():
+    from distill.runner import stage_keys
+
+    def keys(**over):
+        data = {"name": "x", "stages": ["distill", "quantize", "evaluate"], **over}
+        return stage_keys(PipelineConfig.model_validate(data), "base")
+
+    a, b = keys(), keys(distill={"max_steps": 7})
+    assert a["distill"] != b["distill"] and a["evaluate"] != b["evaluate"]
+    assert a["teacher_int4"] == b["teacher_int4"]  # a new student reuses the int4 teacher
+    c = keys(quantize={"group_size": 32})
+    assert c["teacher_int4"] != a["teacher_int4"] and c["evaluate"] != a["evaluate"]

@@ -30,3 +30,19 @@ def test_generation_settings_validate():
     assert GenerationEvalConfig().code_prompts == 8
     with pytest.raises(ValueError):
         GenerationEvalConfig(max_new_tokens=0)
+
+
+def test_an_installed_package_is_an_extra_corpus_and_its_version_is_reported():
+    from distill.eval.extra import describe, extra_files
+
+    ec = ExtraCorpus(name="rich", package="rich")
+    files = extra_files(0, ec)
+    assert files and all(f.suffix == ".py" for f in files)
+    info = describe(ec)
+    assert info["package"] == "rich" and info["version"] and "rich" in info["paths"][0]
+    with pytest.raises(DistillError, match=r"extra_corpora\[0\] \(x\): package 'no_such_pkg_zz'"):
+        extra_files(0, ExtraCorpus(name="x", package="no_such_pkg_zz"))
+    with pytest.raises(ValueError, match="either paths"):
+        ExtraCorpus(name="x")
+    with pytest.raises(ValueError, match="either paths"):
+        ExtraCorpus(name="x", package="rich", paths=["/tmp"])

@@ -94,7 +94,7 @@ def test_calibration_samples_rechunk_and_refuse_empty():
 
 
 def test_heldout_overlap_counts_shared_rows():
-    from distill.quant.stage import heldout_overlap
+    from distill.quant.checkpoint import heldout_overlap
 
     train = np.arange(40, dtype=np.int32).reshape(5, 8)
     assert heldout_overlap(train, train[:0]) == 0

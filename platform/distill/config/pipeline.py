@@ -17,11 +17,13 @@ from distill.labels.config import SoftLabelsConfig
 from distill.lineage.config import RayConfig, TrackingConfig
 from distill.models.config import GGUFSource, ModelSource
 from distill.prune.config import PruneConfig
-from distill.quant.config import QuantizeConfig
+from distill.quant.config import QuantizeConfig, TeacherInt4Config
 from distill.seqkd.config import GenerateConfig, SFTConfig
 from distill.train.config import DistillConfig
 
-StageName = Literal["soft_labels", "generate", "prune", "distill", "sft", "quantize", "evaluate"]
+StageName = Literal[
+    "soft_labels", "generate", "prune", "distill", "sft", "quantize", "teacher_int4", "evaluate"
+]
 
 
 class PipelineConfig(StrictModel):
@@ -43,6 +45,9 @@ class PipelineConfig(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    teacher_int4: TeacherInt4Config = Field(
+        default_factory=TeacherInt4Config, description="the quantized teacher, the baseline"
+    )
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gate: GateConfig = Field(default_factory=GateConfig, description="release gate after evaluate")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -67,6 +72,24 @@ class PipelineConfig(StrictModel):
         if dup:
             raise ValueError(f"stages listed twice: {dup}")
         return v
+
+    @model_validator(mode="after")
+    def _teacher_int4(self) -> PipelineConfig:
+        """The quantized teacher runs before ``evaluate`` in every pipeline that quantizes and
+        evaluates, with the pipeline's quantize settings unless it has its own."""
+        t = self.teacher_int4
+        if "teacher_int4" in self.stages and not t.enabled:
+            raise ValueError("stages lists teacher_int4 but teacher_int4.enabled is false")
+        wanted = t.enabled and {"quantize", "evaluate"} <= set(self.stages)
+        if wanted and "teacher_int4" not in self.stages:
+            self.stages.insert(self.stages.index("evaluate"), "teacher_int4")
+        if {"teacher_int4", "evaluate"} <= set(self.stages) and self.stages.index(
+            "teacher_int4"
+        ) > self.stages.index("evaluate"):
+            raise ValueError("stages: teacher_int4 must come before evaluate (which scores it)")
+        if t.quantize is None:
+            t.quantize = self.quantize
+        return self
 
     @model_validator(mode="after")
     def _offline_objective(self) -> PipelineConfig:

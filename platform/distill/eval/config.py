@@ -11,6 +11,7 @@ corpora (``extra.<corpus name>.perplexity``)::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,8 @@ from distill.eval.contamination import ContaminationConfig
 
 # Per model entry of report.json: what the gate may name.
 QUALITY_METRICS = ("perplexity", "next_token_accuracy", "agreement", "kl_to_reference")
-SIZE_SPEED_METRICS = ("parameters", "size_bytes", "tokens_per_s")
+SIZE_METRICS = ("parameters", "size_bytes")
+SPEED_METRIC = re.compile(r"^(prefill|decode_b[1-9][0-9]*)_tps$")  # decode_b1_tps, prefill_tps
 GENERATION_METRICS = (
     "syntax_valid",  # share of code answers that parse (signature + docstring + answer)
     "chrf_teacher",  # chrF (0-100) of the answer against the teacher's answer
@@ -33,35 +35,58 @@ GENERATION_METRICS = (
 )
 GATE_METRICS = (
     *QUALITY_METRICS,
-    *SIZE_SPEED_METRICS,
+    *SIZE_METRICS,
     *(f"generation.{m}" for m in GENERATION_METRICS),
+)
+# Metrics where less is better (for ranking and dominance); every other metric: more is better.
+LOWER_IS_BETTER = frozenset(
+    {"perplexity", "kl_to_reference", "parameters", "size_bytes", "repetition", "degenerate"}
 )
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 def metric_problem(name: str) -> str | None:
     """Why ``name`` is not a gate metric (None when it is one)."""
-    if name in GATE_METRICS:
+    if name in GATE_METRICS or SPEED_METRIC.match(name):
         return None
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "extra" and parts[2] in QUALITY_METRICS:
         return None
     return (
-        f"unknown metric {name!r}: use one of {', '.join(GATE_METRICS)}, "
-        f"or extra.<corpus>.<{'|'.join(QUALITY_METRICS)}>"
+        f"unknown metric {name!r}: use one of {', '.join(GATE_METRICS)}, prefill_tps, "
+        f"decode_b<batch>_tps, or extra.<corpus>.<{'|'.join(QUALITY_METRICS)}>"
     )
+
+
+def lower_is_better(name: str) -> bool:
+    return name.split(".")[-1] in LOWER_IS_BETTER
 
 
 class ExtraCorpus(StrictModel):
     """A second held-out corpus, scored like the held-out split and reported on its own."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="label in report.json and MLflow")
-    paths: list[Path] = Field(..., min_length=1, description="files or directories")
+    paths: list[Path] = Field(default_factory=list, description="files or directories")
+    package: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="instead of paths: the source files of this installed Python package "
+        "(found with importlib, not imported; its version goes into the report)",
+    )
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
     text_field: str = Field("text", description="column / JSON key holding the text")
-    glob: str = Field("**/*", description="pattern for files inside directories")
+    glob: str | None = Field(
+        None,
+        description="pattern for files inside directories; None = **/* (paths), **/*.py (package)",
+    )
     max_documents: int | None = Field(None, ge=1)
     max_rows: int = Field(32, ge=1, description="packed rows of data.seq_len tokens scored")
+
+    @model_validator(mode="after")
+    def _source(self) -> ExtraCorpus:
+        if bool(self.paths) == bool(self.package):
+            raise ValueError("give either paths (files or directories) or package (a name)")
+        return self
 
 
 class GenerationEvalConfig(StrictModel):
@@ -79,10 +104,31 @@ class GenerationEvalConfig(StrictModel):
     )
 
 
+class SpeedConfig(StrictModel):
+    """Prefill and decode speed of every model in the runtime that serves it (``distill.eval
+    .speed``): ``prompts`` held-out prompts of ``prompt_tokens`` tokens, ``new_tokens`` greedy
+    tokens per decode run, the median of ``repeats`` runs per figure."""
+
+    enabled: bool = True
+    prompt_tokens: int = Field(128, ge=1, description="prompt length (cut from held-out rows)")
+    new_tokens: int = Field(64, ge=2, description="tokens decoded per run (no early stop)")
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 8], min_length=1, description="decode_b<n>_tps for each n"
+    )
+    repeats: int = Field(3, ge=1, description="runs per figure; the median is reported")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError(f"batch_sizes must be distinct positive integers, got {v}")
+        return sorted(v)
+
+
 class EvaluateConfig(StrictModel):
     max_rows: int | None = Field(64, ge=1, description="held-out rows evaluated (None = all)")
     batch_size: int = Field(4, ge=1)
-    speed_rows: int = Field(4, ge=1, description="rows of the forward-throughput measurement")
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     dtype: str = "float32"
     contamination: ContaminationConfig = Field(
         default_factory=ContaminationConfig,
@@ -119,22 +165,45 @@ class Bound(StrictModel):
 Rules = dict[str, Bound]
 
 
+class BudgetBound(Bound):
+    """A budget bound: absolute, or with ``vs`` relative to that model's value in the report
+    (``decode_b1_tps: {min: 1.5, vs: teacher_int4}``: at least 1.5x its batch-1 decode)."""
+
+    vs: str | None = Field(None, description="model of the report the bound multiplies")
+
+
+CANDIDATES = ("initial_student", "pruned", "student", "int4", "int4_cpu", "teacher_int4")
+# The default axes of dominance: held-out quality, batch-1 decode speed, size on disk.
+DOMINANCE_AXES = ["perplexity", "decode_b1_tps", "size_bytes"]
+
+
 class GateConfig(StrictModel):
-    """Release gate: which models may be served. A passing model gets the registry alias.
+    """Release gate: which model to serve. Every candidate gets a verdict; the champion is the
+    best-ranked candidate (``rank_by``) that passes its rules, fits the ``budget`` and is not
+    dominated; it gets the registry alias.
 
     ``vs_teacher``: value compared with the teacher's value times the bound (every judged model);
-    ``vs_fp_student``: quantized models (``int4``) against the fp model they were made from;
-    ``absolute``: plain bounds. A metric the model lacks fails its rule, unless its reference
-    lacks it too (e.g. no code prompts in a prose corpus): then the rule is skipped and listed.
+    ``vs_fp_student``: quantized models (``int4``, ``int4_cpu``; ``teacher_int4`` against the
+    teacher) against the fp model they were made from; ``absolute``: plain bounds. A metric the
+    model lacks fails its rule, unless its reference lacks it too (e.g. no code prompts in a
+    prose corpus): then the rule is skipped and listed. ``budget``: what a model must reach to be
+    served at all (speed, size); a model outside it keeps its verdict but cannot be champion.
+    A candidate is **dominated** when another candidate is at least as good on every axis of
+    ``dominance`` and better on one: nobody should serve it.
     """
 
     enabled: bool = True
     models: list[str] = Field(
-        default_factory=lambda: ["student", "int4"], description="models judged (when present)"
+        default_factory=lambda: ["student", "int4", "int4_cpu", "teacher_int4"],
+        description="candidates judged (when present in the report)",
     )
-    champion_order: list[str] = Field(
-        default_factory=lambda: ["student", "int4"],
-        description="the first passing model in this order gets the alias",
+    rank_by: str = Field("perplexity", description="the champion: best candidate by this metric")
+    budget: dict[str, BudgetBound] = Field(
+        default_factory=dict, description="bounds a candidate must meet to become champion"
+    )
+    dominance: list[str] = Field(
+        default_factory=lambda: list(DOMINANCE_AXES),
+        description="metrics compared for dominance (quality, speed, size); empty = off",
     )
     alias: str = Field("champion", pattern=NAME_PATTERN)
     vs_teacher: Rules = Field(
@@ -152,23 +221,56 @@ class GateConfig(StrictModel):
     )
     absolute: Rules = Field(default_factory=lambda: {"generation.degenerate": Bound(max=0.5)})
 
-    @field_validator("vs_teacher", "vs_fp_student", "absolute")
+    @field_validator("vs_teacher", "vs_fp_student", "absolute", "budget")
     @classmethod
-    def _known_metrics(cls, v: Rules) -> Rules:
+    def _known_metrics(cls, v: dict[str, Bound]) -> dict[str, Bound]:
         problems = [p for p in (metric_problem(k) for k in v) if p]
         if problems:
             raise ValueError("; ".join(problems))
         return v
 
-    @field_validator("models", "champion_order")
+    @field_validator("rank_by")
+    @classmethod
+    def _rank_metric(cls, v: str) -> str:
+        problem = metric_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("dominance")
+    @classmethod
+    def _axes(cls, v: list[str]) -> list[str]:
+        problems = [p for p in (metric_problem(k) for k in v) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("models")
     @classmethod
     def _model_keys(cls, v: list[str]) -> list[str]:
-        known = ("initial_student", "pruned", "student", "int4")
-        bad = [m for m in v if m not in known]
+        bad = [m for m in v if m not in CANDIDATES]
         if bad:
-            raise ValueError(f"unknown model(s) {bad}: use {', '.join(known)}")
+            raise ValueError(f"unknown model(s) {bad}: use {', '.join(CANDIDATES)}")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_refs(cls, v: dict[str, BudgetBound]) -> dict[str, BudgetBound]:
+        refs = {"teacher", *CANDIDATES}
+        bad = sorted({b.vs for b in v.values() if b.vs is not None and b.vs not in refs})
+        if bad:
+            raise ValueError(
+                f"budget: vs names unknown model(s) {bad}: use {', '.join(sorted(refs))}"
+            )
         return v
 
     def extra_corpora_named(self) -> set[str]:
-        rules = {**self.vs_teacher, **self.vs_fp_student, **self.absolute}
-        return {k.split(".")[1] for k in rules if k.startswith("extra.")}
+        names = [
+            *self.vs_teacher,
+            *self.vs_fp_student,
+            *self.absolute,
+            *self.budget,
+            *self.dominance,
+            self.rank_by,
+        ]
+        return {k.split(".")[1] for k in names if k.startswith("extra.")}

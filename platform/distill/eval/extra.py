@@ -27,15 +27,48 @@ def _where(i: int, ec: ExtraCorpus) -> str:
     return f"evaluate.extra_corpora[{i}] ({ec.name})"
 
 
+def package_dir(name: str) -> Path:
+    """Where an installed package's source lives (found, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(
+            f"package {name!r} is not an installed Python package here "
+            f"(pip install {name}, or give paths instead)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    for dist in packages_distributions().get(name, [name]):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
 def corpus_config(ec: ExtraCorpus) -> CorpusConfig:
     return CorpusConfig(
         kind="files",
-        paths=ec.paths,
+        paths=[package_dir(ec.package)] if ec.package else ec.paths,
         format=ec.format,
         text_field=ec.text_field,
-        glob=ec.glob,
+        glob=ec.glob or ("**/*.py" if ec.package else "**/*"),
         max_documents=ec.max_documents,
     )
+
+
+def describe(ec: ExtraCorpus) -> dict[str, Any]:
+    """What ``report.json`` says of an extra corpus besides its rows: paths, package version."""
+    cfg = corpus_config(ec)
+    out: dict[str, Any] = {"paths": [str(p) for p in cfg.paths]}
+    if ec.package:
+        out.update(package=ec.package, version=package_version(ec.package))
+    return out
 
 
 def extra_files(i: int, ec: ExtraCorpus) -> list[Path]:

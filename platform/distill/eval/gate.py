@@ -1,11 +1,17 @@
-"""The release gate: a verdict per model from the evaluation report, and who is champion.
+"""The release gate: a verdict per candidate from the evaluation report, and who is champion.
 
 Pure functions over ``report.json``'s structure (no MLflow, no torch), so every rule is tested
 on plain dicts; ``distill.eval.release`` applies the verdicts to the registry::
 
     verdicts = judge(report, GateConfig())
-    verdicts["student"].passed, verdicts["student"].reasons
-    champion = pick_champion(verdicts, GateConfig().champion_order)
+    verdicts["student"].passed, verdicts["student"].reasons, verdicts["student"].dominated_by
+    choice = choose_champion(report, verdicts, GateConfig())
+    choice.model, choice.why
+
+A verdict has three parts: the rules (``passed``), the budget (``in_budget``) and dominance
+(``dominated_by``: another candidate at least as good on every axis and better on one). The
+champion is the best candidate by ``rank_by`` among those that pass, fit the budget and are not
+dominated.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from distill.eval.config import Bound, GateConfig
+from distill.eval.config import Bound, GateConfig, lower_is_better
 
-QUANTIZED = ("int4",)
+QUANTIZED = ("int4", "int4_cpu")
 FP_CHAIN = ("student", "pruned", "initial_student")
+# a quantized model whose fp reference is not the student chain
+FP_OF = {"teacher_int4": "teacher"}
 
 
 @dataclass
 class Check:
-    rule: str  # "vs_teacher" | "vs_fp_student" | "absolute"
+    rule: str  # "vs_teacher" | "vs_fp_student" | "absolute" | "budget"
     metric: str
     value: float | None
     reference: str | None  # model compared with (None for absolute)
@@ -52,6 +60,21 @@ class Verdict:
     model: str
     passed: bool
     checks: list[Check] = field(default_factory=list)
+    budget: list[Check] = field(default_factory=list)
+    dominated_by: str | None = None
+
+    @property
+    def in_budget(self) -> bool:
+        return all(c.passed for c in self.budget)
+
+    @property
+    def eligible(self) -> bool:
+        """May be champion: passes its rules, fits the budget, is not dominated."""
+        return self.passed and self.in_budget and self.dominated_by is None
+
+    @property
+    def outside_budget(self) -> list[str]:
+        return [c.describe() for c in self.budget if not c.passed]
 
     @property
     def reasons(self) -> list[str]:
@@ -70,6 +93,10 @@ class Verdict:
             "reasons": self.reasons,
             "skipped": self.skipped,
             "checks": [asdict(c) for c in self.checks],
+            "in_budget": self.in_budget,
+            "outside_budget": self.outside_budget,
+            "dominated_by": self.dominated_by,
+            "eligible": self.eligible,
         }
 
 
@@ -109,10 +136,53 @@ def _check(
 
 
 def fp_reference(model: str, entries: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The fp model a quantized one was made from: the student, else the pruned model, ..."""
+    """The fp model a quantized one was made from: the student, else the pruned model, ...
+    (the teacher for ``teacher_int4``)."""
+    if model in FP_OF:
+        return FP_OF[model] if FP_OF[model] in entries else None
     if model not in QUANTIZED:
         return None
     return next((k for k in FP_CHAIN if k in entries), None)
+
+
+def budget_checks(
+    entry: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]], cfg: GateConfig
+) -> list[Check]:
+    """The budget's bounds on one candidate (``vs``: scaled by that model's value)."""
+    out: list[Check] = []
+    for metric, bound in cfg.budget.items():
+        ref = entries.get(bound.vs, {}) if bound.vs else None
+        out += _check("budget", metric, bound, entry, bound.vs, ref)
+    # a budget metric nobody measured is not met: the budget is not skipped like a rule
+    for c in out:
+        c.passed = c.passed and not c.skipped
+    return out
+
+
+def _better_or_equal(a: float, b: float, metric: str) -> bool:
+    return a <= b if lower_is_better(metric) else a >= b
+
+
+def dominator(
+    model: str, entries: Mapping[str, Mapping[str, Any]], candidates: list[str], axes: list[str]
+) -> str | None:
+    """A candidate at least as good as ``model`` on every axis and better on one (None if none,
+    or when ``model`` lacks an axis: it cannot be compared)."""
+    mine = [metric_value(entries[model], a) for a in axes]
+    if not axes or any(v is None for v in mine):
+        return None
+    for other in candidates:
+        if other == model:
+            continue
+        theirs = [metric_value(entries[other], a) for a in axes]
+        if any(v is None for v in theirs):
+            continue
+        pairs = list(zip(theirs, mine, strict=True))
+        if all(_better_or_equal(t, m, a) for (t, m), a in zip(pairs, axes, strict=True)) and any(
+            t != m for t, m in pairs
+        ):
+            return other
+    return None
 
 
 def judge_model(model: str, entries: Mapping[str, Mapping[str, Any]], cfg: GateConfig) -> Verdict:
@@ -131,11 +201,70 @@ def judge_model(model: str, entries: Mapping[str, Mapping[str, Any]], cfg: GateC
 
 
 def judge(report: Mapping[str, Any], cfg: GateConfig) -> dict[str, Verdict]:
-    """A verdict for every model of ``cfg.models`` present in the report."""
+    """A verdict for every candidate of ``cfg.models`` present in the report."""
     entries = {m["model"]: m for m in report["models"]}
-    return {m: judge_model(m, entries, cfg) for m in cfg.models if m in entries}
+    present = [m for m in cfg.models if m in entries]
+    verdicts = {m: judge_model(m, entries, cfg) for m in present}
+    for m, v in verdicts.items():
+        v.budget = budget_checks(entries[m], entries, cfg)
+        v.dominated_by = dominator(m, entries, present, cfg.dominance)
+    return verdicts
 
 
-def pick_champion(verdicts: Mapping[str, Verdict], order: list[str]) -> str | None:
-    """The first passing model in ``order`` (None when none passes)."""
-    return next((m for m in order if m in verdicts and verdicts[m].passed), None)
+@dataclass
+class Choice:
+    """The champion (None when no candidate is eligible) and, for the console, why."""
+
+    model: str | None
+    why: str
+
+
+def _shortfall(v: Verdict) -> float:
+    """How far outside the budget a candidate is: its worst bound, as a fraction of the limit."""
+    misses = [c for c in v.budget if not c.passed]
+    if any(c.value is None or not c.limit for c in misses):
+        return float("inf")
+    return max((abs(c.value - c.limit) / abs(c.limit) for c in misses), default=0.0)  # type: ignore[operator]
+
+
+def choose_champion(
+    report: Mapping[str, Any], verdicts: Mapping[str, Verdict], cfg: GateConfig
+) -> Choice:
+    """The best eligible candidate by ``cfg.rank_by``; when none is eligible, why not (naming
+    the candidate closest to the budget and its numbers when the budget is what nobody meets)."""
+    entries = {m["model"]: m for m in report["models"]}
+    rank = cfg.rank_by
+
+    def key(m: str) -> float:
+        v = metric_value(entries[m], rank)
+        if v is None:
+            return float("inf")
+        return v if lower_is_better(rank) else -v
+
+    eligible = sorted((m for m, v in verdicts.items() if v.eligible), key=key)
+    if eligible:
+        best = eligible[0]
+        value = metric_value(entries[best], rank)
+        shown = "not measured" if value is None else f"{value:.4g}"
+        return Choice(best, f"best {rank} ({shown}) among eligible {', '.join(eligible)}")
+    if not verdicts:
+        return Choice(None, "no candidate in the report")
+    passing = [m for m, v in verdicts.items() if v.passed]
+    in_budget = [m for m in passing if verdicts[m].in_budget]
+    if passing and not in_budget:
+        closest = min(passing, key=lambda m: _shortfall(verdicts[m]))
+        e = entries[closest]
+        numbers = ", ".join(
+            f"{k} {metric_value(e, k):.4g}"
+            for k in dict.fromkeys([*cfg.budget, rank])
+            if metric_value(e, k) is not None
+        )
+        return Choice(
+            None,
+            f"no candidate meets the budget; closest: {closest} ({numbers}): "
+            + "; ".join(verdicts[closest].outside_budget),
+        )
+    if in_budget:
+        doms = ", ".join(f"{m} by {verdicts[m].dominated_by}" for m in in_budget)
+        return Choice(None, f"every candidate inside the budget is dominated ({doms})")
+    return Choice(None, "no candidate passed the gate's rules")

@@ -5,70 +5,77 @@ from __future__ import annotations
 from typing import Any
 
 
-def quality_size_speed(entries: list[dict[str, Any]]):
-    """Scatter of held-out perplexity vs size on disk; marker area ∝ forward tokens/s."""
-    import matplotlib
+def pareto_front(points: list[tuple[str, float, float]], more_is_better: bool = False) -> list[str]:
+    """Names of the points no other point beats on both axes: x (lower is better, or higher with
+    ``more_is_better``) and perplexity (lower is better)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def beats(x1: float, x2: float) -> bool:
+        return x1 >= x2 if more_is_better else x1 <= x2
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    top = max(e["tokens_per_s"] for e in entries)
-    for e in entries:
-        size_mb = e["size_bytes"] / 1e6
-        ax.scatter(size_mb, e["perplexity"], s=40 + 400 * e["tokens_per_s"] / top, alpha=0.6)
-        ax.annotate(
-            f"{e['model']}\n{e['tokens_per_s']:.0f} tok/s",
-            (size_mb, e["perplexity"]),
-            fontsize=8,
-            xytext=(5, 5),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_yscale("log")
-    ax.set_title("quality vs size (marker area ∝ forward tokens/s)")
-    fig.tight_layout()
-    return fig
-
-
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names of the points no other point beats on both size and perplexity (lower is better)."""
     front = []
-    for name, size, ppl in points:
+    for name, x, ppl in points:
         dominated = any(
-            s <= size and p <= ppl and (s < size or p < ppl) for n, s, p in points if n != name
+            beats(ox, x) and op <= ppl and (ox != x or op < ppl)
+            for n, ox, op in points
+            if n != name
         )
         if not dominated:
             front.append(name)
     return front
 
 
-def quality_pareto(entries: list[dict[str, Any]], verdicts: dict[str, bool] | None = None):
-    """Held-out perplexity vs size, the Pareto front drawn, models coloured by gate verdict."""
+def _panel(ax, pts: list[tuple[str, float, float]], more_is_better: bool, verdicts) -> None:
+    """One axis of the Pareto figure: the 2-D front as a step line, each model a labelled point
+    (green: passed the gate, red: failed, blue: not judged; x: dominated on the gate's axes)."""
+    front = set(pareto_front(pts, more_is_better))
+    line = sorted((x, p) for n, x, p in pts if n in front)
+    ax.step(
+        [x for x, _ in line],
+        [p for _, p in line],
+        where="pre" if more_is_better else "post",
+        color="0.6",
+        lw=1,
+        zorder=1,
+    )
+    colors = {True: "tab:green", False: "tab:red"}
+    for name, x, ppl in pts:
+        v = verdicts.get(name)
+        color = colors[v["passed"]] if v else "tab:blue"
+        dominated = bool(v and v.get("dominated_by"))
+        ax.scatter(x, ppl, s=60, color=color, zorder=2, marker="x" if dominated else "o")
+        label = name
+        if v:
+            label += " (pass)" if v["passed"] else " (FAIL)"
+            if dominated:
+                label += f"\ndominated by {v['dominated_by']}"
+        ax.annotate(label, (x, ppl), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_ylabel("held-out perplexity")
+
+
+def quality_pareto(entries: list[dict[str, Any]], verdicts: dict[str, dict] | None = None):
+    """Held-out perplexity against batch-1 decode speed (in the engine that serves each model)
+    and against size on disk, each with its Pareto front; gate verdicts in colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     verdicts = verdicts or {}
-    pts = [(e["model"], e["size_bytes"] / 1e6, e["perplexity"]) for e in entries]
-    front = set(pareto_front(pts))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    line = sorted((s, p) for n, s, p in pts if n in front)
-    ax.step([s for s, _ in line], [p for _, p in line], where="post", color="0.6", lw=1, zorder=1)
-    colors = {True: "tab:green", False: "tab:red"}
-    for name, size, ppl in pts:
-        color = colors.get(verdicts[name], "tab:blue") if name in verdicts else "tab:blue"
-        ax.scatter(size, ppl, s=60, color=color, zorder=2, marker="o" if name in front else "x")
-        label = name + (
-            "" if name not in verdicts else (" (pass)" if verdicts[name] else " (FAIL)")
-        )
-        ax.annotate(label, (size, ppl), fontsize=8, xytext=(5, 5), textcoords="offset points")
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_yscale("log")
-    ax.set_title("quality vs size: Pareto front (o, line), gate verdicts in colour")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    speed = [
+        (e["model"], e["decode_b1_tps"], e["perplexity"])
+        for e in entries
+        if e.get("decode_b1_tps") is not None
+    ]
+    if speed:
+        _panel(left, speed, True, verdicts)
+    left.set_xlabel("decode tokens/s at batch 1 (serving engine)")
+    left.set_title("quality vs speed (right and low is better)")
+    size = [(e["model"], e["size_bytes"] / 1e6, e["perplexity"]) for e in entries]
+    _panel(right, size, False, verdicts)
+    right.set_xlabel("size on disk (MB)")
+    right.set_title("quality vs size (left and low is better)")
     fig.tight_layout()
     return fig
 

@@ -1,10 +1,11 @@
 """After ``evaluate``: the release gate's verdicts go into ``report.json`` / ``report.md``, the
-evaluate run (metrics ``gate.<model>.passed``, tags) and the model registry (version tags
-``gate.verdict`` / ``gate.reasons``; the alias ``champion`` on the first passing model)::
+evaluate run (metrics ``gate.<model>.passed`` / ``.in_budget`` / ``.dominated``, tags) and the
+model registry (version tags ``gate.verdict``, ``gate.reasons``, ``gate.in_budget``,
+``gate.dominated_by``; the alias ``champion`` on the chosen candidate)::
 
     distill run pipelines/configs/smollm2.yaml   # prints the verdicts; serve models:/NAME@champion
 
-A model that fails leaves the alias where it was: the last model that passed stays champion.
+When no candidate is eligible the alias stays where it was: the last champion stays champion.
 """
 
 from __future__ import annotations
@@ -14,30 +15,40 @@ from pathlib import Path
 from typing import Any
 
 from distill.eval.config import GateConfig
-from distill.eval.gate import Verdict, judge, pick_champion
+from distill.eval.gate import Verdict, choose_champion, judge
 
 Say = Callable[[str], None]
 
 
 def verdict_lines(report: dict[str, Any]) -> list[str]:
-    """What the CLI prints: one line per judged model (with the reasons of a failure)."""
+    """What the CLI prints: one line per judged model (the reasons of a failure, the budget it
+    misses, what dominates it), then the champion or why there is none."""
     gate = report.get("gate")
     if not gate:
         return []
     lines = []
     for name, v in gate["verdicts"].items():
-        if v["passed"]:
-            lines.append(f"gate: {name} PASS")
-        else:
-            lines.append(f"gate: {name} FAIL: " + "; ".join(v["reasons"]))
+        line = (
+            f"gate: {name} PASS"
+            if v["passed"]
+            else f"gate: {name} FAIL: " + "; ".join(v["reasons"])
+        )
+        if v.get("outside_budget"):
+            line += " | outside the budget: " + "; ".join(v["outside_budget"])
+        if v.get("dominated_by"):
+            line += f" | DOMINATED by {v['dominated_by']}"
+        lines.append(line)
     champ = gate.get("champion")
     alias = gate["alias"]
+    why = gate.get("why", "")
     if champ and champ.get("uri"):
-        lines.append(f"gate: champion = {champ['model']} → {champ['uri']} ({champ['registered']})")
+        lines.append(
+            f"gate: champion = {champ['model']} → {champ['uri']} ({champ['registered']}): {why}"
+        )
     elif champ:
         lines.append(f"gate: champion = {champ['model']} (not a registered model: no alias set)")
     else:
-        lines.append(f"gate: no model passed; alias {alias!r} not moved")
+        lines.append(f"gate: no champion ({why}); alias {alias!r} not moved")
     return lines
 
 
@@ -50,6 +61,8 @@ def _tag_versions(
             continue
         client.set_model_version_tag(name, version, "gate.verdict", "pass" if v.passed else "fail")
         client.set_model_version_tag(name, version, "gate.reasons", "; ".join(v.reasons)[:5000])
+        client.set_model_version_tag(name, version, "gate.in_budget", str(v.in_budget).lower())
+        client.set_model_version_tag(name, version, "gate.dominated_by", v.dominated_by or "")
 
 
 def release(
@@ -69,7 +82,8 @@ def release(
     if not gate.enabled:
         return report
     verdicts = judge(report, gate)
-    champion = pick_champion(verdicts, gate.champion_order)
+    choice = choose_champion(report, verdicts, gate)
+    champion = choice.model
     client = MlflowClient(run.tracking_uri, registry_uri=run.tracking_uri)
     _tag_versions(client, registered_name, versions, verdicts)
     champ: dict[str, Any] | None = None
@@ -87,11 +101,21 @@ def release(
             "config": gate.model_dump(mode="json"),
             "verdicts": {m: v.to_dict() for m, v in verdicts.items()},
             "champion": champ,
+            "why": choice.why,
         },
     }
-    run.log_metrics({f"gate.{m}.passed": float(v.passed) for m, v in verdicts.items()})
+    metrics = {f"gate.{m}.passed": float(v.passed) for m, v in verdicts.items()}
+    metrics.update({f"gate.{m}.in_budget": float(v.in_budget) for m, v in verdicts.items()})
+    metrics.update(
+        {f"gate.{m}.dominated": float(bool(v.dominated_by)) for m, v in verdicts.items()}
+    )
+    run.log_metrics(metrics)
     tags = {f"gate.{m}": "pass" if v.passed else "fail" for m, v in verdicts.items()}
+    tags.update(
+        {f"gate.{m}.dominated_by": v.dominated_by for m, v in verdicts.items() if v.dominated_by}
+    )
     tags["gate.champion"] = champion or "none"
+    tags["gate.why"] = choice.why[:5000]
     run.set_tags(tags)
     save_report(report, Path(workdir), run)
     for line in verdict_lines(report):

@@ -17,13 +17,16 @@ from typing import Any
 from distill.eval.config import GENERATION_METRICS
 
 MAIN_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("engine", "engine", str),
     ("params", "parameters", lambda v: f"{v:,}"),
     ("size MB", "size_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("held-out ppl", "perplexity", lambda v: f"{v:.2f}"),
     ("next-tok acc", "next_token_accuracy", lambda v: f"{v:.3f}"),
     ("agree w/ teacher", "agreement", lambda v: f"{v:.3f}"),
     ("KL to teacher", "kl_to_reference", lambda v: f"{v:.3f}"),
-    ("fwd tok/s", "tokens_per_s", lambda v: f"{v:.0f}"),
+    ("prefill tok/s", "prefill_tps", lambda v: f"{v:.0f}"),
+    ("decode tok/s b1", "decode_b1_tps", lambda v: f"{v:.1f}"),
+    ("decode tok/s b8", "decode_b8_tps", lambda v: f"{v:.1f}"),
 ]
 GEN_FORMATS = {
     "syntax_valid": "{:.2f}",
@@ -47,11 +50,51 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def verdict_cell(report: dict[str, Any], model: str) -> str:
+    """One word per model for the tables: champion, pass, FAIL, dominated, over budget."""
+    gate = report.get("gate") or {}
+    v = gate.get("verdicts", {}).get(model)
+    if v is None:
+        return "—"
+    words = ["pass" if v["passed"] else "FAIL"]
+    if v.get("outside_budget"):
+        words.append("outside budget")
+    if v.get("dominated_by"):
+        words.append(f"dominated by {v['dominated_by']}")
+    if (gate.get("champion") or {}).get("model") == model:
+        words.insert(0, "CHAMPION")
+    return ", ".join(words)
+
+
+def main_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the models table (report.md and the console print the same table)."""
+    extra = list(report.get("extra_corpora", {}))
+    header = ["model", *(t for t, _, _ in MAIN_COLUMNS), *(f"{n} ppl" for n in extra), "gate"]
+    rows = []
+    for m in report["models"]:
+        cells = [m["model"], *(_cell(m.get(k), f) for _, k, f in MAIN_COLUMNS)]
+        for n in extra:
+            cells.append(_cell(m.get("extra", {}).get(n, {}).get("perplexity"), "{:.2f}"))
+        rows.append([*cells, verdict_cell(report, m["model"])])
+    return header, rows
+
+
 def _main(report: dict[str, Any]) -> list[str]:
-    rows = [
-        [m["model"]] + [_cell(m.get(k), f) for _, k, f in MAIN_COLUMNS] for m in report["models"]
+    lines = _table(*main_table(report))
+    errors = [
+        f"- `{m['model']}`: no speed figures: {m['speed_error']}"
+        for m in report["models"]
+        if m.get("speed_error")
     ]
-    return _table(["model"] + [t for t, _, _ in MAIN_COLUMNS], rows)
+    speed = report.get("speed")
+    if speed:
+        lines += [
+            "",
+            f"Speed in the runtime that serves each model ({speed['threads']} threads): prefill "
+            f"of {speed['prompt_tokens']}-token prompts, decode of {speed['new_tokens']} greedy "
+            f"tokens after them, median of {speed['repeats']} runs.",
+        ]
+    return lines + ([""] + errors if errors else [])
 
 
 def _corpora(report: dict[str, Any]) -> list[str]:
@@ -94,13 +137,19 @@ def _gate(report: dict[str, Any]) -> list[str]:
     for name, v in gate["verdicts"].items():
         word = "**PASS**" if v["passed"] else "**FAIL**"
         why = "; ".join(v["reasons"]) if v["reasons"] else "every rule holds"
-        lines.append(f"- `{name}`: {word}: {why}")
+        line = f"- `{name}`: {word}: {why}"
+        if v.get("outside_budget"):
+            line += "; **outside the budget**: " + "; ".join(v["outside_budget"])
+        if v.get("dominated_by"):
+            line += f"; **dominated** by `{v['dominated_by']}` (at least as good on every axis)"
+        lines.append(line)
     champ = gate.get("champion")
+    why = gate.get("why", "")
     if champ:
         where = champ.get("registered") or "not registered"
-        lines.append(f"- champion: `{champ['model']}` ({where}, alias `{gate['alias']}`)")
+        lines.append(f"- champion: `{champ['model']}` ({where}, alias `{gate['alias']}`): {why}")
     else:
-        lines.append(f"- champion: none passed; alias `{gate['alias']}` left where it was")
+        lines.append(f"- champion: none ({why}); alias `{gate['alias']}` left where it was")
     return lines
 
 
@@ -116,7 +165,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_main(report),
         "",
-        "![quality vs size](pareto.png)",
+        "![quality vs decode speed and vs size](pareto.png)",
         "",
         "## Per corpus (perplexity / next-token accuracy)",
         "",
@@ -156,7 +205,7 @@ def save_report(report: dict[str, Any], workdir: Path, tracker: Any) -> Path:
     from distill.eval.plots import quality_pareto
 
     workdir = Path(workdir)
-    verdicts = {k: v["passed"] for k, v in (report.get("gate") or {}).get("verdicts", {}).items()}
+    verdicts = (report.get("gate") or {}).get("verdicts", {})
     fig = quality_pareto(report["models"], verdicts)
     tmp = workdir / ".pareto.tmp.png"
     fig.savefig(tmp, dpi=110)

@@ -1,7 +1,9 @@
-"""Stage ``evaluate``: every model the run produced, side by side, on the held-out split.
+"""Stage ``evaluate``: every model the run produced, the quantized teacher included, side by side
+on the held-out split.
 
-Writes ``<workdir>/report.json`` and ``report.md`` (one entry per model: parameters, size on
-disk, perplexity, next-token accuracy, agreement and KL to the teacher, tokens/s, the same on each
+Writes ``<workdir>/report.json``, ``report.md`` and ``pareto.png`` (one entry per model:
+parameters, size on disk, perplexity, next-token accuracy, agreement and KL to the teacher,
+prefill and decode tokens/s in the runtime that serves it, the same quality on each
 ``evaluate.extra_corpora`` entry, and the generation checks) and logs them to MLflow; the release
 gate (``distill.eval.release``, run by the pipeline right after this stage) adds its verdicts::
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,55 +22,16 @@ import numpy as np
 from distill.eval.config import EvaluateConfig
 from distill.stages import StageContext, StageResult
 
-ORDER = ("teacher", "initial_student", "pruned", "student", "int4_gptq", "int4", "int4_cpu")
-
-
-def served_as(path: Path, dtype: str = "float32") -> dict[str, str]:
-    """How ``path`` is loaded for evaluation, which is how it is served: engine and dtype."""
-    path = Path(path)
-    if (path / "genai_config.json").exists():
-        from distill.runtime.export import read_manifest
-
-        m = read_manifest(path)
-        return {"engine": f"{m['engine']} {m.get('version', '')}".strip(), "dtype": "int4"}
-    cfg = json.loads((path / "config.json").read_text())
-    if "quantization_config" in cfg:
-        import torch
-
-        from distill.quant.gptq import cpu_dtype
-
-        act = "auto" if torch.cuda.is_available() else cpu_dtype()
-        return {"engine": "gptqmodel", "dtype": f"int4/{act}"}
-    return {"engine": "transformers", "dtype": dtype}
-
-
-def load_for_eval(path: Path, dtype: str = "float32", threads: int | None = None):
-    """Load a checkpoint the way it is served: an ONNX Runtime GenAI directory through the engine
-    (wrapped for the torch metrics), a GPTQ checkpoint through ``distill.quant``, else HF."""
-    path = Path(path)
-    if (path / "genai_config.json").exists():
-        from distill.runtime.export import read_manifest
-        from distill.runtime.ort_genai import OrtGenAIModel
-        from distill.runtime.torch_adapter import engine_as_torch
-
-        threads = threads or read_manifest(path).get("threads")
-        return engine_as_torch(OrtGenAIModel.load(path, threads=threads))
-    cfg = json.loads((path / "config.json").read_text())
-    if "quantization_config" in cfg:
-        from distill.quant import load_quantized  # type: ignore[attr-defined]
-
-        return load_quantized(path)
-    from distill.models.loader import load_causal_lm
-
-    return load_causal_lm(path, dtype=dtype)
-
-
-def stored_parameters(model) -> int:
-    """Parameters as stored (engine models: their initializers; packed int4 counted as stored)."""
-    from distill.models.loader import count_parameters
-
-    engine = getattr(model, "engine", None)
-    return engine.stored_parameters() if engine is not None else count_parameters(model)
+ORDER = (
+    "teacher",
+    "teacher_int4",
+    "initial_student",
+    "pruned",
+    "student",
+    "int4_gptq",
+    "int4",
+    "int4_cpu",
+)
 
 
 def _contamination(ctx: StageContext, cfg: EvaluateConfig, extra: dict[str, np.ndarray]):
@@ -154,10 +116,24 @@ def _generation(
     return per_model, section
 
 
+def _speed(model: Any, prompts: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+    """The model's speed columns, or why they are missing: a runtime that cannot decode an
+    artifact leaves its row without them, and the run goes on."""
+    from distill.eval.speed import serving_speed
+
+    if not cfg.speed.enabled:
+        return {}
+    try:
+        return serving_speed(model, prompts, cfg.speed)
+    except Exception as e:  # noqa: BLE001 (any runtime failure: reported in the row)
+        return {"speed_error": f"{type(e).__name__}: {e}"[:500]}
+
+
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
-    from distill.eval.extra import load_extra_corpora
-    from distill.eval.metrics import forward_tokens_per_s
+    from distill.artifacts import load_for_eval, served_as, stored_parameters
+    from distill.eval.extra import describe, load_extra_corpora
     from distill.eval.report import save_report
+    from distill.eval.speed import speed_prompts
     from distill.models.hashing import dir_size_bytes
     from distill.models.loader import load_tokenizer
 
@@ -177,6 +153,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     gen_metrics, gen_section = ({}, {})
     if cfg.generation.enabled:
         gen_metrics, gen_section = _generation(ctx, cfg, models)
+    prompts = speed_prompts(rows, cfg.speed)
     entries: list[dict[str, Any]] = []
     metrics: dict[str, float] = {}
     for key, model in models.items():
@@ -187,7 +164,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
             "parameters": stored_parameters(model),
             "size_bytes": dir_size_bytes(paths[key]),
             **quality[key],
-            "tokens_per_s": forward_tokens_per_s(model, rows[: cfg.speed_rows]),
+            **_speed(model, prompts, cfg),
         }
         if key in gen_metrics:
             entry["generation"] = gen_metrics[key]
@@ -198,10 +175,15 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         "heldout_rows": len(rows),
         "seq_len": int(rows.shape[1]),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "speed": {
+            "prompt_tokens": int(prompts.shape[1]),
+            "new_tokens": cfg.speed.new_tokens,
+            "repeats": cfg.speed.repeats,
+            "threads": _threads(),
+        },
         "models": entries,
         "extra_corpora": {
-            ec.name: {"rows": int(len(extra[ec.name])), "paths": [str(p) for p in ec.paths]}
-            for ec in cfg.extra_corpora
+            ec.name: {"rows": int(len(extra[ec.name])), **describe(ec)} for ec in cfg.extra_corpora
         },
     }
     if gen_section:
@@ -211,9 +193,14 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         metrics.update(contamination.metrics())
     ctx.tracker.log_metrics(metrics)
     out = save_report(report, ctx.workdir, ctx.tracker)
-    _log_speed_figure(ctx, entries)
     ctx.tracker.record_output("report", out)
     return StageResult(outputs={"report": out}, metrics=metrics, summary=report)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _flat_metrics(key: str, entry: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -225,13 +212,3 @@ def _flat_metrics(key: str, entry: dict[str, Any], prefix: str = "") -> dict[str
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[f"{key}.{prefix}{name}"] = float(value)
     return out
-
-
-def _log_speed_figure(ctx: StageContext, entries: list[dict[str, Any]]) -> None:
-    import matplotlib.pyplot as plt
-
-    from distill.eval.plots import quality_size_speed
-
-    fig = quality_size_speed(entries)
-    ctx.tracker.log_figure(fig, "quality_vs_size.png")
-    plt.close(fig)

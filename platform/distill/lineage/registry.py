@@ -22,10 +22,10 @@ def _python_model():
     import mlflow.pyfunc
 
     class HFCheckpoint(mlflow.pyfunc.PythonModel):
-        """Greedy text completion with the logged HF checkpoint (fp or GPTQ)."""
+        """Greedy text completion with the logged checkpoint (fp, GPTQ or a CPU engine export)."""
 
         def load_context(self, context):
-            from distill.eval.stage import load_for_eval
+            from distill.artifacts import load_for_eval
             from distill.models.loader import load_tokenizer
 
             self.model = load_for_eval(Path(context.artifacts["checkpoint"]))
@@ -43,9 +43,10 @@ def _python_model():
     return HFCheckpoint()
 
 
-# What loading a logged checkpoint imports (distill.eval.stage.load_for_eval + the tokenizer).
+# What loading a logged checkpoint imports (distill.artifacts.load_for_eval + the tokenizer).
 RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pydantic")
 GPTQ_PACKAGES = ("gptqmodel", "optimum")
+ENGINE_PACKAGES = ("onnxruntime-genai", "onnxruntime")
 
 
 def pinned_requirements(checkpoint: Path) -> list[str]:
@@ -55,8 +56,9 @@ def pinned_requirements(checkpoint: Path) -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     names = list(RUNTIME_PACKAGES)
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
-    if "quantization_config" in cfg:
+    if (Path(checkpoint) / "genai_config.json").exists():  # a CPU int4 engine export
+        names += ENGINE_PACKAGES
+    elif "quantization_config" in json.loads((Path(checkpoint) / "config.json").read_text()):
         names += GPTQ_PACKAGES
     out = []
     for n in names:

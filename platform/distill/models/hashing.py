@@ -41,3 +41,12 @@ def tokenizer_sha256(model_dir: Path) -> str:
 
 def dir_size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def dir_sha256(path: Path) -> str:
+    """sha256 over every file of a directory (sorted by name): an engine model's identity."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()

@@ -165,3 +165,18 @@ class QuantizeConfig(StrictModel):
                 "use backend 'auto', 'torch' or 'torch_aten' on CPU"
             )
         return self
+
+
+class TeacherInt4Config(StrictModel):
+    """The quantized teacher (stage ``teacher_int4``): what a user gets without pruning or KD,
+    made by the same quantize path as the student, scored by ``evaluate`` beside it and a
+    candidate of the release gate. Enabled, it runs before ``evaluate`` whenever a pipeline has
+    both ``quantize`` and ``evaluate`` (listed or not); its output is keyed on the teacher, the
+    corpus and these settings alone, so a new student reuses it."""
+
+    enabled: bool = True
+    quantize: QuantizeConfig | None = Field(
+        None,
+        description="quantization settings for the teacher; unset = the pipeline's quantize "
+        "section (filled in when the config is loaded)",
+    )

@@ -20,6 +20,7 @@ thread-safe); open one instance per thread or serialize calls.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,22 @@ class OrtGenAIModel:
                 if step.finished[i]:
                     c.finish_reason = "stop"
         return outs
+
+    def decode_seconds(self, prompts: np.ndarray, new_tokens: int) -> float:
+        """Seconds of ``new_tokens - 1`` greedy steps of a batch after its prefill and first
+        token, never stopping early (the decode speed ``distill.eval.speed`` reports)."""
+        ids = np.asarray(prompts, dtype=np.int32)
+        total = ids.shape[1] + new_tokens
+        og = self._og
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(max_length=total, min_length=total, batch_size=len(ids))
+        gen = og.Generator(self._model, params)
+        gen.append_tokens(ids)
+        gen.generate_next_token()  # the first token comes from the prefill's logits
+        t0 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            gen.generate_next_token()
+        return time.perf_counter() - t0
 
     # ---- scoring ----------------------------------------------------------------------------
 

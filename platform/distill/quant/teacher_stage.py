@@ -1,0 +1,68 @@
+"""Stage ``teacher_int4``: the teacher quantized by the same path as the student (GPTQ with the
+pipeline's ``quantize`` settings → the CPU int4 engine), the baseline every run is measured
+against: what a user would ship without pruning or KD. ``evaluate`` scores it beside the
+student and the release gate treats it as a candidate::
+
+    distill run pipelines/configs/smollm2.yaml     # runs it before evaluate (teacher_int4.enabled)
+
+Outputs: ``teacher_int4`` (the engine export, or the GPTQ checkpoint without an engine) and
+``teacher_int4_gptq`` (the GPTQ checkpoint it came from). Quantization-aware recovery
+(``quantize.recover``) is not applied to the teacher.
+"""
+
+from __future__ import annotations
+
+from distill.models.hashing import dir_sha256, weights_sha256
+from distill.quant.checkpoint import (
+    Outputs,
+    calibration_rows,
+    heldout_quality,
+    peak_rss_mb,
+    quantize_checkpoint,
+)
+from distill.quant.config import RecoverConfig, TeacherInt4Config
+from distill.quant.gptq import validate
+from distill.runtime.ort_genai import require_ort_genai
+from distill.stages import StageContext, StageResult
+
+OUTPUT_NAME = "teacher-int4"
+ENGINE_OUTPUT_NAME = "teacher-int4-cpu"
+
+
+def run(ctx: StageContext, cfg: TeacherInt4Config) -> StageResult:
+    assert cfg.quantize is not None  # filled in from the pipeline's quantize section
+    qcfg = cfg.quantize.model_copy(update={"recover": RecoverConfig()})
+    teacher = ctx.teacher.path
+    validate(teacher, qcfg)
+    if qcfg.engine.kind != "none":
+        require_ort_genai()
+    rows = calibration_rows(ctx.corpus, qcfg)
+    ctx.tracker.log_params(qcfg.model_dump(), prefix="quantize.")
+    ctx.tracker.log_params({"source": "teacher", "calib_tokens": int(rows.size)})
+    ctx.tracker.record_input("teacher", teacher, ctx.teacher.weights_sha256)
+    ctx.tracker.set_tags({"input.calibration.uri": str(ctx.corpus.train_path)})
+
+    where = Outputs(ctx.output_dir(OUTPUT_NAME), ctx.output_dir(ENGINE_OUTPUT_NAME))
+    made, metrics = quantize_checkpoint(teacher, qcfg, rows, where, ctx.corpus.heldout())
+    metrics.update(heldout_quality(ctx.corpus.heldout(qcfg.eval_rows), qcfg, teacher, made))
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    outputs = {
+        "teacher_int4_gptq": made["int4"],
+        "teacher_int4": made.get("int4_cpu", made["int4"]),
+    }
+    ctx.tracker.log_metrics(metrics)
+    gptq_sha = weights_sha256(made["int4"])
+    ctx.tracker.record_output("teacher_int4_gptq", made["int4"], gptq_sha)
+    if "int4_cpu" in made:
+        ctx.tracker.record_output("teacher_int4", made["int4_cpu"], dir_sha256(made["int4_cpu"]))
+    summary = {
+        "source": "teacher",
+        "method": qcfg.method,
+        "bits": qcfg.bits,
+        "group_size": qcfg.group_size,
+        "engine": qcfg.engine.kind,
+        "gptq_sha256": gptq_sha,
+        **{k: round(v, 4) for k, v in metrics.items()},
+    }
+    ctx.tracker.log_dict(summary, "teacher_int4_summary.json")
+    return StageResult(outputs=outputs, metrics=metrics, summary=summary)
