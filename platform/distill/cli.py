@@ -28,11 +28,11 @@ def _table(report: dict) -> None:
 
     t = Table(title=f"distill results — {report['pipeline']} ({report['machine']})")
     header, rows = main_table(report)
-    for title in header:
-        t.add_column(title, justify="right")
+    for title in header:  # numbers never wrap; the verdict column may
+        t.add_column(title, justify="right", no_wrap=title != "gate")
     for row in rows:
         t.add_row(*row)
-    Console(width=max(Console().width, 160)).print(t)
+    Console(width=max(Console().width, 200)).print(t)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

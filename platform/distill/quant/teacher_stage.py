@@ -5,8 +5,8 @@ student and the release gate treats it as a candidate::
 
     distill run pipelines/configs/smollm2.yaml     # runs it before evaluate (teacher_int4.enabled)
 
-Outputs: ``teacher_int4`` (the engine export, or the GPTQ checkpoint without an engine) and
-``teacher_int4_gptq`` (the GPTQ checkpoint it came from). Quantization-aware recovery
+Outputs: ``teacher_int4`` (the engine export, or the GPTQ checkpoint without an engine) and,
+with an engine, ``teacher_int4_gptq`` (the GPTQ checkpoint it came from). Quantization-aware recovery
 (``quantize.recover``) is not applied to the teacher.
 """
 
@@ -46,15 +46,15 @@ def run(ctx: StageContext, cfg: TeacherInt4Config) -> StageResult:
     made, metrics = quantize_checkpoint(teacher, qcfg, rows, where, ctx.corpus.heldout())
     metrics.update(heldout_quality(ctx.corpus.heldout(qcfg.eval_rows), qcfg, teacher, made))
     metrics["peak_rss_mb"] = peak_rss_mb()
-    outputs = {
-        "teacher_int4_gptq": made["int4"],
-        "teacher_int4": made.get("int4_cpu", made["int4"]),
-    }
     ctx.tracker.log_metrics(metrics)
     gptq_sha = weights_sha256(made["int4"])
-    ctx.tracker.record_output("teacher_int4_gptq", made["int4"], gptq_sha)
-    if "int4_cpu" in made:
+    if "int4_cpu" in made:  # the engine export is what is served; its GPTQ source beside it
+        outputs = {"teacher_int4": made["int4_cpu"], "teacher_int4_gptq": made["int4"]}
+        ctx.tracker.record_output("teacher_int4_gptq", made["int4"], gptq_sha)
         ctx.tracker.record_output("teacher_int4", made["int4_cpu"], dir_sha256(made["int4_cpu"]))
+    else:
+        outputs = {"teacher_int4": made["int4"]}
+        ctx.tracker.record_output("teacher_int4", made["int4"], gptq_sha)
     summary = {
         "source": "teacher",
         "method": qcfg.method,
