@@ -227,3 +227,18 @@ def test_verdict_lines_say_why():
     assert lines[0].startswith("gate: student FAIL: next_token_accuracy 0.2 FAILS ≥ 0.3675")
     assert "perplexity 50 FAILS ≤ 31.98" in lines[0]
     assert lines[-1] == "gate: no champion (); alias 'champion' not moved"
+
+
+def test_no_champion_says_why_each_candidate_inside_the_budget_is_out():
+    report = _speed_report()  # today's demo: the fast int4 student is too poor, the rest slow
+    cfg = GateConfig(
+        models=["student", "int4", "int4_cpu", "teacher_int4"],
+        vs_teacher={"perplexity": {"max": 3.0}},
+        vs_fp_student={},
+        absolute={},
+        budget={"decode_b1_tps": {"min": 1.5, "vs": "teacher_int4"}},
+    )
+    v = judge(report, cfg)
+    choice = choose_champion(report, v, cfg)
+    assert choice.model is None
+    assert choice.why == "inside the budget: int4_cpu fails its rules"

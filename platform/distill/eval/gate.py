@@ -249,10 +249,9 @@ def choose_champion(
         return Choice(best, f"best {rank} ({shown}) among eligible {', '.join(eligible)}")
     if not verdicts:
         return Choice(None, "no candidate in the report")
-    passing = [m for m, v in verdicts.items() if v.passed]
-    in_budget = [m for m in passing if verdicts[m].in_budget]
-    if passing and not in_budget:
-        closest = min(passing, key=lambda m: _shortfall(verdicts[m]))
+    in_budget = [m for m, v in verdicts.items() if v.in_budget]
+    if not in_budget:
+        closest = min(verdicts, key=lambda m: _shortfall(verdicts[m]))
         e = entries[closest]
         numbers = ", ".join(
             f"{k} {metric_value(e, k):.4g}"
@@ -264,7 +263,11 @@ def choose_champion(
             f"no candidate meets the budget; closest: {closest} ({numbers}): "
             + "; ".join(verdicts[closest].outside_budget),
         )
-    if in_budget:
-        doms = ", ".join(f"{m} by {verdicts[m].dominated_by}" for m in in_budget)
-        return Choice(None, f"every candidate inside the budget is dominated ({doms})")
-    return Choice(None, "no candidate passed the gate's rules")
+    why = []
+    for m in in_budget:
+        v = verdicts[m]
+        parts = ([] if v.passed else ["fails its rules"]) + (
+            [f"dominated by {v.dominated_by}"] if v.dominated_by else []
+        )
+        why.append(f"{m} {' and '.join(parts)}")
+    return Choice(None, "inside the budget: " + "; ".join(why))
