@@ -42,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.workdir:
         overrides.append(f"workdir={args.workdir}")
+    if args.reuse_from:
+        overrides.append(f"reuse_from=[{','.join(args.reuse_from)}]")
     cfg = load_config(Path(args.config), overrides)
     summary = run_pipeline(cfg, verbose=args.verbose)
     if summary.report:
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("--workdir")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    r.add_argument(
+        "--reuse-from",
+        action="append",
+        metavar="WORKDIR",
+        help="reuse the corpus and the finished stages of another run whose keys match",
+    )
     r.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     r.set_defaults(fn=cmd_run)
     lg = sub.add_parser("lineage", help="print the stage tree of a pipeline run")

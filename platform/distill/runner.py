@@ -71,6 +71,18 @@ def _cached(path: Path, key: str) -> dict[str, Any] | None:
     return data
 
 
+def find_cached(
+    workdir: Path, reuse_from: list[Path], name: str, key: str
+) -> tuple[dict[str, Any], Path] | None:
+    """A finished run of stage ``name`` with this key: in ``workdir``, else in the first
+    ``reuse_from`` workdir that has one; with the workdir it was found in."""
+    for d in (workdir, *reuse_from):
+        hit = _cached(Path(d) / "stages" / f"{name}.json", key)
+        if hit is not None:
+            return hit, Path(d)
+    return None
+
+
 def _save(
     path: Path, key: str, result: StageResult, run_id: str, registered: dict[str, str]
 ) -> None:
@@ -118,6 +130,24 @@ def run_log(workdir: Path, say: Say) -> Iterator[Say]:
         handler.close()
 
 
+def register(
+    run: Any, result: StageResult, versions: dict[str, str], name: str, parent: str, say: Say
+) -> dict[str, str]:
+    """Register the stage's servable outputs as versions of ``name`` (tagged with the pipeline
+    run ``parent``); return their versions."""
+    from distill.lineage.registry import register_checkpoint
+
+    registered = {}
+    for art in REGISTERED:
+        if art in result.outputs:
+            tags = {"kind": art, "pipeline_run_id": parent}
+            if art in ("int4", "int4_cpu") and "student" in versions:
+                tags["parent_version"] = versions["student"]
+            registered[art] = register_checkpoint(run, result.outputs[art], name, tags)
+            say(f"[distill] registered {name} v{registered[art]} ({art})")
+    return registered
+
+
 def run_pipeline(cfg: PipelineConfig, say: Say = print, verbose: bool = False) -> PipelineSummary:
     """Run ``cfg.stages`` in order; return run id, artifacts and per-stage metrics.
 
@@ -131,7 +161,6 @@ def run_pipeline(cfg: PipelineConfig, say: Say = print, verbose: bool = False) -
 
 def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> PipelineSummary:
     from distill.data.pipeline import prepare_corpus
-    from distill.lineage.registry import register_checkpoint
     from distill.lineage.tracker import Tracker
     from distill.models.compat import check_tokenizer_compat
     from distill.models.loader import license_decision, resolve_source
@@ -161,7 +190,8 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
     ensure_ray(cfg.ray, verbose=verbose)
     link_session_logs(workdir)
     say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
-    corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data")
+    reuse = [Path(d).resolve() for d in cfg.reuse_from]
+    corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data", [d / "data" for d in reuse])
     say(
         f"[distill] corpus: {corpus.train_rows} train / {corpus.heldout_rows} held-out rows "
         f"of {corpus.seq_len} tokens ({time.perf_counter() - t0:.0f}s)"
@@ -202,13 +232,16 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
             section = getattr(cfg, name)
             key = keys[name]
             cache_file = workdir / "stages" / f"{name}.json"
-            hit = _cached(cache_file, key)
+            found = find_cached(workdir, reuse, name, key)
+            hit, hit_dir = found if found is not None else (None, workdir)
             st = time.perf_counter()
             with tracker.stage(name) as run:
                 run.log_params(section.model_dump(mode="json"))
                 if hit is not None:
+                    where = "" if hit_dir == workdir else f" in {hit_dir}"
                     say(
-                        f"[distill] stage {name}: cached from run {hit['run_id']} (inputs unchanged)"
+                        f"[distill] stage {name}: cached from run {hit['run_id']}{where} "
+                        "(inputs unchanged)"
                     )
                     result = StageResult(
                         {k: Path(v) for k, v in hit["outputs"].items()},
@@ -219,7 +252,14 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
                     run.log_metrics(result.metrics)
                     for k, p in result.outputs.items():
                         run.record_output(k, p)
-                    versions.update(hit.get("registered", {}))
+                    if hit_dir == workdir:
+                        versions.update(hit.get("registered", {}))
+                    else:  # another run's outputs: registered in this run's registry too
+                        registered = register(
+                            run, result, versions, registered_name, parent.run_id, say
+                        )
+                        versions.update(registered)
+                        _save(cache_file, key, result, hit["run_id"], registered)
                 else:
                     say(f"[distill] stage {name}: running")
                     ctx = StageContext(cfg, workdir, teacher, corpus, run, dict(artifacts))
@@ -228,18 +268,9 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
                         from distill.eval.plots import log_training_curves
 
                         log_training_curves(run)
-                    registered = {}
-                    for art in REGISTERED:
-                        if art in result.outputs:
-                            tags = {"kind": art, "pipeline_run_id": parent.run_id}
-                            if art in ("int4", "int4_cpu") and "student" in versions:
-                                tags["parent_version"] = versions["student"]
-                            registered[art] = register_checkpoint(
-                                run, result.outputs[art], registered_name, tags
-                            )
-                            say(
-                                f"[distill] registered {registered_name} v{registered[art]} ({art})"
-                            )
+                    registered = register(
+                        run, result, versions, registered_name, parent.run_id, say
+                    )
                     versions.update(registered)
                     _save(cache_file, key, result, run.run_id, registered)
                 artifacts.update(result.outputs)

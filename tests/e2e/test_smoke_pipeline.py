@@ -137,6 +137,28 @@ def test_rerun_continues_from_finished_stages(smoke_run):
     assert "stage evaluate: running" in proc.stdout
 
 
+@pytest.mark.timeout(900)
+def test_a_sweep_reuses_the_finished_stages_of_another_run(smoke_run, tmp_path):
+    from mlflow import MlflowClient
+
+    base, _, _ = smoke_run
+    other = tmp_path / "sweep"
+    proc = _distill(
+        "run", str(SMOKE), "--workdir", str(other), "--reuse-from", str(base),
+        "--set", "evaluate.batch_size=4",  # not a setting any other test runs
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("soft_labels", "prune", "distill", "quantize", "teacher_int4"):
+        assert re.search(rf"stage {stage}: cached from run \w+ in {base}", proc.stdout), stage
+    assert "stage evaluate: running" in proc.stdout and not (other / "student").exists()
+    report = json.loads((other / "report.json").read_text())
+    assert all(str(base) in m["path"] for m in report["models"] if m["model"] != "teacher")
+    # the reused models are versions of this run's registry, so the gate can alias them
+    client = MlflowClient(f"sqlite:///{other / 'mlflow.db'}")
+    kinds = {v.tags["kind"] for v in client.search_model_versions("name='smoke-student'")}
+    assert {"student", "int4", "teacher_int4"} <= kinds
+
+
 def test_bad_inputs_give_one_clear_message(tmp_path):
     proc = _distill(
         "run",

@@ -33,6 +33,11 @@ class PipelineConfig(StrictModel):
         description="a path or file:// URI every Ray node reaches at the same path (shared "
         "filesystem / ReadWriteMany PVC on KubeRay)",
     )
+    reuse_from: list[Path] = Field(
+        default_factory=list,
+        description="finished workdirs of other runs: the corpus and every stage whose cache "
+        "key matches are reused from there instead of recomputed (sweeps share their stages)",
+    )
     teacher: ModelSource = Field(default_factory=GGUFSource)
     student: ModelSource | None = Field(
         None, description="initial student; unset = the pruned teacher (or the teacher)"

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -279,17 +279,21 @@ def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
     ).hexdigest()
 
 
-def prepare_corpus(cfg: DataConfig, tokenizer_dir: Path, out_dir: Path) -> PackedCorpus:
-    """Tokenize, split and pack the corpus into ``out_dir`` (reused when its key matches)."""
+def prepare_corpus(
+    cfg: DataConfig, tokenizer_dir: Path, out_dir: Path, reuse: Sequence[Path] = ()
+) -> PackedCorpus:
+    """Tokenize, split and pack the corpus into ``out_dir``; an existing packed corpus with the
+    same key (in ``out_dir``, else in one of the ``reuse`` directories) is opened instead."""
     from distill.data.packed import check_parts
     from distill.models.loader import load_tokenizer
 
     files = resolve_files(cfg.corpus)
     key = corpus_key(cfg, files, tokenizer_dir)
     out_dir = Path(out_dir)
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == key:
-        return PackedCorpus.open(out_dir)
+    for d in (out_dir, *reuse):
+        meta_path = Path(d) / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == key:
+            return PackedCorpus.open(Path(d))
     eos = load_tokenizer(tokenizer_dir).eos_token_id
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
