@@ -49,11 +49,11 @@ def test_smoke_report_and_table(smoke_run):
 
     workdir, _, out = smoke_run
     report = json.loads((workdir / "report.json").read_text())
-    from distill.eval.stage import ORDER
+    from distill.eval.config import MODEL_ORDER
 
     stages = yaml.safe_load(SMOKE.read_text())["stages"]
     made = {"teacher"} | {PRODUCES[s] for s in stages if s in PRODUCES}
-    assert [m["model"] for m in report["models"]] == [k for k in ORDER if k in made]
+    assert [m["model"] for m in report["models"]] == [k for k in MODEL_ORDER if k in made]
     for m in report["models"]:
         assert m["perplexity"] > 1 and 0 <= m["next_token_accuracy"] <= 1
         assert m["parameters"] > 0 and m["size_bytes"] > 0

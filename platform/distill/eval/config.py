@@ -125,7 +125,25 @@ class SpeedConfig(StrictModel):
         return sorted(v)
 
 
+# The models of a run evaluate can score, in the order of its report.
+MODEL_ORDER = (
+    "teacher",
+    "teacher_int4",
+    "initial_student",
+    "pruned",
+    "student",
+    "int4_gptq",
+    "int4",
+    "int4_cpu",
+)
+
+
 class EvaluateConfig(StrictModel):
+    models: list[str] | None = Field(
+        None,
+        description="the run's models to score (None = every one it made); the teacher, the "
+        "reference of agreement and KL, is always scored",
+    )
     max_rows: int | None = Field(64, ge=1, description="held-out rows evaluated (None = all)")
     batch_size: int = Field(4, ge=1)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
@@ -138,6 +156,14 @@ class EvaluateConfig(StrictModel):
         default_factory=list, description="more held-out corpora (text dir / JSONL / Parquet)"
     )
     generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, v: list[str] | None) -> list[str] | None:
+        bad = [m for m in v or [] if m not in MODEL_ORDER]
+        if bad:
+            raise ValueError(f"unknown model(s) {bad}: use {', '.join(MODEL_ORDER)}")
+        return v
 
     @field_validator("extra_corpora")
     @classmethod

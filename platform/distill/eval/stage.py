@@ -19,19 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.eval.config import EvaluateConfig
+from distill.eval.config import MODEL_ORDER, EvaluateConfig
 from distill.stages import StageContext, StageResult
-
-ORDER = (
-    "teacher",
-    "teacher_int4",
-    "initial_student",
-    "pruned",
-    "student",
-    "int4_gptq",
-    "int4",
-    "int4_cpu",
-)
 
 
 def _contamination(ctx: StageContext, cfg: EvaluateConfig, extra: dict[str, np.ndarray]):
@@ -145,7 +134,8 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     if cfg.contamination.enabled:  # fails here, before any model is loaded, when contaminated
         contamination = _contamination(ctx, cfg, extra)
     rows = ctx.corpus.heldout(cfg.max_rows)
-    paths = {k: ctx.artifacts[k] for k in ORDER if k in ctx.artifacts}
+    wanted = set(cfg.models or MODEL_ORDER) | {"teacher"}
+    paths = {k: ctx.artifacts[k] for k in MODEL_ORDER if k in ctx.artifacts and k in wanted}
     models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
     for k, p in paths.items():
         ctx.tracker.record_input(k, p)

@@ -1,8 +1,10 @@
 """Settings of the ``prune`` stage (``prune:`` section of a pipeline YAML).
 
-Either a parameter budget (a planner picks the shape under ``policy``) or an explicit shape::
+A parameter budget (a planner picks the shape under ``policy``), a decode speed-up in the serving
+engine (the planner searches the budget that reaches it) or an explicit shape::
 
     prune: {policy: width, target_params: 0.6}
+    prune: {policy: combined, target_speedup: 1.5}
     prune: {shape: {num_hidden_layers: 20, intermediate_size: 1024}}
 
     distill run pipelines/configs/smollm2.yaml --set prune.target_params=0.5 --set prune.policy=depth
@@ -82,6 +84,14 @@ class PruneConfig(StrictModel):
     shape: TargetShape | None = Field(
         None, description="explicit target shape (instead of target_params)"
     )
+    target_speedup: float | None = Field(
+        None,
+        gt=1,
+        le=20,
+        description="instead of target_params: the batch-1 decode speed-up over the source in "
+        "the serving engine (quantize.engine), measured on probe models; the planner picks the "
+        "largest parameter budget under policy that reaches it",
+    )
     tolerance: float = Field(
         0.02, gt=0, le=0.1, description="max relative distance of the plan from target_params"
     )
@@ -108,8 +118,13 @@ class PruneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
-        if self.target_params is not None and self.shape is not None:
-            raise ValueError("give either prune.target_params or prune.shape, not both")
-        if self.target_params is None and self.shape is None:
+        given = [
+            k for k in ("target_params", "shape", "target_speedup") if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"give one of prune.target_params, prune.shape, prune.target_speedup; got {given}"
+            )
+        if not given:
             self.target_params = DEFAULT_TARGET_PARAMS
         return self

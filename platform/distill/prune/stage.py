@@ -34,6 +34,8 @@ def preflight(cfg: PruneConfig, model_dir: Path) -> Plan:
 
     src_cfg = json.loads((Path(model_dir) / "config.json").read_text())
     check_architecture(src_cfg.get("architectures"))
+    if cfg.target_speedup is not None:  # the budget is searched later: check the policy plans
+        cfg = cfg.model_copy(update={"target_params": 0.5})
     return make_plan(cfg, ModelShape.from_config(src_cfg))
 
 
@@ -72,7 +74,16 @@ def run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
     src = Path(
         ctx.artifacts.get("initial_student") or ctx.artifacts.get("teacher", ctx.teacher.path)
     )
-    plan = preflight(cfg, src)  # before any work
+    preflight(cfg, src)  # before any work
+    search = None
+    if cfg.target_speedup is not None:  # measured in the engine the student will be served by
+        from distill.prune.speedup import plan_for_speedup
+
+        t0 = time.perf_counter()
+        search = plan_for_speedup(cfg, src, ctx.config.quantize.engine)
+        search_s = time.perf_counter() - t0
+        cfg = cfg.model_copy(update={"target_params": search.target_params})
+    plan = preflight(cfg.model_copy(update={"target_speedup": None}), src)
     ctx.tracker.record_input("model", src, weights_sha256(src))
     ctx.tracker.log_params(plan.summary(), prefix="plan.")
 
@@ -99,8 +110,16 @@ def run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
         "accuracy_after": after["next_token_accuracy"],
         "prune_seconds": time.perf_counter() - t0,
     }
+    if search is not None:
+        metrics.update(
+            planned_speedup=search.speedup,
+            source_decode_b1_tps=search.source_tps,
+            searched_target_params=search.target_params,
+            speedup_search_seconds=search_s,
+        )
     summary = {
         **plan.summary(),
+        **({"speedup_probes": search.probes} if search is not None else {}),
         "kept_layers": result.kept["kept_layers"],
         "params_after": params_after,
         "weights_sha256": sha,
