@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     from distill.models.hashing import dir_size_bytes
     from distill.models.loader import load_tokenizer
 
+    clock = _Clock()
     extra: dict[str, np.ndarray] = {}
     if cfg.extra_corpora:  # read before any model is loaded: bad paths fail here
         tok = load_tokenizer(ctx.teacher.path)
@@ -133,16 +135,20 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     contamination = None
     if cfg.contamination.enabled:  # fails here, before any model is loaded, when contaminated
         contamination = _contamination(ctx, cfg, extra)
+    clock.lap("inputs")
     rows = ctx.corpus.heldout(cfg.max_rows)
     wanted = set(cfg.models or MODEL_ORDER) | {"teacher"}
     paths = {k: ctx.artifacts[k] for k in MODEL_ORDER if k in ctx.artifacts and k in wanted}
     models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
+    clock.lap("load")
     for k, p in paths.items():
         ctx.tracker.record_input(k, p)
     quality = _quality(models, rows, extra, cfg)
+    clock.lap("quality")
     gen_metrics, gen_section = ({}, {})
     if cfg.generation.enabled:
         gen_metrics, gen_section = _generation(ctx, cfg, models)
+    clock.lap("generation")
     prompts = speed_prompts(rows, cfg.speed)
     entries: list[dict[str, Any]] = []
     metrics: dict[str, float] = {}
@@ -156,6 +162,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
             **quality[key],
             **_speed(model, prompts, cfg),
         }
+        clock.lap("speed")
         if key in gen_metrics:
             entry["generation"] = gen_metrics[key]
         entries.append(entry)
@@ -181,10 +188,24 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     if contamination is not None:
         report["contamination"] = contamination.to_dict()
         metrics.update(contamination.metrics())
+    metrics.update({f"seconds.{k}": v for k, v in clock.laps.items()})
     ctx.tracker.log_metrics(metrics)
     out = save_report(report, ctx.workdir, ctx.tracker)
     ctx.tracker.record_output("report", out)
     return StageResult(outputs={"report": out}, metrics=metrics, summary=report)
+
+
+class _Clock:
+    """Seconds spent per phase of the stage (``seconds.<phase>`` metrics)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 def _threads() -> int:
