@@ -37,7 +37,8 @@ def _table(report: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from distill.config.loader import load_config
-    from distill.runner import run_pipeline
+    from distill.console import quiet_output
+    from distill.runner import log_file, run_pipeline
 
     overrides = list(args.set or [])
     if args.workdir:
@@ -45,13 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.reuse_from:
         overrides.append(f"reuse_from=[{','.join(args.reuse_from)}]")
     cfg = load_config(Path(args.config), overrides)
-    summary = run_pipeline(cfg, verbose=args.verbose)
-    if summary.report:
-        from distill.eval.release import verdict_lines
-
+    with quiet_output(log_file(Path(cfg.workdir).resolve()), args.verbose) as console:
+        summary = run_pipeline(cfg, console, verbose=args.verbose)
+    if summary.report:  # the gate's verdicts were printed as the run ended
         _table(summary.report)
-        for line in verdict_lines(summary.report):
-            print(line)
         print(f"report: {summary.workdir / 'report.json'}  ({summary.workdir / 'report.md'})")
     print(f"mlflow run: {summary.run_id}  (tracking {summary.tracking_uri})")
     print(f"lineage: distill lineage {summary.run_id} --workdir {summary.workdir}")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 
 from distill.config.base import DistillError
 from distill.config.pipeline import PipelineConfig
+from distill.console import Console
 from distill.stages import INDEPENDENT, StageContext, StageResult, stage_function
 
 Say = Callable[[str], None]
@@ -101,11 +103,16 @@ def _save(
     os.replace(tmp, path)
 
 
+def log_file(workdir: Path) -> Path:
+    """``<workdir>/logs/distill.log``: the run's lines, every log record, third-party output."""
+    return Path(workdir) / "logs" / "distill.log"
+
+
 @contextmanager
-def run_log(workdir: Path, say: Say) -> Iterator[Say]:
-    """``<workdir>/logs/distill.log`` gets the pipeline's progress lines and every Python log
-    record at INFO (distill, Ray, Ray Data, MLflow), whatever reaches the console."""
-    path = workdir / "logs" / "distill.log"
+def run_log(workdir: Path) -> Iterator[None]:
+    """``<workdir>/logs/distill.log`` gets every Python log record at INFO (distill's progress
+    lines, Ray, Ray Data, MLflow, GPT-QModel, transformers), whatever reaches the console."""
+    path = log_file(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
@@ -116,15 +123,13 @@ def run_log(workdir: Path, say: Say) -> Iterator[Say]:
     loggers = [logging.getLogger(), *[lg for lg in named if not lg.propagate]]
     for lg in loggers:
         lg.addHandler(handler)
-    progress = logging.getLogger("distill.run")
-
-    def tee(msg: str) -> None:
-        say(msg)
-        handler.handle(progress.makeRecord(progress.name, logging.INFO, "", 0, msg, None, None))
-
+    run_logger = logging.getLogger("distill.run")
+    level = run_logger.level
+    run_logger.setLevel(logging.INFO)
     try:
-        yield tee
+        yield
     finally:
+        run_logger.setLevel(level)
         for lg in loggers:
             lg.removeHandler(handler)
         handler.close()
@@ -148,24 +153,30 @@ def register(
     return registered
 
 
-def run_pipeline(cfg: PipelineConfig, say: Say = print, verbose: bool = False) -> PipelineSummary:
+def run_pipeline(
+    cfg: PipelineConfig, console: Console | None = None, verbose: bool = False
+) -> PipelineSummary:
     """Run ``cfg.stages`` in order; return run id, artifacts and per-stage metrics.
 
-    Quiet unless ``verbose``: Ray's worker logs and Ray Data progress stay off the console (in
+    ``console``: where the run's lines and progress bars go (``distill run`` passes the quiet
+    console of ``distill.console.quiet_output``; default: plain lines on stdout). Quiet unless
+    ``verbose``: Ray's worker logs and Ray Data progress stay off the console (in
     ``<workdir>/logs/ray`` → Ray's session logs, and ``<workdir>/logs/distill.log``)."""
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    with run_log(workdir, say) as tee:
-        return _run(cfg, workdir, tee, verbose)
+    console = console or Console(sys.stdout, logging.getLogger("distill.run"))
+    with run_log(workdir):
+        return _run(cfg, workdir, console, verbose)
 
 
-def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> PipelineSummary:
+def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) -> PipelineSummary:
     from distill.data.pipeline import prepare_corpus
     from distill.lineage.tracker import Tracker
     from distill.models.compat import check_tokenizer_compat
     from distill.models.loader import license_decision, resolve_source
     from distill.raycluster import ensure_ray, link_session_logs
 
+    say = console.say
     tracker = Tracker(cfg.tracking, workdir)
     tracker.experiment_id()  # fail fast on an unreachable tracking server
     say(f"[distill] pipeline {cfg.name!r}  workdir {workdir}  tracking {tracker.uri}")
@@ -262,7 +273,9 @@ def _run(cfg: PipelineConfig, workdir: Path, say: Say, verbose: bool) -> Pipelin
                         _save(cache_file, key, result, hit["run_id"], registered)
                 else:
                     say(f"[distill] stage {name}: running")
-                    ctx = StageContext(cfg, workdir, teacher, corpus, run, dict(artifacts))
+                    ctx = StageContext(
+                        cfg, workdir, teacher, corpus, run, dict(artifacts), console.progress
+                    )
                     result = stage_function(name)(ctx, section)
                     if name in ("distill", "sft"):
                         from distill.eval.plots import log_training_curves

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.console import Progress
+
 if TYPE_CHECKING:
     from distill.config.pipeline import PipelineConfig
     from distill.data.packed import PackedCorpus
@@ -56,6 +58,7 @@ class StageContext:
     corpus: PackedCorpus
     tracker: StageRun
     artifacts: dict[str, Path] = field(default_factory=dict)
+    progress: Progress = field(default_factory=lambda: Progress(None))
 
     def output_dir(self, name: str) -> Path:
         """``<workdir>/<name>``: where a stage writes its artifact."""

@@ -16,10 +16,12 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill.console import Task
 from distill.eval.config import MODEL_ORDER, EvaluateConfig
 from distill.stages import StageContext, StageResult
 
@@ -45,7 +47,11 @@ def _contamination(ctx: StageContext, cfg: EvaluateConfig, extra: dict[str, np.n
 
 
 def _quality(
-    models: dict[str, Any], rows: np.ndarray, extra: dict[str, np.ndarray], cfg: EvaluateConfig
+    models: dict[str, Any],
+    rows: np.ndarray,
+    extra: dict[str, np.ndarray],
+    cfg: EvaluateConfig,
+    bar: Task,
 ) -> dict[str, dict[str, Any]]:
     """Held-out and per-extra-corpus quality of every model against the teacher."""
     from distill.eval.metrics import evaluate_models
@@ -53,15 +59,17 @@ def _quality(
     out: dict[str, dict[str, Any]] = {
         k: dict(v) for k, v in evaluate_models(models, rows, cfg.batch_size, "teacher").items()
     }
+    bar.advance(phase="quality")
     for name, extra_rows in extra.items():
         scores = evaluate_models(models, extra_rows, cfg.batch_size, "teacher")
         for key, m in scores.items():
             out[key].setdefault("extra", {})[name] = m
+        bar.advance(phase=f"quality {name}")
     return out
 
 
 def _generation(
-    ctx: StageContext, cfg: EvaluateConfig, models: dict[str, Any]
+    ctx: StageContext, cfg: EvaluateConfig, models: dict[str, Any], bar: Task
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Generation checks: per model metrics, and the report's ``generation`` section."""
     from distill.eval.generation import (
@@ -79,10 +87,10 @@ def _generation(
     prompts = pset["prompts"]
     if not prompts:
         return {}, {}
-    answers = {
-        k: generate_answers(m, tok, prompts, g.max_new_tokens, g.batch_size)
-        for k, m in models.items()
-    }
+    answers = {}
+    for k, m in models.items():
+        answers[k] = generate_answers(m, tok, prompts, g.max_new_tokens, g.batch_size)
+        bar.advance(phase=f"generation {k}")
     per_model = {
         k: score_answers(prompts, a, None if k == "teacher" else answers["teacher"])
         for k, a in answers.items()
@@ -119,12 +127,43 @@ def _speed(model: Any, prompts: np.ndarray, cfg: EvaluateConfig) -> dict[str, An
         return {"speed_error": f"{type(e).__name__}: {e}"[:500]}
 
 
+def _entries(
+    models: dict[str, Any],
+    paths: dict[str, Path],
+    quality: dict[str, dict[str, Any]],
+    gen_metrics: dict[str, dict[str, Any]],
+    prompts: np.ndarray,
+    cfg: EvaluateConfig,
+    bar: Task,
+) -> list[dict[str, Any]]:
+    """One report entry per model: how it is served, size, quality, speed, generation."""
+    from distill.artifacts import served_as, stored_parameters
+    from distill.models.hashing import dir_size_bytes
+
+    entries = []
+    for key, model in models.items():
+        entry: dict[str, Any] = {
+            "model": key,
+            "path": str(paths[key]),
+            **served_as(paths[key], cfg.dtype),
+            "parameters": stored_parameters(model),
+            "size_bytes": dir_size_bytes(paths[key]),
+            **quality[key],
+            **_speed(model, prompts, cfg),
+        }
+        if cfg.speed.enabled:
+            bar.advance(phase=f"speed {key}")
+        if key in gen_metrics:
+            entry["generation"] = gen_metrics[key]
+        entries.append(entry)
+    return entries
+
+
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
-    from distill.artifacts import load_for_eval, served_as, stored_parameters
+    from distill.artifacts import load_for_eval
     from distill.eval.extra import describe, load_extra_corpora
     from distill.eval.report import save_report
     from distill.eval.speed import speed_prompts
-    from distill.models.hashing import dir_size_bytes
     from distill.models.loader import load_tokenizer
 
     clock = _Clock()
@@ -140,33 +179,23 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     wanted = set(cfg.models or MODEL_ORDER) | {"teacher"}
     paths = {k: ctx.artifacts[k] for k in MODEL_ORDER if k in ctx.artifacts and k in wanted}
     models = {k: load_for_eval(p, cfg.dtype) for k, p in paths.items()}
-    clock.lap("load")
     for k, p in paths.items():
         ctx.tracker.record_input(k, p)
-    quality = _quality(models, rows, extra, cfg)
-    clock.lap("quality")
-    gen_metrics, gen_section = ({}, {})
-    if cfg.generation.enabled:
-        gen_metrics, gen_section = _generation(ctx, cfg, models)
-    clock.lap("generation")
-    prompts = speed_prompts(rows, cfg.speed)
-    entries: list[dict[str, Any]] = []
-    metrics: dict[str, float] = {}
-    for key, model in models.items():
-        entry: dict[str, Any] = {
-            "model": key,
-            "path": str(paths[key]),
-            **served_as(paths[key], cfg.dtype),
-            "parameters": stored_parameters(model),
-            "size_bytes": dir_size_bytes(paths[key]),
-            **quality[key],
-            **_speed(model, prompts, cfg),
-        }
+    clock.lap("load")
+    per_model = int(cfg.generation.enabled) + int(cfg.speed.enabled)
+    with ctx.progress.task("evaluate", 1 + len(extra) + per_model * len(models), "steps") as bar:
+        quality = _quality(models, rows, extra, cfg, bar)
+        clock.lap("quality")
+        gen_metrics, gen_section = ({}, {})
+        if cfg.generation.enabled:
+            gen_metrics, gen_section = _generation(ctx, cfg, models, bar)
+        clock.lap("generation")
+        prompts = speed_prompts(rows, cfg.speed)
+        entries = _entries(models, paths, quality, gen_metrics, prompts, cfg, bar)
         clock.lap("speed")
-        if key in gen_metrics:
-            entry["generation"] = gen_metrics[key]
-        entries.append(entry)
-        metrics.update(_flat_metrics(key, entry))
+    metrics: dict[str, float] = {}
+    for entry in entries:
+        metrics.update(_flat_metrics(entry["model"], entry))
     report: dict[str, Any] = {
         "pipeline": ctx.config.name,
         "heldout_rows": len(rows),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,15 @@ def _batches(ds):
 
 
 def score_shards(
-    ds, root: Path, manifest: Manifest, todo: list[ShardSpec], compression: str
+    ds,
+    root: Path,
+    manifest: Manifest,
+    todo: list[ShardSpec],
+    compression: str,
+    on_rows: Callable[[int], None] | None = None,
 ) -> float:
-    """Drain ``ds``; write each shard once all its rows arrived; returns actor compute seconds."""
+    """Drain ``ds``; write each shard once all its rows arrived; returns actor compute seconds.
+    ``on_rows(n)`` is told of every ``n`` rows received (the progress bar)."""
     by_index = {s.index: s for s in todo}
     rps = manifest.rows_per_shard
     pending: dict[int, list[dict[str, np.ndarray]]] = {s.index: [] for s in todo}
@@ -167,6 +174,8 @@ def score_shards(
     compute_s = 0.0
     for batch in _batches(ds):
         rows = np.asarray(batch["row"], dtype=np.int64)
+        if on_rows is not None:
+            on_rows(len(rows))
         shard_of = rows // rps
         for idx in np.unique(shard_of):
             sel = shard_of == idx
@@ -264,9 +273,18 @@ def run(ctx: StageContext, cfg: SoftLabelsConfig) -> StageResult:
     if todo:
         ensure_ray(ctx.config.ray)
         rows = row_numbers(todo)  # before the placement group: from_numpy's tasks want a CPU
-        with scorer_placement(cfg) as remote_args:
+        total = sum(s.rows for s in todo)
+        with (
+            scorer_placement(cfg) as remote_args,
+            ctx.progress.task("soft labels", total, "rows") as bar,
+        ):
             ds = scoring_dataset(rows, corpus.train_path, cfg, scorer, remote_args)
-            compute_s = score_shards(ds, root, manifest, todo, cfg.compression)
+
+            def received(n: int) -> None:
+                elapsed = time.perf_counter() - t_score
+                bar.advance(n, tok_s=(bar.completed + n) * corpus.seq_len / max(elapsed, 1e-9))
+
+            compute_s = score_shards(ds, root, manifest, todo, cfg.compression, received)
     score_s = time.perf_counter() - t_score
     manifest.finalize()
     manifest.complete = True
