@@ -114,3 +114,16 @@ def test_q4_k_m_without_llama_quantize_is_refused(tmp_path, tiny_gqa, monkeypatc
     with pytest.raises(DistillError, match="llama-quantize was not found.*build_llamacpp.sh"):
         export_gguf(tiny_gqa.path, tmp_path / "out.gguf", "q4_k_m")
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_cli_export(tmp_path, tiny_gqa, capsys):
+    from distill.cli import main
+
+    out = tmp_path / "tiny.gguf"
+    assert (
+        main(["export", "--format", "gguf", "--quant", "q8_0", str(tiny_gqa.path), str(out)]) == 0
+    )
+    assert out.is_file() and "sha256" in capsys.readouterr().out
+    bad = _copy(tiny_gqa.path, tmp_path / "m", model_type="gpt2")
+    assert main(["export", "--quant", "f16", str(bad), str(tmp_path / "bad.gguf")]) == 2
+    assert "model_type='gpt2'" in capsys.readouterr().err

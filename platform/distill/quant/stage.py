@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from distill.config.base import DistillError
-from distill.models.hashing import weights_sha256
+from distill.models.hashing import file_sha256, weights_sha256
 from distill.quant.config import QuantizeConfig
 from distill.stages import StageContext, StageResult
 
 OUTPUT_NAME = "student-int4"
 ENGINE_OUTPUT_NAME = "student-int4-cpu"
+GGUF_OUTPUT_NAME = "student-gguf"
 
 
 def peak_rss_mb() -> float:
@@ -75,6 +76,10 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         from distill.runtime.ort_genai import require_ort_genai
 
         require_ort_genai()
+    if cfg.gguf:  # and an architecture or a llama.cpp tool the GGUF export lacks
+        from distill.runtime.gguf_export import preflight
+
+        preflight(model_dir, cfg.gguf)
     rows = calibration_rows(ctx, cfg) if cfg.method == "gptq" else np.zeros((0, 1), np.int32)
     if cfg.method == "gptq":
         calibration_samples(rows, cfg.calib_rows, cfg.calib_seq_len)  # fails early when short
@@ -111,6 +116,8 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         ctx.tracker.record_output("int4_gptq", out, weights_sha256(out))
     if cfg.engine.kind != "none":
         outputs["int4_cpu"] = export_engine(ctx, cfg, model_dir, outputs["int4"], metrics)
+    for quant in cfg.gguf:
+        outputs[f"gguf_{quant}"] = export_gguf_file(ctx, model_dir, key, quant, metrics)
 
     metrics.update(heldout_quality(ctx, cfg, model_dir, outputs))
     metrics["peak_rss_mb"] = peak_rss_mb()
@@ -119,6 +126,9 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     ctx.tracker.record_output("int4", outputs["int4"], sha)
     if "int4_cpu" in outputs:
         ctx.tracker.record_output("int4_cpu", outputs["int4_cpu"], dir_sha256(outputs["int4_cpu"]))
+    for quant in cfg.gguf:
+        path = outputs[f"gguf_{quant}"]
+        ctx.tracker.record_output(f"gguf_{quant}", path, file_sha256(path))
     summary = {
         "source": key,
         "method": cfg.method,
@@ -203,4 +213,15 @@ def export_engine(
             "engine.from": str(src),
         }
     )
+    return out
+
+
+def export_gguf_file(ctx: StageContext, fp_dir: Path, key: str, quant: str, metrics: dict) -> Path:
+    """``student-gguf/<source>-<quant>.gguf`` from the fp model (llama.cpp's own quantization)."""
+    from distill.runtime.gguf_export import export_gguf
+
+    t0 = time.perf_counter()
+    out = export_gguf(fp_dir, ctx.output_dir(GGUF_OUTPUT_NAME) / f"{key}-{quant}.gguf", quant)
+    metrics[f"gguf_{quant}_export_seconds"] = time.perf_counter() - t0
+    metrics[f"gguf_{quant}_size_bytes"] = float(out.stat().st_size)
     return out

@@ -23,14 +23,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 
 from distill.config.base import DistillError
+from distill.runtime.config import GGUF_QUANTS
 
-GGUFQuant = Literal["f32", "f16", "q8_0", "q4_k_m"]
-QUANTS: tuple[str, ...] = get_args(GGUFQuant)
 # quantizations llama-quantize makes from an f32 GGUF (its ftype names)
 LLAMA_QUANTIZE_FTYPES = {"q4_k_m": "Q4_K_M"}
 
@@ -255,16 +253,28 @@ def write_gguf(model_dir: Path, out: Path, quant: str, name: str | None = None) 
     return out
 
 
+def preflight(model_dir: Path, quants: list[str], field: str = "quantize.gguf") -> None:
+    """What a pipeline's GGUF export would refuse, raised before the stage's work (names ``field``)."""
+    from distill.runtime.llamacpp import find_tool
+
+    try:
+        check_checkpoint(model_dir)
+        if any(q in LLAMA_QUANTIZE_FTYPES for q in quants):
+            find_tool("llama-quantize")
+    except DistillError as e:
+        raise DistillError(f"{field}={list(quants)}: {e}") from None
+
+
 def export_gguf(
     model_dir: Path, out: Path, quant: str, name: str | None = None, threads: int | None = None
 ) -> Path:
-    """GGUF of ``model_dir`` at ``quant`` (one of :data:`QUANTS`) in ``out``; returns ``out``.
+    """GGUF of ``model_dir`` at ``quant`` (one of ``GGUF_QUANTS``) in ``out``; returns ``out``.
 
     ``q4_k_m`` needs llama.cpp's ``llama-quantize``: it is looked up before any work."""
     from distill.runtime.llamacpp import find_tool, quantize_gguf
 
-    if quant not in QUANTS:
-        raise DistillError(f"GGUF export: quant {quant!r} is not one of {list(QUANTS)}")
+    if quant not in GGUF_QUANTS:
+        raise DistillError(f"GGUF export: quant {quant!r} is not one of {list(GGUF_QUANTS)}")
     check_checkpoint(model_dir)
     if quant not in LLAMA_QUANTIZE_FTYPES:
         return write_gguf(model_dir, out, quant, name)
