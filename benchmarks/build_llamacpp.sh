@@ -3,7 +3,7 @@
 # for the serving benchmark's llama.cpp peer (benchmarks/serve_llamacpp.py) and for Q4_K_M GGUF
 # export (`distill export --format gguf --quant q4_k_m`). Never part of the default install.
 #
-#   bash benchmarks/build_llamacpp.sh            # -> ~/.cache/distill/llama.cpp/<version>/bin
+#   bash benchmarks/build_llamacpp.sh   # -> ${DISTILL_CACHE:-~/.cache/distill}/llama.cpp/<version>/bin
 #   DISTILL_LLAMACPP_HOME=/opt/llamacpp bash benchmarks/build_llamacpp.sh
 #
 # The source is the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python (a registry, by
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
-HOME_DIR=${DISTILL_LLAMACPP_HOME:-$HOME/.cache/distill/llama.cpp}
+HOME_DIR=${DISTILL_LLAMACPP_HOME:-${DISTILL_CACHE:-$HOME/.cache/distill}/llama.cpp}
 DEST="$HOME_DIR/$VERSION"
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-$(nproc)}

@@ -24,6 +24,7 @@ def test_gguf_q4_k_m_without_llama_quantize_fails_before_any_work(stage_ctx, tmp
     monkeypatch.setenv("DISTILL_LLAMACPP_BIN", str(tmp_path / "nowhere"))
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     ctx = stage_ctx(["quantize"], quantize={**TINY, "gguf": ["f16", "q4_k_m"]})
     from distill.quant.stage import run
 

@@ -111,6 +111,7 @@ def test_q4_k_m_without_llama_quantize_is_refused(tmp_path, tiny_gqa, monkeypatc
     monkeypatch.setenv("DISTILL_LLAMACPP_BIN", str(tmp_path / "nowhere"))
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(DistillError, match="llama-quantize was not found.*build_llamacpp.sh"):
         export_gguf(tiny_gqa.path, tmp_path / "out.gguf", "q4_k_m")
     assert not list(tmp_path.glob("*.gguf"))
@@ -127,3 +128,20 @@ def test_cli_export(tmp_path, tiny_gqa, capsys):
     bad = _copy(tiny_gqa.path, tmp_path / "m", model_type="gpt2")
     assert main(["export", "--quant", "f16", str(bad), str(tmp_path / "bad.gguf")]) == 2
     assert "model_type='gpt2'" in capsys.readouterr().err
+
+
+def test_q4_k_m_through_llama_quantize(tmp_path, tiny_gqa):
+    """Runs where llama.cpp's tools are built (bash benchmarks/build_llamacpp.sh)."""
+    from gguf import GGUFReader, LlamaFileType
+
+    from distill.runtime.llamacpp import find_tool
+
+    try:
+        find_tool("llama-quantize")
+    except DistillError:
+        pytest.skip("llama-quantize not built (bash benchmarks/build_llamacpp.sh)")
+    out = export_gguf(tiny_gqa.path, tmp_path / "tiny-q4_k_m.gguf", "q4_k_m", threads=1)
+    r = GGUFReader(str(out))
+    assert r.fields["general.file_type"].contents() == LlamaFileType.MOSTLY_Q4_K_M
+    assert r.fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-q4_k_m.gguf"]  # no temp left behind

