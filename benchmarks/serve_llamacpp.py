@@ -138,17 +138,40 @@ def heldout(path: str):
     return rows
 
 
+def ppl(lp) -> dict:
+    """ppl over whole rows (evaluate's) and over llama-perplexity's positions (tokens
+    n_ctx/2 + 1 .. n_ctx - 1 of each row) from ``[B, S-1]`` next-token log-probs."""
+    half = PPL_SEQ // 2
+    return {"ppl_row": math.exp(-lp.mean()), "ppl_half": math.exp(-lp[:, half:].mean())}
+
+
 def ort_ppl(engine_dir: Path, rows, threads: int) -> dict:
-    """The ORT int4 student's ppl over whole rows (evaluate's) and over llama-perplexity's
-    positions (tokens n_ctx/2 + 1 .. n_ctx - 1 of each row)."""
     import numpy as np
 
     from distill.runtime.ort_genai import OrtGenAIModel
 
     m = OrtGenAIModel.load(engine_dir, threads=threads)
-    lp = np.concatenate([m.logprobs(rows[i : i + 4]) for i in range(0, len(rows), 4)])
-    half = PPL_SEQ // 2
-    return {"ppl_row": math.exp(-lp.mean()), "ppl_half": math.exp(-lp[:, half:].mean())}
+    return ppl(np.concatenate([m.logprobs(rows[i : i + 4]) for i in range(0, len(rows), 4)]))
+
+
+def torch_ppl(model_dir: Path, rows, threads: int, gguf_file: str | None = None) -> dict:
+    """An HF checkpoint's ppl, or a GGUF's through transformers (its weights dequantized to
+    fp32: llama.cpp's quantized weights without its int8 activations)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), gguf_file=gguf_file, dtype=torch.float32
+    ).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), 4):
+            ids = torch.as_tensor(rows[i : i + 4], dtype=torch.long)
+            logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+            out.append(logp.gather(-1, ids[:, 1:, None])[..., 0].numpy())
+    return ppl(np.concatenate(out))
 
 
 def llamacpp_ppl(gguf: Path, rows, tokenizer_dir: Path, server: LlamaServer, threads: int) -> dict:
@@ -198,7 +221,10 @@ class LlamaArm:
             "llamacpp": llamacpp_ppl(
                 self.gguf, rows, fp_dir or student_dir, self.server, args.threads
             ),
+            "gguf_dequant": torch_ppl(self.gguf.parent, rows, args.threads, self.gguf.name),
         }
+        if fp_dir:
+            self.ppl["fp"] = torch_ppl(fp_dir, rows, args.threads)
         print(f"held-out ppl ({time.perf_counter() - t0:.0f} s): {json.dumps(self.ppl)}")
 
     def arm(self):
@@ -234,7 +260,13 @@ def summary(rows: list[dict], arm: LlamaArm) -> None:
         f"  held-out ppl, second half of each of {PPL_ROWS} rows x {PPL_SEQ} (llama-perplexity's "
         f"positions): distill int4 ORT {o['ppl_half']:.2f}, llama.cpp Q4_K_M {ll['ppl_half']:.2f} "
         f"(goal: distill no worse: {'met' if o['ppl_half'] <= ll['ppl_half'] else 'MISSED'}); "
-        f"whole rows (evaluate's) distill {o['ppl_row']:.2f}; llama.cpp's re-tokenized text "
-        f"matches the rows' ids at {ll['token_match']:.3f} ({ll['tokens']} vs "
-        f"{ll['expected_tokens']} tokens)"
+        f"llama.cpp's re-tokenized text matches the rows' ids at {ll['token_match']:.3f} "
+        f"({ll['tokens']} vs {ll['expected_tokens']} tokens)"
     )
+    names = {"fp": "fp32 student (HF)", "ort": "distill int4 ORT",
+             "gguf_dequant": "Q4_K_M weights dequantized (HF)"}  # fmt: skip
+    print("  held-out ppl, whole rows (evaluate's) | second halves:")
+    for key, label in names.items():
+        if key in arm.ppl:
+            p = arm.ppl[key]
+            print(f"    {label:<34}{p['ppl_row']:>8.2f} | {p['ppl_half']:.2f}")
