@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import re
 import socket
 import subprocess
@@ -215,6 +216,7 @@ class LlamaArm:
         print(f"llama-server on 127.0.0.1:{self.server.port}: {' '.join(self.server.cmd[1:])}")
         self.max_tokens = args.max_tokens
         rows = heldout(args.heldout)
+        print(f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         t0 = time.perf_counter()
         self.ppl = {
             "ort": ort_ppl(student_dir, rows, args.threads),
@@ -241,7 +243,8 @@ def summary(rows: list[dict], arm: LlamaArm) -> None:
     def get(name: str, c: int) -> dict | None:
         return next((r for r in rows if r["name"] == name and r["concurrency"] == c), None)
 
-    print("\nagainst llama.cpp (same run, alternating waves):")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nagainst llama.cpp (same run, alternating waves; load average now {load}):")
     for c, goal in ((16, 1.0), (1, 0.9)):
         d, ll = get("http student", c), get(ARM, c)
         if not (d and ll and ll["tok_s"]):
