@@ -246,6 +246,9 @@ def write_gguf(model_dir: Path, out: Path, quant: str, name: str | None = None) 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp made it 0600; the export is an ordinary file
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
