@@ -45,6 +45,9 @@ def add_args(ap) -> None:
     )
     ap.add_argument("--llamacpp-parallel", type=int, default=16, help="llama-server --parallel")
     ap.add_argument("--heldout", default="runs/smollm2/data/heldout.parquet")
+    ap.add_argument(
+        "--llamacpp-skip-ppl", action="store_true", help="tokens/s only (a rerun of the speed)"
+    )
 
 
 def free_port() -> int:
@@ -215,8 +218,11 @@ class LlamaArm:
         self.server = LlamaServer(self.gguf, args.threads, args.llamacpp_parallel, ctx)
         print(f"llama-server on 127.0.0.1:{self.server.port}: {' '.join(self.server.cmd[1:])}")
         self.max_tokens = args.max_tokens
-        rows = heldout(args.heldout)
         print(f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        self.ppl: dict = {}
+        if args.llamacpp_skip_ppl:
+            return
+        rows = heldout(args.heldout)
         t0 = time.perf_counter()
         self.ppl = {
             "ort": ort_ppl(student_dir, rows, args.threads),
@@ -258,6 +264,8 @@ def summary(rows: list[dict], arm: LlamaArm) -> None:
             f"{'met' if ratio >= goal else 'MISSED'}); ahead in {wins} of "
             f"{len(d['rounds_tok_s'])} waves"
         )
+    if not arm.ppl:
+        return
     o, ll = arm.ppl["ort"], arm.ppl["llamacpp"]
     print(
         f"  held-out ppl, second half of each of {PPL_ROWS} rows x {PPL_SEQ} (llama-perplexity's "
