@@ -7,6 +7,7 @@ at several concurrencies, against the bare engine and the landed-main path in th
     .venv/bin/python benchmarks/serve_load.py --student runs/smollm2/student-int4-cpu \
         --student-engine onnxruntime-genai --baseline-student runs/smollm2/student \
         --student-placement router --compare-placement --rounds 4 --concurrency 1,16
+    # against llama.cpp's llama-server (benchmarks/serve_llamacpp.py has the command)
 
 Phases, all on this machine in one process tree:
   before     the landed main's model path: HF ``generate`` at batch 1 behind a lock
@@ -48,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_http.py, next to this file
 
+import serve_llamacpp  # noqa: E402
 from serve_http import row, run_ab, run_http, run_overload, similarity, wave  # noqa: E402
 
 BARE_RAY_UP = "bare engine, Ray up"
@@ -227,6 +229,7 @@ def main() -> int:
     )
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for all phases")
     ap.add_argument("--json", help="write the rows here")
+    serve_llamacpp.add_args(ap)
     args = ap.parse_args()
     deadline = time.perf_counter() + args.time_limit
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -276,15 +279,22 @@ def main() -> int:
     else:
         engine = None
     http_phases = phases - {"before", "bare"}
-    if http_phases and not timed_out("http"):
-        rows += run_serve_phases(
-            args, student, teacher, levels, level_texts, timed_out, phases, engine
-        )
+    llama = serve_llamacpp.LlamaArm(args, spath) if args.llamacpp_model else None
+    try:
+        if http_phases and not timed_out("http"):
+            rows += run_serve_phases(args, student, teacher, levels, level_texts, timed_out,
+                                     phases, engine, [llama.arm()] if llama else [])  # fmt: skip
+    finally:
+        if llama:
+            llama.stop()
     if engine is not None:
         engine.close()
     print()
     print_table(rows)
     summary(rows)
+    if llama:
+        serve_llamacpp.summary(rows, llama)
+        rows.append({"name": "held-out ppl", **llama.ppl})
     if skipped:
         print(f"SKIPPED (time limit {args.time_limit:.0f} s): {', '.join(skipped)}")
     if args.json:
@@ -293,10 +303,11 @@ def main() -> int:
 
 
 def run_serve_phases(
-    args, student, teacher, levels, level_texts, timed_out, phases, engine=None
+    args, student, teacher, levels, level_texts, timed_out, phases, engine=None, extra_arms=()
 ) -> list[dict]:
     """The HTTP phases; ``engine`` (the bare phase's, still loaded) joins the student waves as
-    an arm of its own: the bare engine with the Ray cluster up, in the same minutes."""
+    an arm of its own: the bare engine with the Ray cluster up, in the same minutes; so do
+    ``extra_arms`` (``(name, wave_fn)``: llama-server)."""
     import ray
     from ray import serve
 
@@ -336,6 +347,7 @@ def run_serve_phases(
             serve.run(build_app(sb), name="bench-b", route_prefix="/b")
             arms.append((f"http student ({other})", http_arm(direct_port(proxy, "bench-b"), "/b")))
             print(f"student placement {sa.student.placement} (bench) vs {other} (bench-b, /b)")
+        arms += list(extra_arms)
         warm = level_texts(1)[:2]
         for _name, wave_fn in arms:
             wave_fn(warm, 1)

@@ -6,6 +6,7 @@ distill serve deploy/serve.yaml
 distill monitor runs/serve-log --reference runs/smollm2/report.json
 distill calibrate --student runs/smollm2/student --prompts runs/smollm2/data/heldout.parquet \
     --target-agreement 0.8 --serve-config deploy/serve.yaml --out runs/smollm2/calibration
+distill export --format gguf --quant q4_k_m runs/smollm2/student runs/smollm2/student-q4_k_m.gguf
 distill submit pipelines/configs/smoke.yaml --address http://127.0.0.1:8265
 distill status JOB_ID --address ... ;  distill logs JOB_ID --address ...
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from distill.config.base import DistillError
+from distill.runtime.config import GGUF_QUANTS
 
 
 def _table(report: dict) -> None:
@@ -140,6 +142,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from distill.models.hashing import file_sha256
+    from distill.runtime.gguf_export import export_gguf
+
+    out = export_gguf(Path(args.model_dir), Path(args.out), args.quant, threads=args.threads)
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.quant}, sha256 {file_sha256(out)})"
+    )
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from distill import jobs
 
@@ -215,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME/VERSION to tag with the chosen cascade",
     )
     c.set_defaults(fn=cmd_calibrate)
+    e = sub.add_parser("export", help="export an HF checkpoint to another runtime's format (GGUF)")
+    e.add_argument("model_dir", help="HF checkpoint directory (Llama architecture, fp weights)")
+    e.add_argument("out", help="the .gguf file to write")
+    e.add_argument("--format", choices=["gguf"], default="gguf")
+    e.add_argument("--quant", choices=list(GGUF_QUANTS), default="q8_0",
+                   help="q4_k_m runs llama.cpp's llama-quantize (benchmarks/build_llamacpp.sh)")  # fmt: skip
+    e.add_argument("--threads", type=int, help="llama-quantize threads (default: all cores)")
+    e.set_defaults(fn=cmd_export)
     for name, helptext in [
         ("submit", "submit a pipeline config as a Ray job"),
         ("status", "status of a Ray job"),

@@ -47,7 +47,10 @@ def smoke_run(tmp_path_factory):
     for line in proc.stdout.splitlines():
         text = line.strip()
         assert not text or text.startswith(ours) or text[0] in table or "distill results" in text
-    assert "Quantizing" not in proc.stdout and "Quantizing" in (workdir / "logs/distill.log").read_text()
+    assert (
+        "Quantizing" not in proc.stdout
+        and "Quantizing" in (workdir / "logs/distill.log").read_text()
+    )
     return workdir, run_id, proc.stdout
 
 

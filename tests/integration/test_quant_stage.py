@@ -20,6 +20,20 @@ def test_bad_group_size_fails_before_any_work(stage_ctx):
     assert not ctx.output_dir("student-int4").exists()
 
 
+def test_gguf_q4_k_m_without_llama_quantize_fails_before_any_work(stage_ctx, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_LLAMACPP_BIN", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ctx = stage_ctx(["quantize"], quantize={**TINY, "gguf": ["f16", "q4_k_m"]})
+    from distill.quant.stage import run
+
+    with pytest.raises(DistillError, match=r"quantize.gguf=\['f16', 'q4_k_m'\]: .*llama-quantize"):
+        run(ctx, ctx.config.quantize)
+    assert not ctx.output_dir("student-int4").exists()
+    assert not ctx.output_dir("student-gguf").exists()
+
+
 def test_calibration_never_uses_heldout_rows(stage_ctx, tiny_rows):
     from distill.data.packed import write_rows
     from distill.quant.checkpoint import calibration_rows
@@ -46,9 +60,10 @@ def test_calibration_never_uses_heldout_rows(stage_ctx, tiny_rows):
 def test_stage_run_writes_int4_and_logs(stage_ctx):
     from mlflow import MlflowClient
 
+    from distill.models.hashing import file_sha256
     from distill.quant.stage import run
 
-    ctx = stage_ctx(["quantize"], quantize=TINY)
+    ctx = stage_ctx(["quantize"], quantize={**TINY, "gguf": ["f16"]})
     assert isinstance(ctx.config.quantize, QuantizeConfig)
     res = run(ctx, ctx.config.quantize)
     out = res.outputs["int4"]
@@ -63,6 +78,11 @@ def test_stage_run_writes_int4_and_logs(stage_ctx):
     assert run_data.params["quantize.group_size"] == "32"
     assert run_data.params["calib_split"] == "train"
     assert "gptq.perplexity" in run_data.metrics
+    # the GGUF export of the fp source, with its lineage
+    gguf = res.outputs["gguf_f16"]
+    assert gguf == ctx.workdir / "student-gguf" / "teacher-f16.gguf" and gguf.is_file()
+    assert run_data.tags["output.gguf_f16.uri"] == str(gguf)
+    assert run_data.tags["output.gguf_f16.sha256"] == file_sha256(gguf)
 
 
 def test_quantize_refuses_empty_or_short_calibration(tmp_path, tiny_gqa):

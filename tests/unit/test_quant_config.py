@@ -100,3 +100,11 @@ def test_heldout_overlap_counts_shared_rows():
     assert heldout_overlap(train, train[:0]) == 0
     assert heldout_overlap(train, train + 100) == 0
     assert heldout_overlap(train, np.concatenate([train[1:3], train[:1] + 7])) == 2
+
+
+def test_gguf_quants_validated():
+    assert QuantizeConfig(gguf=["f16", "q4_k_m"]).gguf == ["f16", "q4_k_m"]
+    with pytest.raises(ValidationError, match="gguf"):
+        QuantizeConfig(gguf=["q5_k"])
+    with pytest.raises(ValidationError, match="twice"):
+        QuantizeConfig(gguf=["f16", "f16"])

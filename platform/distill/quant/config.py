@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
-from distill.runtime.config import EngineConfig
+from distill.runtime.config import EngineConfig, GGUFQuant
 from distill.train.config import KDLossConfig
 
 # Bits the GPTQ checkpoint format and GPT-QModel's torch kernels support (CPU and CUDA).
@@ -108,6 +108,19 @@ class QuantizeConfig(StrictModel):
         default_factory=EngineConfig,
         description="export to a CPU int4 runtime (ONNX Runtime GenAI) beside the GPTQ checkpoint",
     )
+    gguf: list[GGUFQuant] = Field(
+        default_factory=list,
+        description="also export the fp model (the stage's source: the student) to GGUF for "
+        "llama.cpp / Ollama at these quantizations, in student-gguf/ (q4_k_m needs llama.cpp's "
+        "llama-quantize: bash benchmarks/build_llamacpp.sh)",
+    )
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"gguf={v} lists a quantization twice")
+        return v
 
     @field_validator("bits")
     @classmethod

@@ -9,9 +9,10 @@ next-token accuracy of the fp model, the GPTQ int4 model and (``compare_rtn``) a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from distill.models.hashing import dir_sha256, weights_sha256
+from distill.models.hashing import dir_sha256, file_sha256, weights_sha256
 from distill.quant.checkpoint import (
     Outputs,
     calibration_rows,
@@ -27,6 +28,7 @@ from distill.stages import StageContext, StageResult
 
 OUTPUT_NAME = "student-int4"
 ENGINE_OUTPUT_NAME = "student-int4-cpu"
+GGUF_OUTPUT_NAME = "student-gguf"
 
 
 def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
@@ -36,6 +38,10 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         check_store(ctx)
     if cfg.engine.kind != "none":  # so does an engine that is not installed
         require_ort_genai()
+    if cfg.gguf:  # and an architecture or a llama.cpp tool the GGUF export lacks
+        from distill.runtime.gguf_export import preflight
+
+        preflight(model_dir, cfg.gguf)
     rows = calibration_rows(ctx.corpus, cfg)
     ctx.tracker.log_params(cfg.model_dump(), prefix="quantize.")
     ctx.tracker.log_params({"source": key, "calib_split": "train", "calib_tokens": int(rows.size)})
@@ -61,6 +67,8 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
                 "engine.from": str(src),
             }
         )
+    for quant in cfg.gguf:
+        outputs[f"gguf_{quant}"] = export_gguf_file(ctx, model_dir, key, quant, metrics)
     metrics.update(heldout_quality(ctx.corpus.heldout(cfg.eval_rows), cfg, model_dir, outputs))
     metrics["peak_rss_mb"] = peak_rss_mb()
     sha = weights_sha256(outputs["int4"])
@@ -68,6 +76,9 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     ctx.tracker.record_output("int4", outputs["int4"], sha)
     if "int4_cpu" in outputs:
         ctx.tracker.record_output("int4_cpu", outputs["int4_cpu"], dir_sha256(outputs["int4_cpu"]))
+    for quant in cfg.gguf:
+        path = outputs[f"gguf_{quant}"]
+        ctx.tracker.record_output(f"gguf_{quant}", path, file_sha256(path))
     summary = {
         "source": key,
         "method": cfg.method,
@@ -79,3 +90,14 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     }
     ctx.tracker.log_dict(summary, "quantize_summary.json")
     return StageResult(outputs=outputs, metrics=metrics, summary=summary)
+
+
+def export_gguf_file(ctx: StageContext, fp_dir: Path, key: str, quant: str, metrics: dict) -> Path:
+    """``student-gguf/<source>-<quant>.gguf`` from the fp model (llama.cpp's own quantization)."""
+    from distill.runtime.gguf_export import export_gguf
+
+    t0 = time.perf_counter()
+    out = export_gguf(fp_dir, ctx.output_dir(GGUF_OUTPUT_NAME) / f"{key}-{quant}.gguf", quant)
+    metrics[f"gguf_{quant}_export_seconds"] = time.perf_counter() - t0
+    metrics[f"gguf_{quant}_size_bytes"] = float(out.stat().st_size)
+    return out

@@ -8,11 +8,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
+
+# GGUF quantizations distill exports (``quantize.gguf``, ``distill export --format gguf --quant``);
+# q4_k_m is made by llama.cpp's llama-quantize
+GGUFQuant = Literal["f32", "f16", "q8_0", "q4_k_m"]
+GGUF_QUANTS: tuple[str, ...] = get_args(GGUFQuant)
 
 
 class EngineConfig(StrictModel):
