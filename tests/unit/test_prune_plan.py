@@ -49,7 +49,7 @@ def test_default_config_is_a_budget():
     [
         ({"target_params": 0}, "greater than 0"),
         ({"target_params": 1.5}, "less than or equal to 1"),
-        ({"target_params": 0.5, "shape": {"num_hidden_layers": 2}}, "either"),
+        ({"target_params": 0.5, "shape": {"num_hidden_layers": 2}}, "give one of"),
         ({"shape": {"num_hidden_layers": 0}}, "greater than or equal to 1"),
         ({"shape": {"num_attention_heads": 0}}, "greater than or equal to 1"),
         ({"shape": {"num_attention_heads": 5, "num_key_value_heads": 2}}, "multiple of"),
