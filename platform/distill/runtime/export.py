@@ -7,7 +7,9 @@ Runs ONNX Runtime GenAI's model builder (``python -m onnxruntime_genai.models.bu
 child process (it imports its own torch/transformers code paths and holds the whole model in
 memory), into a temp directory renamed when whole. A GPTQ checkpoint's packed int4 weights are
 carried into ``MatMulNBits`` as they are; an fp checkpoint is quantized by the builder itself.
-``distill_engine.json`` beside the model records the engine, its version and the options.
+With ``embedding_bits: 8`` the builder's int8 head is then shared with an int8 embedding lookup
+(:mod:`distill.runtime.tied_int8`). ``distill_engine.json`` beside the model records the engine,
+its version and the options.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 
 from distill.config.base import DistillError
 from distill.runtime.config import EngineConfig
-from distill.runtime.ort_genai import ENGINE, require_ort_genai
+from distill.runtime.ort_genai import ENGINE, MANIFEST, require_ort_genai
+from distill.runtime.tied_int8 import require_int8_gather, tie_int8_embedding
 
-MANIFEST = "distill_engine.json"
+__all__ = ["MANIFEST", "builder_options", "check_source", "export_ort_genai", "read_manifest"]
 
 
 def builder_options(src: Path, cfg: EngineConfig, group_size: int) -> dict[str, str]:
@@ -37,11 +40,11 @@ def builder_options(src: Path, cfg: EngineConfig, group_size: int) -> dict[str, 
     opts = {"accuracy_level": str(cfg.accuracy_level), "algo_config": cfg.algo}
     if qcfg is None:
         opts["block_size"] = str(cfg.block_size or group_size)
-    if cfg.lm_head_bits == 8:
+    if cfg.lm_head_bits == 8:  # an int8 embedding is shared after the build (tied_int8)
         opts["matmul_mixed_precision"] = "last_matmul:int8"
         opts["shared_embeddings"] = "false"
     elif raw.get("tie_word_embeddings"):
-        opts["shared_embeddings"] = "true"
+        opts["shared_embeddings"] = "true" if cfg.embedding == 4 else "false"
     return opts
 
 
@@ -73,6 +76,9 @@ def export_ort_genai(src: Path, out: Path, cfg: EngineConfig, group_size: int = 
     src, out = Path(src), Path(out)
     require_ort_genai()
     check_source(src, cfg)
+    if cfg.embedding == 8:  # an older ONNX Runtime fails here, before the build
+        require_int8_gather()
+    tied = bool(json.loads((src / "config.json").read_text()).get("tie_word_embeddings"))
     opts = builder_options(src, cfg, group_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -100,6 +106,8 @@ def export_ort_genai(src: Path, out: Path, cfg: EngineConfig, group_size: int = 
         if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
             raise DistillError(f"engine {ENGINE!r} could not import {src}:\n{tail}")
+        if cfg.embedding == 8:
+            tie_int8_embedding(tmp, tied=tied, block_size=cfg.lm_head_block_size)
         manifest = {
             "engine": ENGINE,
             "version": metadata.version("onnxruntime-genai"),
@@ -107,6 +115,9 @@ def export_ort_genai(src: Path, out: Path, cfg: EngineConfig, group_size: int = 
             "source": str(src),
             "source_kind": "gptq" if cfg.source == "gptq" else f"fp+{cfg.algo}",
             "builder_options": opts,
+            "lm_head_bits": cfg.lm_head_bits,
+            "embedding_bits": cfg.embedding,
+            "tied": tied and cfg.embedding != 32,
             "threads": cfg.threads,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
