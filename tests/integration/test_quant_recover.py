@@ -50,6 +50,21 @@ def test_recover_then_pack_reloads_with_the_fake_quant_forward(tiny_gptq, tiny_r
     assert torch.allclose(again, trained, atol=5e-2)
 
 
+def test_recovery_without_a_store_is_refused_before_any_work(stage_ctx):
+    from distill.config.base import DistillError
+    from distill.quant.stage import run
+
+    quant = {"group_size": 32, "calib_rows": 8, "calib_seq_len": 64, "device": "cpu"}
+    ctx = stage_ctx(["quantize"], quantize={**quant, "recover": {"steps": 2}})
+    fix = r"quantize.recover.steps > 0 .*add the soft_labels stage .*quantize.recover.steps: 0"
+    with pytest.raises(DistillError, match=fix):
+        run(ctx, ctx.config.quantize)
+    ctx.artifacts["soft_labels"] = ctx.workdir / "labels"  # a path with no store in it
+    with pytest.raises(DistillError, match="labels holds no manifest.json"):
+        run(ctx, ctx.config.quantize)
+    assert not (ctx.workdir / "student-int4").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     import ray

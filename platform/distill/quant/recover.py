@@ -3,9 +3,11 @@
 The GPTQ checkpoint is trained against the teacher's soft-label store through the same Ray Train +
 DeepSpeed loop as the ``distill`` stage, with ``LoopSpec.fake_quant``: the loop loads it with
 :func:`distill.quant.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
-exports it repacked as a GPTQ checkpoint::
+exports it repacked as a GPTQ checkpoint. Any GPTQ checkpoint of a model the store's tokenizer
+fits (the student, or the teacher itself) recovers the same way::
 
     distill run pipelines/configs/smollm2.yaml --set quantize.recover.steps=20
+    python benchmarks/quantize.py --run runs/smollm2 --model teacher --recover-steps 24
 """
 
 from __future__ import annotations
@@ -40,17 +42,23 @@ def distill_config(cfg: QuantizeConfig):
 
 
 def check_store(ctx: StageContext) -> Path:
+    """The soft-label store recovery trains against; refused (naming the setting) when absent."""
     store = ctx.artifacts.get("soft_labels")
-    if store is None:
+    if store is None or not (Path(store) / "manifest.json").exists():
+        where = "there is none" if store is None else f"{store} holds no manifest.json"
         raise DistillError(
-            "quantize.recover.steps > 0 trains against the teacher's soft-label store: add the "
-            "soft_labels stage before quantize, or set quantize.recover.steps: 0"
+            f"quantize.recover.steps > 0 trains against the teacher's soft-label store, but "
+            f"{where}: add the soft_labels stage before quantize, or set "
+            "quantize.recover.steps: 0"
         )
     return Path(store)
 
 
-def recover(ctx: StageContext, cfg: QuantizeConfig, gptq_dir: Path) -> tuple[Path, dict]:
-    """Train ``gptq_dir`` on its int4 grid; returns the repacked checkpoint and final metrics."""
+def recover(
+    ctx: StageContext, cfg: QuantizeConfig, gptq_dir: Path, output_name: str = OUTPUT_NAME
+) -> tuple[Path, dict]:
+    """Train ``gptq_dir`` on its int4 grid into ``<workdir>/<output_name>``; returns the repacked
+    checkpoint and the loop's final metrics."""
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
     from distill.train.launch import launch
@@ -61,7 +69,7 @@ def recover(ctx: StageContext, cfg: QuantizeConfig, gptq_dir: Path) -> tuple[Pat
     dcfg = distill_config(cfg)
     store = check_inputs(dcfg, Path(ctx.teacher.path), Path(gptq_dir), store_dir, ctx.teacher)
     seq_len = int(manifest_value(store.manifest, "seq_len") or ctx.corpus.seq_len)
-    out = ctx.output_dir(OUTPUT_NAME)
+    out = ctx.output_dir(output_name)
     spec = LoopSpec(
         cfg=dcfg,
         student_path=str(gptq_dir),
