@@ -30,10 +30,11 @@ class EngineConfig(StrictModel):
         description="gptq: carry the GPTQ int4 weights into the engine (no re-quantization of "
         "the body); fp: the engine's own int4 (algo) from the fp student, its own lineage artifact",
     )
-    algo: Literal["rtn", "k_quant"] = Field(
+    algo: Literal["rtn", "k_quant", "q4_1"] = Field(
         "k_quant",
         description="the engine's quantizer (round-to-nearest or k-quant) for what is not "
-        "already int4: the whole model from an fp source, the LM head/embedding from GPTQ",
+        "already int4: the whole model from an fp source, the LM head/embedding from GPTQ; "
+        "q4_1 (source fp, block 32): carry the fp model's own GGUF Q4_1 grid exactly",
     )
     block_size: int | None = Field(
         None, description="source fp only: int4 block size; None = quantize.group_size"
@@ -64,6 +65,11 @@ class EngineConfig(StrictModel):
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(
                 f"engine.block_size={self.block_size}: ONNX Runtime GenAI takes 16/32/64/128/256"
+            )
+        if self.algo == "q4_1" and (self.source != "fp" or self.block_size not in (None, 32)):
+            raise ValueError(
+                "engine.algo: q4_1 carries an fp checkpoint's own Q4_1 grid (blocks of 32): "
+                "set engine.source: fp and leave engine.block_size unset (or 32)"
             )
         if self.lm_head_block_size not in (16, 32, 64, 128, 256):
             raise ValueError(

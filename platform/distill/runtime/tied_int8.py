@@ -7,7 +7,8 @@ block (``scale = absmax / 127``, zero point 128), looks the embedding up in the 
 with ``GatherBlockQuantized(bits=8)`` and drops the fp32 embedding, so a tied model stays tied at
 the head's precision::
 
-    tie_int8_embedding(Path("runs/x/student-int4-cpu"), tied=True, block_size=32)
+    with edit_model(Path("runs/x/student-int4-cpu")) as model:      # distill.runtime.graph
+        tie_int8_embedding(model, tied=True, block_size=32)
 
 An untied model gets its own int8 embedding; its head stays as the builder quantized it. Symmetric
 absmax int8 on a block of 32 reproduces a GGUF ``Q8_0`` block exactly (the packaged SmolLM2's
@@ -17,11 +18,11 @@ embedding). :func:`quantize_int8` / :func:`dequantize_int8` are the grid, for re
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from distill.config.base import DistillError
+from distill.runtime.graph import attributes
 
 ZERO = 128  # symmetric uint8 grid: code 128 is 0.0 (the ops' default zero point for 8 bits)
 SETTING = "quantize.engine.embedding_bits"
@@ -100,44 +101,39 @@ def require_int8_gather() -> None:
         )
 
 
-def _one(items: list, what: str, path: Path):
+def _one(items: list, what: str):
     if len(items) != 1:
         raise DistillError(
-            f"{path}: expected one {what} in the builder's graph, found {len(items)}; "
+            f"expected one {what} in the model builder's graph, found {len(items)}; "
             f"this builder version is not supported with {SETTING}: 8 (set it to 32)"
         )
     return items[0]
 
 
-def tie_int8_embedding(model_dir: Path, tied: bool, block_size: int = 32) -> dict[str, int]:
-    """Rewrite ``model_dir/model.onnx`` in place (int8 head → int8 embedding lookup); returns
-    the bytes of the int8 weights and of the fp32 embedding it replaced."""
-    import onnx
+def tie_int8_embedding(model, tied: bool, block_size: int = 32) -> dict[str, int]:
+    """Edit the builder's graph (an ``onnx.ModelProto`` with an int8 head) in place: the head
+    requantized symmetric, the embedding looked up in int8; returns the bytes of the int8 weights
+    and of the fp32 embedding it replaced."""
     from onnx import helper, numpy_helper
 
-    model_dir = Path(model_dir)
-    path = model_dir / "model.onnx"
-    model = onnx.load(str(path))
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     head = _one(
         [n for n in g.node if n.op_type == "MatMulNBits" and "logits" in n.output],
         "MatMulNBits node producing the logits",
-        path,
     )
-    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    attrs = attributes(head)
     if attrs.get("bits") != 8:
-        raise DistillError(f"{path}: the LM head is {attrs.get('bits')}-bit, not int8")
+        raise DistillError(f"the LM head is {attrs.get('bits')}-bit, not int8 ({SETTING}: 8)")
     emb = _one(
         [n for n in g.node if n.op_type == "Gather" and n.input[0] in inits],
         "Gather of an embedding initializer",
-        path,
     )
     weight = numpy_helper.to_array(inits[emb.input[0]]).astype(np.float32)
     vocab, hidden = weight.shape
     if tied and (attrs["N"], attrs["K"]) != (vocab, hidden):
         raise DistillError(
-            f"{path}: tied model but the head is {attrs['N']}x{attrs['K']} and the embedding "
+            f"tied model but the head is {attrs['N']}x{attrs['K']} and the embedding "
             f"{vocab}x{hidden}"
         )
     codes, scales = quantize_int8(weight, block_size)
@@ -182,15 +178,4 @@ def tie_int8_embedding(model_dir: Path, tied: bool, block_size: int = 32) -> dic
     keep = [t for t in g.initializer if t.name not in drop or t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep + new)
-    for f in model_dir.glob("model.onnx*"):
-        f.unlink()
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location="model.onnx.data",
-        size_threshold=1024,
-    )
-    (model_dir / "model.onnx.data").chmod(0o644)  # as the builder writes it (onnx makes it 0600)
     return {"int8_bytes": int(codes.nbytes + scales.nbytes), "fp32_replaced": int(weight.nbytes)}
