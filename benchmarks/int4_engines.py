@@ -42,6 +42,7 @@ ORT_VARIANTS = {
     "ort fp→k_quant g32, head int4": ("fp", {"algo": "k_quant", "block_size": 32}),
     "ort fp→rtn g32, int8 tied": ("fp", {"algo": "rtn", "block_size": 32, "lm_head_bits": 8}),
     "ort fp→k_quant g32, int8 tied": ("fp", {"block_size": 32, "lm_head_bits": 8}),
+    "ort fp→q4_1 grid, int8 tied": ("fp", {"algo": "q4_1", "lm_head_bits": 8}),
     "ort gptq, head int4 rtn": ("gptq", {"algo": "rtn"}),
     "ort gptq, int8 tied": ("gptq", {"lm_head_bits": 8}),
     "ort gptq, int8 tied b64": ("gptq", {"lm_head_bits": 8, "lm_head_block_size": 64}),
@@ -51,7 +52,8 @@ ORT_VARIANTS = {
 }
 DEFAULT_VARIANTS = (
     "ort fp→rtn g32, head int4,ort fp→k_quant g32, head int4,ort fp→rtn g32, int8 tied,"
-    "ort fp→k_quant g32, int8 tied,ort gptq, head int4 rtn,ort gptq, int8 tied,"
+    "ort fp→k_quant g32, int8 tied,ort fp→q4_1 grid, int8 tied,ort gptq, head int4 rtn,"
+    "ort gptq, int8 tied,"
     "ort gptq, int8 tied b64,ort recovered, int8 tied"
 )
 
@@ -280,6 +282,7 @@ def measure_model(args, model: str, held, prompts, work: Path, install_ort: floa
     from distill.runtime.config import EngineConfig
     from distill.runtime.export import export_ort_genai
     from distill.runtime.ort_genai import OrtGenAIModel
+    from distill.runtime.q4_1 import is_q4_1_checkpoint
 
     fp_dir, gptq = model_dirs(args.run, model)
     sources = {"fp": fp_dir, "gptq": gptq}
@@ -302,6 +305,8 @@ def measure_model(args, model: str, held, prompts, work: Path, install_ort: floa
         source, fields = ORT_VARIANTS[name]
         if source not in sources:
             continue
+        if fields.get("algo") == "q4_1" and not is_q4_1_checkpoint(fp_dir):
+            continue  # not a GGUF Q4_1 model (the student)
         cfg = EngineConfig(kind="ort-genai", source="fp" if source == "fp" else "gptq", **fields)
         slug = name.replace(" ", "_").replace("→", "-").replace(",", "").replace("(", "")
         out = work / f"{model}-{slug.replace(')', '')}"

@@ -45,7 +45,7 @@ def main() -> None:
     )
     ap.add_argument("--model", choices=["student", "teacher"], default="student", help="with --run")
     ap.add_argument("--recover-steps", default="", help="with --run: e.g. '24,48' (off: '')")
-    ap.add_argument("--recover-lr", type=float, default=1e-5)
+    ap.add_argument("--recover-lr", default="1e-5", help="one or more, e.g. '1e-5,1e-4'")
     ap.add_argument("--recover-batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2, help="engine threads")
     args = ap.parse_args()
@@ -311,16 +311,18 @@ def sweep(args) -> None:
         with contextlib.ExitStack() as stack:
             ctx = recovery_context(args.run, work, stack)
             for n in steps:
-                rec = {"steps": n, "lr": args.recover_lr, "num_workers": 1, "cpus_per_worker": 2}
-                rec.update(zero_stage=0, batch_size=args.recover_batch_size)
-                cfg = QuantizeConfig(**base, device="cpu", recover=rec)
-                print(f"recover {n} steps ...", flush=True)
-                t0 = time.perf_counter()
-                out, m = recover(ctx, cfg, run_gptq, output_name=f"{args.model}-recovered-{n}")
-                sec = time.perf_counter() - t0
-                name = f"demo + recover {n} steps, lr {args.recover_lr:g}"
-                results[name] = {**measure(out), "quant_s": sec, "tokens": m.get("recover.tokens")}
-                print(f"  {name}: {json.dumps(results[name])}", flush=True)
+                for lr in [float(x) for x in args.recover_lr.split(",")]:
+                    rec = {"steps": n, "lr": lr, "num_workers": 1, "cpus_per_worker": 2}
+                    rec.update(zero_stage=0, batch_size=args.recover_batch_size)
+                    cfg = QuantizeConfig(**base, device="cpu", recover=rec)
+                    print(f"recover {n} steps lr {lr:g} ...", flush=True)
+                    t0 = time.perf_counter()
+                    out_name = f"{args.model}-recovered-{n}-lr{lr:g}"
+                    out, m = recover(ctx, cfg, run_gptq, output_name=out_name)
+                    sec = time.perf_counter() - t0
+                    name = f"demo + recover {n} steps, lr {lr:g}"
+                    results[name] = {**measure(out), "quant_s": sec, **m}
+                    print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
