@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--recover-steps", default="", help="with --run: e.g. '24,48' (off: '')")
     ap.add_argument("--recover-lr", default="1e-5", help="one or more, e.g. '1e-5,1e-4'")
     ap.add_argument("--recover-batch-size", type=int, default=4)
+    ap.add_argument("--recover-target", choices=["soft_labels", "fp"], default="soft_labels")
     ap.add_argument("--threads", type=int, default=2, help="engine threads")
     args = ap.parse_args()
     if args.run is not None:
@@ -165,8 +166,11 @@ SWEEP: dict[str, dict] = {
     "desc_act": {"desc_act": True},
     "damp 0.05": {"damp_percent": 0.05},
     "damp 0.1": {"damp_percent": 0.1},
+    "32 calib rows": {"calib_rows": 32},
     "64 calib rows": {"calib_rows": 64},
+    "128 calib rows": {"calib_rows": 128},
     "teacher-generated calib": {"calib_source": "teacher"},
+    "64 teacher-generated": {"calib_rows": 64, "calib_source": "teacher"},
     "v2 (GPTAQ a=0.25)": {"v2_alpha": 0.25},
 }
 DEFAULT_SWEEP = "demo,g32 + mse,damp 0.05,damp 0.1,64 calib rows,teacher-generated calib"
@@ -269,7 +273,7 @@ def sweep(args) -> None:
             "q"
         ]
         del rtn
-    teacher_rows = None
+    teacher_rows: dict = {}  # calib_rows -> rows the teacher generated
     for name in names:
         over = SWEEP[name]
         source = over.get("calib_source", "train")
@@ -278,17 +282,17 @@ def sweep(args) -> None:
             cfg = QuantizeConfig(**fields, device="cpu")
             rows = train
             if source == "teacher":
-                if teacher_rows is None:
+                if cfg.calib_rows not in teacher_rows:
                     from distill.models.config import GGUFSource
                     from distill.models.loader import resolve_source
 
                     t0 = time.perf_counter()
                     teacher = resolve_source(GGUFSource()).path
-                    teacher_rows = teacher_generations(
+                    teacher_rows[cfg.calib_rows] = teacher_generations(
                         teacher, train, cfg.calib_rows, cfg.calib_seq_len
                     )
                     print(f"teacher generations: {time.perf_counter() - t0:.0f} s", flush=True)
-                rows = teacher_rows
+                rows = teacher_rows[cfg.calib_rows]
             print(f"{name} ...", flush=True)
             t0 = time.perf_counter()
             if not over and (run_gptq / "config.json").exists():  # the run's own GPTQ = demo
@@ -314,13 +318,15 @@ def sweep(args) -> None:
                 for lr in [float(x) for x in args.recover_lr.split(",")]:
                     rec = {"steps": n, "lr": lr, "num_workers": 1, "cpus_per_worker": 2}
                     rec.update(zero_stage=0, batch_size=args.recover_batch_size)
+                    rec["target"] = args.recover_target
                     cfg = QuantizeConfig(**base, device="cpu", recover=rec)
                     print(f"recover {n} steps lr {lr:g} ...", flush=True)
                     t0 = time.perf_counter()
-                    out_name = f"{args.model}-recovered-{n}-lr{lr:g}"
-                    out, m = recover(ctx, cfg, run_gptq, output_name=out_name)
+                    tag = f"{n}-lr{lr:g}-{args.recover_target}"
+                    out_name = f"{args.model}-recovered-{tag}"
+                    out, m = recover(ctx, cfg, run_gptq, output_name=out_name, fp_dir=fp_dir)
                     sec = time.perf_counter() - t0
-                    name = f"demo + recover {n} steps, lr {lr:g}"
+                    name = f"recover {n} steps, lr {lr:g}, vs {args.recover_target}"
                     results[name] = {**measure(out), "quant_s": sec, **m}
                     print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
