@@ -6,7 +6,7 @@ OpenVINO GenAI + NNCF int4 (from a throwaway venv: its optimum-intel extra repla
 
     .venv/bin/python benchmarks/int4_engines.py --run runs/smollm2              # student, teacher
     .venv/bin/python benchmarks/int4_engines.py --run runs/smollm2 --models student \\
-        --recovered student=/tmp/sweep/student-recovered-24 --openvino-python /tmp/ov/bin/python
+        --extra-gptq "student:recovered=/tmp/sweep/student-recovered" --openvino-python /tmp/ov/bin/py
 
 ``--run`` is a pipeline workdir after ``quantize`` (``student/``, ``student-int4/`` = GPTQ,
 ``teacher-int4/`` = the teacher's GPTQ, ``data/heldout.parquet``); the fp teacher is the packaged
@@ -36,7 +36,7 @@ import numpy as np
 PROMPT_LEN, NEW_TOKENS = 128, 64
 
 # name -> (source, EngineConfig fields); "gptq" = the run's GPTQ checkpoint of the model,
-# "recovered" = --recovered's, "fp" = the fp model (the engine quantizes it itself)
+# "fp" = the fp model (the engine quantizes it itself); --extra-gptq adds GPTQ checkpoints
 ORT_VARIANTS = {
     "ort fp→rtn g32, head int4": ("fp", {"algo": "rtn", "block_size": 32}),
     "ort fp→k_quant g32, head int4": ("fp", {"algo": "k_quant", "block_size": 32}),
@@ -48,13 +48,18 @@ ORT_VARIANTS = {
     "ort gptq, int8 tied b64": ("gptq", {"lm_head_bits": 8, "lm_head_block_size": 64}),
     "ort gptq, int8 head, fp32 emb": ("gptq", {"lm_head_bits": 8, "embedding_bits": 32}),
     "ort gptq acc1 (fp32 act)": ("gptq", {"accuracy_level": 1}),
-    "ort recovered, int8 tied": ("recovered", {"lm_head_bits": 8}),
 }
-DEFAULT_VARIANTS = (
-    "ort fp→rtn g32, head int4,ort fp→k_quant g32, head int4,ort fp→rtn g32, int8 tied,"
-    "ort fp→k_quant g32, int8 tied,ort fp→q4_1 grid, int8 tied,ort gptq, head int4 rtn,"
-    "ort gptq, int8 tied,"
-    "ort gptq, int8 tied b64,ort recovered, int8 tied"
+DEFAULT_VARIANTS = ";".join(
+    [
+        "ort fp→rtn g32, head int4",
+        "ort fp→k_quant g32, head int4",
+        "ort fp→rtn g32, int8 tied",
+        "ort fp→k_quant g32, int8 tied",
+        "ort fp→q4_1 grid, int8 tied",
+        "ort gptq, head int4 rtn",
+        "ort gptq, int8 tied",
+        "ort gptq, int8 tied b64",
+    ]
 )
 
 
@@ -286,8 +291,10 @@ def measure_model(args, model: str, held, prompts, work: Path, install_ort: floa
 
     fp_dir, gptq = model_dirs(args.run, model)
     sources = {"fp": fp_dir, "gptq": gptq}
-    if model in args.recovered:
-        sources["recovered"] = args.recovered[model]
+    variants = {n.strip(): ORT_VARIANTS[n.strip()] for n in args.variants.split(";") if n.strip()}
+    for label, path in args.extra_gptq.get(model, {}).items():
+        sources[label] = path
+        variants[f"ort gptq ({label}), int8 tied"] = (label, {"lm_head_bits": 8})
     group = json.loads((gptq / "config.json").read_text())["quantization_config"]["group_size"]
     rows: dict[str, dict] = {}
     runners: dict[str, object] = {}  # name -> decode(b) callable
@@ -301,13 +308,14 @@ def measure_model(args, model: str, held, prompts, work: Path, install_ort: floa
         rows["GPT-QModel torch kernel"] = torch_quality(q, held, prompts)
         rows["GPT-QModel torch kernel"].update(size_mb=size_mb(gptq, "*.safetensors"), export_s=0)
         runners["GPT-QModel torch kernel"] = lambda b, m=q: torch_decode(m, prompts, b)
-    for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        source, fields = ORT_VARIANTS[name]
+    for name, (source, fields) in variants.items():
         if source not in sources:
             continue
         if fields.get("algo") == "q4_1" and not is_q4_1_checkpoint(fp_dir):
             continue  # not a GGUF Q4_1 model (the student)
         cfg = EngineConfig(kind="ort-genai", source="fp" if source == "fp" else "gptq", **fields)
+        if source != "fp" and not (sources[source] / "config.json").exists():
+            continue
         slug = name.replace(" ", "_").replace("→", "-").replace(",", "").replace("(", "")
         out = work / f"{model}-{slug.replace(')', '')}"
         print(f"{model}: {name} ...", flush=True)
@@ -374,9 +382,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heldout-rows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="decode rounds (median)")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"from {list(ORT_VARIANTS)}")
     ap.add_argument(
-        "--recovered", default="", help="model=GPTQ dir,... of quantize.recover results"
+        "--variants", default=DEFAULT_VARIANTS, help=f"';'-separated, from {list(ORT_VARIANTS)}"
+    )
+    ap.add_argument(
+        "--extra-gptq",
+        default="",
+        help="'model:label=GPTQ dir,...': more GPTQ checkpoints (other knobs, recovered), int8 tied",
     )
     ap.add_argument("--gptqmodel-rows", action="store_true", help="add GPT-QModel's CPU kernel")
     ap.add_argument("--openvino-python", default=None, help="python of a venv with optimum-intel")
@@ -392,10 +404,12 @@ def main(argv: list[str] | None = None) -> None:
         return openvino_child(args)
     if args.run is None:
         ap.error("--run is required")
-    args.recovered = {
-        k.strip(): Path(v.strip())
-        for k, v in (x.split("=", 1) for x in args.recovered.split(",") if x.strip())
-    }
+    extra: dict[str, dict[str, Path]] = {}
+    for item in (x for x in args.extra_gptq.split(",") if x.strip()):
+        key, path = item.split("=", 1)
+        model, label = key.split(":", 1)
+        extra.setdefault(model.strip(), {})[label.strip()] = Path(path.strip())
+    args.extra_gptq = extra
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
