@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quantize.py                                  # 16x256 calibration
     .venv/bin/python benchmarks/quantize.py --calib-rows 32 --calib-seq-len 512 --heldout-rows 32
     .venv/bin/python benchmarks/quantize.py --run runs/smollm2 --sweep all   # knobs on the student
+    .venv/bin/python benchmarks/quantize.py --run runs/smollm2 --model teacher --recover-steps 24
 
 Calibration rows come from the train documents only; held-out documents (every 10th stdlib file)
 are never seen by GPTQ. Prints quantize time, size on disk (fp32, bf16, int4), held-out
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import shutil
@@ -38,9 +40,19 @@ def main() -> None:
     ap.add_argument("--desc-act", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None, help="keep outputs here (default: tmp)")
     ap.add_argument("--run", type=Path, default=None, help="sweep on this run's student + data")
-    ap.add_argument("--sweep", default="all", help=f"with --run: 'all' or names from {list(SWEEP)}")
+    ap.add_argument(
+        "--sweep", default=DEFAULT_SWEEP, help=f"with --run: 'all' or names from {list(SWEEP)}"
+    )
+    ap.add_argument("--model", choices=["student", "teacher"], default="student", help="with --run")
+    ap.add_argument("--recover-steps", default="", help="with --run: e.g. '24,48' (off: '')")
+    ap.add_argument("--recover-lr", default="1e-5", help="one or more, e.g. '1e-5,1e-4'")
+    ap.add_argument("--recover-batch-size", type=int, default=4)
+    ap.add_argument("--recover-target", choices=["soft_labels", "fp"], default="soft_labels")
+    ap.add_argument("--threads", type=int, default=2, help="engine threads")
     args = ap.parse_args()
     if args.run is not None:
+        if args.heldout_rows == 16:  # the demo's held-out set, unless asked otherwise
+            args.heldout_rows = 32
         return sweep(args)
 
     import torch
@@ -142,26 +154,77 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# name -> QuantizeConfig overrides of the demo's quantize section (group 64, 16x256 train rows)
+# name -> QuantizeConfig overrides of the demo's quantize section (smollm2.yaml: group 64,
+# mse 2.4, group-aware reordering, damp 0.01, 16x256 train rows); "calib_source" is the sweep's
+KNOB_NAMES = ("damp_percent", "desc_act", "act_group_aware", "mse", "v2_alpha", "sym")
 SWEEP: dict[str, dict] = {
-    "demo: g64 GAR damp.01": {},
-    "g32": {"group_size": 32},
+    "demo": {},
+    "g32 + mse": {"group_size": 32},
     "g128": {"group_size": 128},
+    "mse off": {"mse": 0.0},
     "no GAR": {"act_group_aware": False},
     "desc_act": {"desc_act": True},
-    "mse 2.4": {"mse": 2.4},
     "damp 0.05": {"damp_percent": 0.05},
     "damp 0.1": {"damp_percent": 0.1},
+    "32 calib rows": {"calib_rows": 32},
     "64 calib rows": {"calib_rows": 64},
+    "128 calib rows": {"calib_rows": 128},
     "teacher-generated calib": {"calib_source": "teacher"},
+    "64 teacher-generated": {"calib_rows": 64, "calib_source": "teacher"},
     "v2 (GPTAQ a=0.25)": {"v2_alpha": 0.25},
 }
+DEFAULT_SWEEP = "demo,g32 + mse,damp 0.05,damp 0.1,64 calib rows,teacher-generated calib"
+
+
+def demo_quantize_section() -> dict:
+    """The demo's GPTQ settings (every knob of smollm2.yaml's quantize section but the engine,
+    recovery and evaluation ones)."""
+    import yaml
+
+    demo = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml").read_text()
+    )
+    keep = ("group_size", "calib_rows", "calib_seq_len", "batch_size", *KNOB_NAMES)
+    return {k: v for k, v in demo["quantize"].items() if k in keep}
+
+
+def model_dirs(run: Path, model: str) -> tuple[Path, Path]:
+    """(fp checkpoint, the run's own GPTQ checkpoint) of the student or the teacher."""
+    if model == "student":
+        return run / "student", run / "student-int4"
+    from distill.models.config import GGUFSource
+    from distill.models.loader import resolve_source
+
+    return resolve_source(GGUFSource()).path, run / "teacher-int4"
+
+
+def recovery_context(run: Path, work: Path, stack):
+    """A quantize-stage context over the run's corpus and soft-label store, tracked in ``work``."""
+    from distill.config.loader import load_config
+    from distill.config.pipeline import PipelineConfig
+    from distill.data.packed import PackedCorpus
+    from distill.lineage.tracker import Tracker
+    from distill.models.config import GGUFSource
+    from distill.models.loader import resolve_source
+    from distill.stages import StageContext
+
+    demo = Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml"
+    cfg = load_config(demo, [f"workdir={work}"], PipelineConfig)
+    teacher = resolve_source(GGUFSource())
+    tracker = Tracker(cfg.tracking, work)
+    stack.enter_context(tracker.pipeline("quantize-sweep"))
+    st = stack.enter_context(tracker.stage("quantize"))
+    artifacts = {"teacher": teacher.path, "soft_labels": run / "labels"}
+    return StageContext(cfg, work, teacher, PackedCorpus.open(run / "data"), st, artifacts)
 
 
 def sweep(args) -> None:
-    """Each knob alone on the run's student: quantize time, held-out ppl (GPT-QModel kernel)."""
+    """Each knob on the demo's settings, on the run's student or teacher: GPTQ time, held-out
+    ppl of the checkpoint (GPT-QModel kernel, fp32) and of its CPU engine export (int8 tied
+    head); then ``quantize.recover`` on the run's own GPTQ checkpoint: ppl before/after, seconds."""
+    import contextlib
+
     import torch
-    import yaml
 
     from distill.config.base import DistillError
     from distill.data.packed import read_rows
@@ -172,29 +235,45 @@ def sweep(args) -> None:
     from distill.quant.gptq import load_quantized, quantize
     from distill.quant.rtn import fake_quantize_rtn
     from distill.quant.stage import weights_bytes
+    from distill.runtime.config import EngineConfig
+    from distill.runtime.export import export_ort_genai
+    from distill.runtime.ort_genai import OrtGenAIModel
+    from distill.runtime.torch_adapter import engine_as_torch
 
     t_start = time.perf_counter()
-    demo = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml").read_text()
-    )
-    base = {
-        k: v
-        for k, v in demo["quantize"].items()
-        if k in ("group_size", "calib_rows", "calib_seq_len", "batch_size")
-    }
-    student = args.run / "student"
+    base = demo_quantize_section()
+    fp_dir, run_gptq = model_dirs(args.run, args.model)
     held = read_rows(args.run / "data" / "heldout.parquet", args.heldout_rows)
     train = read_rows(args.run / "data" / "train.parquet")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="quant-sweep-"))
-    names = list(SWEEP) if args.sweep == "all" else [n.strip() for n in args.sweep.split(",")]
-    fp = load_causal_lm(student)
+    work.mkdir(parents=True, exist_ok=True)
+    names = list(SWEEP) if args.sweep == "all" else [n.strip() for n in args.sweep.split(",") if n]
+    engine_cfg = EngineConfig(kind="ort-genai", lm_head_bits=8, threads=args.threads)
+    fp = load_causal_lm(fp_dir)
+    fp_q = evaluate_models({"fp": fp}, held, 4)["fp"]
+    fp_mb = weights_bytes(fp_dir) / 1e6
     results: dict[str, dict] = {}
-    for g in (64, 32):
+
+    def measure(q_dir: Path) -> dict:
+        q = load_quantized(q_dir, device="cpu", dtype="float32")
+        r = evaluate_models({"fp": fp, "q": q}, held, 4, "fp")["q"]
+        del q
+        eng_dir = work / f"{q_dir.name}-cpu"
+        export_ort_genai(q_dir, eng_dir, engine_cfg, group_size=32)
+        eng = engine_as_torch(OrtGenAIModel.load(eng_dir, threads=args.threads))
+        e = evaluate_models({"e": eng}, held, 4)["e"]
+        mb = sum(f.stat().st_size for f in eng_dir.glob("model.onnx*")) / 1e6
+        r.update(engine_ppl=e["perplexity"], engine_mb=mb, size_mb=weights_bytes(q_dir) / 1e6)
+        return r
+
+    for g in (base["group_size"], 32):
         rtn = copy.deepcopy(fp)
         fake_quantize_rtn(rtn, 4, g, sym=True)
-        results[f"RTN g{g}"] = evaluate_models({"fp": fp, "q": rtn}, held, 4, "fp")["q"]
-        results[f"RTN g{g}"]["quant_s"] = 0.0
-    teacher_rows = None
+        results[f"RTN g{g} (fake-quant)"] = evaluate_models({"fp": fp, "q": rtn}, held, 4, "fp")[
+            "q"
+        ]
+        del rtn
+    teacher_rows: dict = {}  # calib_rows -> rows the teacher generated
     for name in names:
         over = SWEEP[name]
         source = over.get("calib_source", "train")
@@ -203,57 +282,89 @@ def sweep(args) -> None:
             cfg = QuantizeConfig(**fields, device="cpu")
             rows = train
             if source == "teacher":
-                if teacher_rows is None:
+                if cfg.calib_rows not in teacher_rows:
                     from distill.models.config import GGUFSource
                     from distill.models.loader import resolve_source
 
                     t0 = time.perf_counter()
                     teacher = resolve_source(GGUFSource()).path
-                    teacher_rows = teacher_generations(
+                    teacher_rows[cfg.calib_rows] = teacher_generations(
                         teacher, train, cfg.calib_rows, cfg.calib_seq_len
                     )
                     print(f"teacher generations: {time.perf_counter() - t0:.0f} s", flush=True)
-                rows = teacher_rows
+                rows = teacher_rows[cfg.calib_rows]
             print(f"{name} ...", flush=True)
             t0 = time.perf_counter()
-            reuse = args.run / "student-int4"
-            if not over and (reuse / "config.json").exists():  # the run's own GPTQ = the base
-                out, quant_s = reuse, float("nan")
+            if not over and (run_gptq / "config.json").exists():  # the run's own GPTQ = demo
+                out, quant_s = run_gptq, float("nan")
             else:
-                out = quantize(student, cfg, rows, work / name.replace(" ", "_").replace(":", ""))
+                out = work / f"{args.model}-{name.replace(' ', '_').replace('+', '')}"
+                out = quantize(fp_dir, cfg, rows, out)
                 quant_s = time.perf_counter() - t0
         except (DistillError, ValueError) as e:
             results[name] = {"error": str(e).splitlines()[0][:150]}
             print(f"  {name}: refused: {results[name]['error']}", flush=True)
             continue
-        q = load_quantized(out, device="cpu")
-        results[name] = evaluate_models({"fp": fp, "q": q}, held, 4, "fp")["q"]
-        results[name].update(quant_s=quant_s, size_mb=weights_bytes(out) / 1e6)
-        del q
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    fp_q = evaluate_models({"fp": fp}, held, 4)["fp"]
+        results[name] = {**measure(out), "quant_s": quant_s}
+        print(f"  {name}: {json.dumps(results[name])}", flush=True)
+
+    steps = [int(x) for x in args.recover_steps.split(",") if x]
+    if steps:
+        from distill.quant.recover import recover
+
+        with contextlib.ExitStack() as stack:
+            ctx = recovery_context(args.run, work, stack)
+            for n in steps:
+                for lr in [float(x) for x in args.recover_lr.split(",")]:
+                    rec = {"steps": n, "lr": lr, "num_workers": 1, "cpus_per_worker": 2}
+                    rec.update(zero_stage=0, batch_size=args.recover_batch_size)
+                    rec["target"] = args.recover_target
+                    cfg = QuantizeConfig(**base, device="cpu", recover=rec)
+                    print(f"recover {n} steps lr {lr:g} ...", flush=True)
+                    t0 = time.perf_counter()
+                    tag = f"{n}-lr{lr:g}-{args.recover_target}"
+                    out_name = f"{args.model}-recovered-{tag}"
+                    out, m = recover(ctx, cfg, run_gptq, output_name=out_name, fp_dir=fp_dir)
+                    sec = time.perf_counter() - t0
+                    name = f"recover {n} steps, lr {lr:g}, vs {args.recover_target}"
+                    results[name] = {**measure(out), "quant_s": sec, **m}
+                    print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
         f"{time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}"
     )
-    print(f"student: {student}; held-out {len(held)}x{held.shape[1]}; base {base}")
-    hdr = f"{'config':<26} {'quant s':>7} {'ppl':>8} {'x fp':>6} {'acc':>6} {'agree':>6} {'KL':>6}"
-    print(hdr + "\n" + "-" * len(hdr))
     print(
-        f"{'fp32 student':<26} {'':>7} {fp_q['perplexity']:>8.3f} {1:>6.3f} {fp_q['next_token_accuracy']:>6.3f}"
+        f"{args.model}: {fp_dir} ({fp_mb:.1f} MB fp32); held-out {len(held)}x{held.shape[1]}; "
+        f"base {base}; engine: ORT GenAI int4, GPTQ carried, int8 tied head"
+    )
+    hdr = (
+        f"{'config':<34} {'sec':>5} {'ppl':>8} {'x fp':>6} {'acc':>6} {'agree':>6} {'KL':>6} "
+        f"{'engine ppl':>10} {'x fp':>6} {'eng MB':>7} {'x fp':>5}"
+    )
+    print(hdr + "\n" + "-" * len(hdr))
+    fpp = fp_q["perplexity"]
+    print(
+        f"{'fp32 ' + args.model:<34} {'':>5} {fpp:>8.3f} {1:>6.3f} {fp_q['next_token_accuracy']:>6.3f}"
     )
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<26} refused: {r['error']}")
+            print(f"{name:<34} refused: {r['error']}")
             continue
-        print(
-            f"{name:<26} {r['quant_s']:>7.0f} {r['perplexity']:>8.3f} "
-            f"{r['perplexity'] / fp_q['perplexity']:>6.3f} {r['next_token_accuracy']:>6.3f} "
+        line = (
+            f"{name:<34} {r.get('quant_s', 0):>5.0f} {r['perplexity']:>8.3f} "
+            f"{r['perplexity'] / fpp:>6.3f} {r['next_token_accuracy']:>6.3f} "
             f"{r['agreement']:>6.3f} {r['kl_to_reference']:>6.3f}"
         )
+        if "engine_ppl" in r:
+            line += (
+                f" {r['engine_ppl']:>10.3f} {r['engine_ppl'] / fpp:>6.3f} "
+                f"{r['engine_mb']:>7.1f} {r['engine_mb'] / fp_mb:>5.3f}"
+            )
+        print(line)
     print(f"total wall time {time.perf_counter() - t_start:.0f} s; outputs in {work}")
+    print("JSON " + json.dumps({"fp": fp_q, "fp_mb": fp_mb, **results}))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

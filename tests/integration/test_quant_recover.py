@@ -50,6 +50,21 @@ def test_recover_then_pack_reloads_with_the_fake_quant_forward(tiny_gptq, tiny_r
     assert torch.allclose(again, trained, atol=5e-2)
 
 
+def test_recovery_without_a_store_is_refused_before_any_work(stage_ctx):
+    from distill.config.base import DistillError
+    from distill.quant.stage import run
+
+    quant = {"group_size": 32, "calib_rows": 8, "calib_seq_len": 64, "device": "cpu"}
+    ctx = stage_ctx(["quantize"], quantize={**quant, "recover": {"steps": 2}})
+    fix = r"quantize.recover.steps > 0 .*add the soft_labels stage .*quantize.recover.steps: 0"
+    with pytest.raises(DistillError, match=fix):
+        run(ctx, ctx.config.quantize)
+    ctx.artifacts["soft_labels"] = ctx.workdir / "labels"  # a path with no store in it
+    with pytest.raises(DistillError, match="labels holds no manifest.json"):
+        run(ctx, ctx.config.quantize)
+    assert not (ctx.workdir / "student-int4").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
@@ -94,3 +109,32 @@ def test_stage_recovers_through_the_distill_loop_and_exports(stage_ctx, ray_loca
     assert tags["output.int4_gptq.uri"] == str(out["int4_gptq"])
     assert tags["input.soft_labels.uri"] == str(labels)
     assert tags["output.int4_cpu.uri"] == str(out["int4_cpu"])
+
+
+def test_recovery_against_the_fp_model_needs_no_store(stage_ctx):
+    from distill.quant.config import QuantizeConfig
+    from distill.quant.recover import check_store, distill_config
+
+    ctx = stage_ctx(["quantize"])
+    cfg = QuantizeConfig(group_size=32, recover={"steps": 2, "target": "fp"})
+    assert check_store(ctx, cfg) is None
+    assert distill_config(cfg).mode == "online"
+
+
+@pytest.mark.slow
+def test_recover_against_the_fp_model_through_the_loop(stage_ctx, ray_local, tiny_gptq, tiny_gqa):
+    """recover.target: fp: the fp model runs live as the teacher (self-distillation)."""
+    from mlflow import MlflowClient
+
+    from distill.models.hashing import weights_sha256
+    from distill.quant.config import QuantizeConfig
+    from distill.quant.recover import recover
+
+    ctx = stage_ctx(["quantize"])
+    rec = {"steps": 2, "target": "fp", "num_workers": 1, "zero_stage": 0, "batch_size": 2}
+    cfg = QuantizeConfig(group_size=32, device="cpu", recover={**rec, "lr": 1e-4})
+    out, m = recover(ctx, cfg, tiny_gptq, output_name="x-recovered", fp_dir=tiny_gqa.path)
+    assert out.name == "x-recovered" and m["recover.tokens"] > 0
+    assert weights_sha256(out) != weights_sha256(tiny_gptq)
+    tags = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id).data.tags
+    assert tags["input.recover_target.uri"] == str(tiny_gqa.path)

@@ -25,10 +25,15 @@ Backend = Literal["auto", "torch", "torch_aten", "triton", "exllama_v2", "marlin
 class RecoverConfig(StrictModel):
     """Quantization-aware distillation after GPTQ: the int4 model (weights fake-quantized on its
     own grid, straight-through estimator; scales, norms and latent weights trainable) trained
-    against the soft-label store through the distill stage's Ray Train + DeepSpeed loop, then
-    packed again. ``steps: 0`` = off."""
+    through the distill stage's Ray Train + DeepSpeed loop against the teacher's soft-label store
+    or against the fp model it was quantized from, then packed again. ``steps: 0`` = off."""
 
     steps: int = Field(0, ge=0, description="optimizer steps; 0 = no recovery")
+    target: Literal["soft_labels", "fp"] = Field(
+        "soft_labels",
+        description="soft_labels: the teacher's store (offline KD); fp: the fp model the GPTQ "
+        "checkpoint came from, run live on the train rows (self-distillation; no store needed)",
+    )
     lr: float = Field(1e-5, gt=0, description="peak learning rate (latent weights are ~1e-2)")
     warmup_steps: int = Field(2, ge=0)
     batch_size: int = Field(2, ge=1, description="rows per worker per step")

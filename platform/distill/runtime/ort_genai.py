@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from distill.config.base import DistillError
+from distill.runtime.tied_int8 import require_int8_gather
 
 ENGINE = "onnxruntime-genai"
 EXTRA = "cpu-int4"  # pip install 'distill[cpu-int4]'
+MANIFEST = "distill_engine.json"  # written by distill.runtime.export beside the model
 
 
 def require_ort_genai():
@@ -109,6 +111,9 @@ class OrtGenAIModel:
                 "the quantize stage (quantize.engine: ort-genai)"
             )
         cfg = json.loads(cfg_file.read_text())
+        manifest = path / MANIFEST
+        if manifest.exists() and json.loads(manifest.read_text()).get("embedding_bits") == 8:
+            require_int8_gather()  # an older runtime: one message naming the setting
         config = og.Config(str(path))
         config.clear_providers()
         opts: dict[str, int | str] = {}
