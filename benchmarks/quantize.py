@@ -64,7 +64,7 @@ def main() -> None:
     from distill.quant.config import QuantizeConfig
     from distill.quant.gptq import load_quantized, quantize
     from distill.quant.rtn import fake_quantize_rtn
-    from distill.quant.stage import peak_rss_mb, weights_bytes
+    from distill.quant.checkpoint import peak_rss_mb, weights_bytes
     from distill.quant.validate import check_group_size, check_model_dir
 
     t_start = time.perf_counter()
@@ -234,7 +234,7 @@ def sweep(args) -> None:
     from distill.quant.config import QuantizeConfig
     from distill.quant.gptq import load_quantized, quantize
     from distill.quant.rtn import fake_quantize_rtn
-    from distill.quant.stage import weights_bytes
+    from distill.quant.checkpoint import weights_bytes
     from distill.runtime.config import EngineConfig
     from distill.runtime.export import export_ort_genai
     from distill.runtime.ort_genai import OrtGenAIModel

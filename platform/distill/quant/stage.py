@@ -35,7 +35,7 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     key, model_dir = ctx.latest_model()
     validate(model_dir, cfg)
     if cfg.recover.steps:  # a missing store fails before any work
-        check_store(ctx)
+        check_store(ctx, cfg)
     if cfg.engine.kind != "none":  # so does an engine that is not installed
         require_ort_genai()
     if cfg.gguf:  # and an architecture or a llama.cpp tool the GGUF export lacks
