@@ -69,6 +69,17 @@ def _worker(config: dict[str, Any]) -> None:
     train_loop_per_worker(config)
 
 
+def failure_message(e: BaseException) -> str:
+    """A worker's own ``DistillError`` when one caused the failure (Ray's summary cuts the
+    middle of long tracebacks), else the exception as Ray gives it."""
+    failures = getattr(e, "worker_failures", None) or {}
+    for rank, err in sorted(failures.items()):
+        cause = getattr(err, "cause", err)
+        if isinstance(cause, DistillError):
+            return f"rank {rank}: {cause}"
+    return f"{type(e).__name__}: {e}"
+
+
 def worker_nodes(nodes_uri: str) -> list[str]:
     """Node ids every worker of the run (all attempts) recorded, sorted."""
     return sorted({json.loads(t)["node_id"] for t in read_texts(nodes_uri)})
@@ -118,7 +129,7 @@ def launch(
     try:
         result = trainer.fit()
     except Exception as e:
-        raise DistillError(f"distillation run {run_name!r} failed: {type(e).__name__}: {e}") from e
+        raise DistillError(f"distillation run {run_name!r} failed: {failure_message(e)}") from e
     if result.error is not None:
-        raise DistillError(f"distillation run {run_name!r} failed: {result.error}")
+        raise DistillError(f"distillation run {run_name!r} failed: {failure_message(result.error)}")
     return {**dict(result.metrics or {}), "train_node_ids": worker_nodes(nodes_uri)}
