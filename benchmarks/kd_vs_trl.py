@@ -5,6 +5,23 @@
     .venv/bin/python benchmarks/kd_vs_trl.py --ablations   # + one-factor-at-a-time variants
     .venv/bin/python benchmarks/kd_vs_trl.py --quick       # 4k tokens/method: a smoke run
 
+    # the demo's own job (runs/smollm2: pruned, the soft-label store's rows, held-out split)
+    .venv/bin/python benchmarks/kd_vs_trl.py --suite demo-offline --from-run runs/smollm2 \
+        [--ablations]                                  # distill's demo KD vs TRL GKD, 64 steps
+    .venv/bin/python benchmarks/kd_vs_trl.py --suite demo-onpolicy --from-run runs/smollm2 \
+        --seconds 300                                  # on-policy, equal training clock
+    ... --lock /work/bench.lock                        # hold the lock per method, not per run
+
+The demo suites add an extra corpus no stage trains on (the installed ``rich`` package's Python
+sources, read like ``evaluate.extra_corpora``) and sequence-level columns: greedy agreement with
+the teacher's 32-token answers, exact answers and the calibrated cascade's student share at a
+0.8 agreement target (``distill calibrate``'s replay and choice: fitted on one half of 64
+held-out prompts, measured on the other), and the evaluate stage's generation checks (chrF
+against the teacher's answers, degenerate rate) on its prompt set. ``demo-onpolicy`` compares
+TRL ``GKDTrainer`` at λ=0.5, β=0.5 (and with ``seq_kd``) with distill's ``on_policy`` steps at the
+same λ, β, prompts (each row's first 64 tokens) and 32 sampled tokens, and with distill
+offline-only, each for the same ``--seconds`` of training clock at a constant LR after warmup.
+
 The student is the teacher (SmolLM2-135M-Instruct, the packaged GGUF) cut by ``distill.prune``
 with the demo's plan (``pipelines/configs/smollm2.yaml``). Train rows: the stdlib corpus packed
 to 256 tokens in a seeded random document order (every 10th file held out); every method sees
@@ -53,8 +70,33 @@ ABLATIONS = {
     "abl_accum_2": {"batch_size": 2, "grad_accum": 2},
     "abl_freeze_embeddings": {"freeze_embeddings": True},
 }
-PEERS = ("trl_gkd", "trl_sft")
+PEERS = ("trl_gkd", "trl_sft", "trl_gkd_onpolicy", "trl_gkd_seqkd")
+# --suite demo-*: the demo's `distill:` section, then these overrides (a "store" key names it)
+DEMO = {
+    "distill_demo": {},
+    "distill_offline_only": {},
+    "distill_onpolicy": {"on_policy": "from-opts"},
+}
+# one of the demo's KD choices at a time (--suite demo-offline --ablations)
+DEMO_ABLATIONS = {
+    "demo_train_embeddings": {"freeze_embeddings": False},
+    "demo_alpha_0.1": {"loss": {"alpha": 0.1}},
+    "demo_lr_1e-3": {"lr": 1e-3},
+    "demo_lr_2.5e-4": {"lr": 2.5e-4},
+    "demo_topk_store": {"store": "topk"},
+}
+SUITES = {
+    "stdlib": [*PEERS[:2], *DISTILL],
+    "demo-offline": ["trl_gkd", "distill_demo"],
+    "demo-onpolicy": [
+        "trl_gkd_onpolicy",
+        "trl_gkd_seqkd",
+        "distill_onpolicy",
+        "distill_offline_only",
+    ],
+}
 SAMPLE_S = 3.0  # memory sampling period of run_method
+STEP_CAP = 100_000  # max_steps of a --seconds run: the training clock ends it
 
 
 def base_config(o: dict[str, Any]) -> dict[str, Any]:
@@ -118,20 +160,120 @@ def prepare(wd: Path, o: dict[str, Any]) -> Path:
     return prep
 
 
-def run_distill(method: str, prep: Path, out: Path, o: dict[str, Any]) -> dict[str, Any]:
+def prepare_from_run(wd: Path, run: Path, o: dict[str, Any], topk: bool) -> Path:
+    """The demo's own job: its pruned student, its soft-label store (and that store's rows as
+    the train rows), its held-out split; the extra corpus; a top-k store of the same rows when
+    ``topk`` (one teacher pass)."""
+    from distill.data.packed import read_rows, write_rows
+    from distill.labels.store import LabelStore
+    from distill.models.config import GGUFSource
+    from distill.models.loader import resolve_source
+
+    prep = wd / "prep"
+    key = {"run": str(run.resolve()), "heldout_rows": o["heldout_rows"], "extra": o["extra"]}
+    done = prep / "done.json"
+    info = json.loads(done.read_text()) if done.exists() else {}
+    if info.get("key") != key:
+        prep.mkdir(parents=True, exist_ok=True)
+        store = LabelStore.open(run / "labels")
+        train = store.read_rows(np.arange(store.num_rows))["input_ids"].numpy().astype(np.int32)
+        write_rows(prep / "train.parquet", train)
+        held = read_rows(run / "data/heldout.parquet")[: o["heldout_rows"]]
+        write_rows(prep / "heldout.parquet", held)
+        for name, src in (("pruned", run / "pruned"), (store.manifest.encoding, run / "labels")):
+            (prep / name).unlink(missing_ok=True)
+            (prep / name).symlink_to(src.resolve())
+        teacher = resolve_source(GGUFSource())
+        info = {"key": key, "teacher": str(teacher.path), "from_run": str(run)}
+        info.update(store_seconds=0.0, store_tokens_per_s=0.0, rows=int(len(train)))
+        write_extra_rows(prep, Path(info["teacher"]), o)
+        done.write_text(json.dumps(info))
+    if topk and not (prep / "topk/manifest.json").exists():
+        from distill.labels.encode import EncodingSpec
+        from distill.labels.local import write_local_stores
+
+        train = read_rows(prep / "train.parquet")
+        spec = EncodingSpec("topk", o["k"], fidelity_stride=max(1, train.size // 2048))
+        write_local_stores({prep / "topk": spec}, Path(info["teacher"]), train, 4, "kd_vs_trl")
+    return prep
+
+
+def extra_corpus(o: dict[str, Any]):
+    """The extra corpus: Python code no stage trains on (default: the installed ``rich``)."""
+    from distill.eval.config import ExtraCorpus
+
+    path = o["extra"]
+    if path == "rich":
+        import rich
+
+        path = str(Path(rich.__file__).parent)
+    return ExtraCorpus(name=Path(path).name, paths=[Path(path)], max_rows=o["heldout_rows"])
+
+
+def write_extra_rows(prep: Path, teacher: Path, o: dict[str, Any]) -> None:
+    """``prep/extra.parquet``: the extra corpus read with distill.eval.extra's loader."""
     import ray
-    from mlflow import MlflowClient
 
+    from distill.data.packed import write_rows
+    from distill.eval.extra import extra_corpus_rows
+    from distill.models.loader import load_tokenizer
+
+    ec = extra_corpus(o)
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    rows = extra_corpus_rows(0, ec, load_tokenizer(teacher), o["seq_len"])
+    write_rows(prep / "extra.parquet", rows)
+    (prep / "extra.json").write_text(json.dumps({"name": ec.name, "paths": [str(ec.paths[0])]}))
+
+
+def distill_config(method: str, o: dict[str, Any]) -> tuple[Any, str]:
+    """The method's DistillConfig and the store it reads."""
+    from distill.config.loader import load_config
     from distill.train.config import DistillConfig
-    from distill.train.launch import launch
-    from distill.train.loop import LoopSpec
 
+    if method in DEMO or method in DEMO_ABLATIONS:
+        over = dict(DEMO.get(method, DEMO_ABLATIONS.get(method, {})))
+        base = load_config(DEMO_CONFIG).distill.model_dump(mode="json")
+        base.update(
+            max_failures=0,
+            checkpoint_every=0,
+            eval_every=o["eval_every"],
+            eval_rows=o["heldout_rows"],
+            seed=o["seed"],
+            max_steps=o["steps"],
+        )
+        if over.pop("on_policy", None):
+            base["on_policy"] = {
+                "lmbda": o["lmbda"],
+                "max_new_tokens": o["max_new_tokens"],
+                "prompt_tokens": o["prompt_tokens"],
+                "temperature": o["temperature"],
+                "loss": {"name": "jsd", "beta": o["beta"]},
+            }
+        if o.get("seconds"):
+            base.update(max_seconds=o["seconds"], max_steps=STEP_CAP)
+        if o.get("schedule") == "constant":
+            base["min_lr_ratio"] = 1.0
+        store = over.pop("store", load_config(DEMO_CONFIG).soft_labels.encoding)
+        if "loss" in over:
+            base["loss"] = {**base["loss"], **over.pop("loss")}
+        return DistillConfig.model_validate({**base, **over}), store
     over = dict(ABLATIONS.get(method, DISTILL.get(method, {})))
     store = over.pop("store", "topk") if method in DISTILL else "topk"
     cfg_dict = {**base_config(o), "mode": "offline", **over}
     if "loss" in over:
         cfg_dict["loss"] = over["loss"]
-    cfg = DistillConfig.model_validate(cfg_dict)
+    return DistillConfig.model_validate(cfg_dict), store
+
+
+def run_distill(method: str, prep: Path, out: Path, o: dict[str, Any]) -> dict[str, Any]:
+    import ray
+    from mlflow import MlflowClient
+
+    from distill.train.launch import launch
+    from distill.train.loop import LoopSpec
+
+    cfg, store = distill_config(method, o)
     info = json.loads((prep / "done.json").read_text())
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     exp = client.create_experiment("kd_vs_trl", artifact_location=str(out / "mlartifacts"))
@@ -139,12 +281,12 @@ def run_distill(method: str, prep: Path, out: Path, o: dict[str, Any]) -> dict[s
     spec = LoopSpec(
         cfg=cfg,
         student_path=str(prep / "pruned"),
-        teacher_path=info["teacher"] if cfg.mode == "online" else None,
+        teacher_path=info["teacher"] if cfg.needs_teacher else None,
         store_path=str(prep / store) if cfg.mode == "offline" else None,
         train_path=str(prep / "train.parquet"),
         heldout_path=str(prep / "heldout.parquet"),
         seq_len=o["seq_len"],
-        total_steps=o["steps"],
+        total_steps=cfg.max_steps,
         out_dir=str(out / "student"),
         tracking={"tracking_uri": f"sqlite:///{out}/mlflow.db", "run_id": run_id},
     )
@@ -165,8 +307,12 @@ def run_distill(method: str, prep: Path, out: Path, o: dict[str, Any]) -> dict[s
         "curve": curve,
         "train_seconds": final["train_seconds"],
         "train_wall_seconds": wall,
+        "steps": final["step"],
         "tokens": final["tokens"],
         "tokens_per_s": final["tokens_per_s"],
+        "on_policy_steps": final.get("on_policy_steps", 0.0),
+        "rollout_seconds": final.get("rollout_seconds", 0.0),
+        "rollout_tokens": final.get("rollout_tokens", 0.0),
         "student": str(out / "student"),
         "order": order,
         "store": store if cfg.mode == "offline" else "-",
@@ -191,14 +337,38 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return sum(pss), max(rss, default=0)
 
 
-def run_method(method: str, prep: Path, wd: Path, o: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def held(lock: Path | None):
+    """The benchmark lock (``--lock``) for one measurement, so other measurements can run
+    between this run's methods but never during one."""
+    if lock is None:
+        yield
+        return
+    import fcntl
+
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_method(
+    method: str, prep: Path, wd: Path, o: dict[str, Any], reuse: bool = False
+) -> dict[str, Any]:
     """One method in its own process; peak memory of its process tree sampled every 3 s.
 
     Reading PSS (``/proc/PID/smaps``) of a multi-GB process tree costs 15-45% of one core at a
     0.5 s period, CPU taken from the method being timed on a 2-core box; training memory is
-    flat between steps, so a 3 s period finds the same peak."""
+    flat between steps, so a 3 s period finds the same peak. ``reuse``: a finished result of
+    the same settings is kept (a run interrupted between methods continues)."""
     out = wd / method
     res_path = out / "result.json"
+    if reuse and res_path.exists():
+        res = json.loads(res_path.read_text())
+        if res.get("opts") == o and "peak_pss" in res:
+            return res
     res_path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--run", method, "--workdir", str(wd), "--opts", json.dumps(o)]
     t0 = time.perf_counter()
@@ -217,7 +387,9 @@ def run_method(method: str, prep: Path, wd: Path, o: dict[str, Any]) -> dict[str
         peak_pss=peak,
         peak_rss_largest=peak_one,
         load_avg=float(np.mean(loads)) if loads else 0.0,
+        opts=o,
     )
+    res_path.write_text(json.dumps(res))
     return res
 
 
@@ -263,16 +435,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--heldout-rows", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=",".join([*PEERS, *DISTILL]))
+    ap.add_argument("--suite", choices=sorted(SUITES), default="stdlib")
+    ap.add_argument("--from-run", type=Path, help="demo suites: the pipeline's workdir")
+    ap.add_argument("--methods", help="comma-separated (default: the suite's)")
     ap.add_argument("--ablations", action="store_true", help="add the one-factor variants")
     ap.add_argument("--quick", action="store_true", help="4,096 tokens/method (a smoke run)")
+    ap.add_argument("--seconds", type=float, help="training-clock budget per method")
+    ap.add_argument("--lmbda", type=float, default=0.5, help="on-policy share of steps")
+    ap.add_argument("--beta", type=float, default=0.5, help="JSD beta of the on-policy methods")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--extra", default="rich", help="extra corpus: 'rich' or a directory")
+    ap.add_argument("--lock", type=Path, help="take this lock around each measurement")
+    ap.add_argument("--reuse", action="store_true", help="keep finished methods' results")
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--opts", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run:
         child(args.run, args.workdir, json.loads(args.opts))
         return
+    demo = args.suite.startswith("demo")
+    if demo and args.from_run is None:
+        ap.error(f"--suite {args.suite} needs --from-run (the demo pipeline's workdir)")
     tokens = 4096 if args.quick else args.tokens
+    if demo and args.tokens == ap.get_default("tokens") and not args.quick:
+        tokens = demo_tokens()
     o = {
         "steps": math.ceil(tokens / (args.batch_size * args.seq_len)),
         "batch_size": args.batch_size,
@@ -284,14 +472,32 @@ def main(argv: list[str] | None = None) -> None:
         "eval_every": args.eval_every,
         "heldout_rows": args.heldout_rows,
         "seed": args.seed,
+        "suite": args.suite,
+        "seconds": args.seconds,
+        "schedule": "constant" if args.seconds else "cosine",
+        "lmbda": args.lmbda,
+        "beta": args.beta,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_tokens": args.prompt_tokens,
+        "temperature": args.temperature,
+        "extra": args.extra,
     }
-    methods = args.methods.split(",") + (list(ABLATIONS) if args.ablations else [])
+    if args.seconds:  # the clock ends each run; warmup stays, the LR is constant after it
+        o["steps"] = STEP_CAP
+    methods = args.methods.split(",") if args.methods else list(SUITES[args.suite])
+    if args.ablations:
+        methods += list(DEMO_ABLATIONS if demo else ABLATIONS)
     t0 = time.perf_counter()
-    prep = prepare(args.workdir, o)
+    if demo:
+        with held(args.lock):
+            prep = prepare_from_run(args.workdir, args.from_run, o, "demo_topk_store" in methods)
+    else:
+        prep = prepare(args.workdir, o)
     results = {}
     for m in methods:
         print(f"[kd_vs_trl] {m} ...", flush=True)
-        results[m] = run_method(m, prep, args.workdir, o)
+        with held(args.lock):
+            results[m] = run_method(m, prep, args.workdir, o, args.reuse)
         r = results[m]
         print(f"  {m}: {r['tokens_per_s']:.0f} tok/s, {r['train_seconds']:.0f} s", flush=True)
     header = {
@@ -300,7 +506,16 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "total_seconds": time.perf_counter() - t0,
     }
-    report(results, prep, o, header, args.workdir, time_to)
+    with held(args.lock):
+        report(results, prep, o, header, args.workdir, time_to)
+
+
+def demo_tokens() -> int:
+    """The demo's KD budget (``max_steps × batch_size × seq_len`` of its ``distill:``)."""
+    from distill.config.loader import load_config
+
+    cfg = load_config(DEMO_CONFIG)
+    return int(cfg.distill.max_steps or 0) * cfg.distill.batch_size * cfg.data.seq_len
 
 
 if __name__ == "__main__":

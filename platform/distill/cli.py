@@ -123,9 +123,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     report = run_calibration(cfg)
     ch, check = report["choice"], report["heldout_check"]
     met = "meets" if ch["met"] else "does NOT meet"
+    q = f" (q {ch['quantile']:g})" if ch.get("quantile") is not None else ""
     print(
         f"calibrated on {report['prompts'] // 2} prompts ({met} the target): scoring "
-        f"{ch['scoring']} after {ch['decide_after_tokens']} tokens, threshold "
+        f"{ch['scoring']}{q} after {ch['decide_after_tokens']} tokens, threshold "
         f"{ch['threshold']:.4f} -> fallback {ch['fallback_rate']:.2f}, agreement "
         f"{ch['agreement']:.3f}"
     )
@@ -217,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="decide_after_tokens",
         type=lambda v: [int(x) for x in v.split(",")],
         help="candidates, e.g. 8,16 (default)",
+    )
+    c.add_argument(
+        "--quantiles",
+        type=lambda v: [float(x) for x in v.split(",")],
+        help="candidate q of the quantile (Chow-Quantile) scoring, e.g. 0.1,0.25,0.5 (default)",
     )
     c.add_argument("--threads", type=int)
     c.add_argument("--batch-size", dest="batch_size", type=int)

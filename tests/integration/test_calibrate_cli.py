@@ -45,12 +45,16 @@ def test_calibrate_writes_a_calibrated_serve_config(
         ["calibrate", "--student", str(tiny_mha.path), "--teacher", str(tiny_gqa.path),
          "--prompts", str(heldout), "--out", str(out), "--target-agreement", "0.9",
          "--num-prompts", "8", "--prompt-tokens", "16", "--max-tokens", "6",
-         "--decide-after-tokens", "2,3", "--threads", "1", "--batch-size", "2", "--serve-config", str(serve_cfg),
+         "--decide-after-tokens", "2,3", "--quantiles", "0.2,0.5", "--threads", "1", "--batch-size", "2", "--serve-config", str(serve_cfg),
          "--tracking-uri", uri, "--register", f"models:/tiny-student/{version}"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "calibration.json").read_text())
-    assert report["prompts"] == 8 and len(report["curves"]) == 6  # 3 scorings x 2 points
+    # (3 scorings + the quantile one at 2 q) x 2 decision points, each also checked on its own
+    assert report["prompts"] == 8 and len(report["curves"]) == 10
+    assert set(report["candidates"]) == set(report["curves"])
+    assert "quantile:0.2@2" in report["curves"]
+    assert all("heldout" in c and "fit" in c for c in report["candidates"].values())
     choice = report["choice"]
     assert choice["met"] and choice["agreement"] >= 0.9
     assert (out / "calibration.png").stat().st_size > 0
@@ -58,6 +62,8 @@ def test_calibrate_writes_a_calibrated_serve_config(
     cascade = cfg["applications"][0]["args"].cascade
     assert cascade.threshold == pytest.approx(choice["threshold"], abs=1e-6)
     assert cascade.scoring == choice["scoring"] and cascade.decide_after_tokens in (2, 3)
+    if choice["scoring"] == "quantile":
+        assert cascade.quantile == choice["quantile"] and choice["quantile"] in (0.2, 0.5)
     assert cascade.decide_after_tokens == choice["decide_after_tokens"]
     assert cascade.calibration == f"mlflow run {report['mlflow_run_id']}"
     run = client.get_run(report["mlflow_run_id"])

@@ -58,3 +58,56 @@ def test_prompts_from_the_corpus_stage_part_directory(tmp_path):
     empty.mkdir()
     with pytest.raises(DistillError, match="prompts not found"):
         load_prompts(cfg.model_copy(update={"prompts": empty}), None)
+
+
+def test_quantile_score_sits_between_min_and_median():
+    import math
+
+    from distill.serve.confidence import quantile, score
+
+    lps = [-0.1, -3.0, -0.2, -0.05, -0.3]
+    assert quantile(lps, 0.0) == -3.0 and quantile(lps, 1.0) == -0.05
+    assert quantile(lps, 0.5) == -0.2  # median
+    assert quantile([-1.0, -2.0], 0.25) == pytest.approx(-1.75)  # linear between order stats
+    assert score(lps, [], "quantile", 0.0) == pytest.approx(score(lps, [], "min_prob"))
+    assert score(lps, [], "quantile", 0.5) == pytest.approx(math.exp(-0.2))
+    # one hard token: the mean hides it less than the low quantile shows it
+    assert score(lps, [], "quantile", 0.1) < score(lps, [], "mean_logprob")
+    assert score([], [], "quantile") == 1.0
+    with pytest.raises(ValueError, match="quantile must be in"):
+        score(lps, [], "quantile", 1.5)
+
+
+def test_calibrate_compares_every_candidate_on_the_held_out_half():
+    from distill.serve.calibrate_run import (
+        Replayed,
+        curves_for,
+        fit_and_check,
+        parse_candidate,
+        scorings,
+    )
+
+    assert scorings([0.5, 0.1]) == [
+        "mean_logprob",
+        "min_prob",
+        "entropy",
+        "quantile:0.1",
+        "quantile:0.5",
+    ]
+    assert parse_candidate("quantile:0.25@16") == ("quantile", 0.25, 16)
+    assert parse_candidate("min_prob@8") == ("min_prob", None, 8)
+    # the wrong answers have a few hard tokens among easy ones; the right ones are uniformly
+    # moderately sure: their mean is lower, their low quantile higher
+    ids = list(range(16))
+    right = Replayed(ids, [-0.7] * 16, [0.1] * 16)
+    wrong = Replayed(ids, [-0.01] * 13 + [-3.0] * 3, [0.1] * 16)
+    student = [right, wrong] * 4
+    teacher = [Replayed(ids, [], []), Replayed([99] * 16, [], [])] * 4
+    data = curves_for(student, teacher, [16], [0.1, 0.5])
+    fitted = fit_and_check(data, Target(min_agreement=1.0))
+    per = fitted["per"]
+    assert set(per) == {f"{m}@16" for m in scorings([0.1, 0.5])}
+    assert per["quantile:0.1@16"]["heldout"]["fallback_rate"] == 0.5  # only the wrong ones
+    assert per["quantile:0.1@16"]["heldout"]["agreement"] == 1.0
+    assert per["mean_logprob@16"]["heldout"]["fallback_rate"] == 1.0  # the mean ranks them up
+    assert fitted["check"].fallback_rate == 0.5 and fitted["check"].agreement == 1.0

@@ -10,7 +10,10 @@ record it where a deployment picks it up::
 
 Writes ``OUT/calibration.json`` (settings, curves, choice, the held-out check),
 ``OUT/calibration.png``, and with ``--serve-config`` ``OUT/serve.yaml``: the same Serve config with
-``args.cascade`` set (threshold, scoring, decide_after_tokens, calibration). With a tracking URI
+``args.cascade`` set (threshold, scoring, quantile, decide_after_tokens, calibration). The
+candidates are every scoring of ``distill.serve.confidence`` at every decision point, the
+Chow-Quantile score once per ``--quantiles`` value (named ``quantile:0.25@16``); the report also
+gives each candidate's own best threshold on the fitting half and its held-out figures. With a tracking URI
 the run goes to MLflow (experiment ``distill-calibrate``); ``--register`` tags that model version
 with the chosen cascade (``distill.cascade.*``). The prompts are split in two: the threshold is
 chosen on the first half and the figures stated for the second half are measured, not fitted.
@@ -26,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from distill.config.base import DistillError, StrictModel
 from distill.serve.calibrate import Choice, Target, choose, evaluate, token_agreement, tradeoff
-from distill.serve.confidence import SCORINGS, score
+from distill.serve.confidence import DEFAULT_QUANTILE, SCORINGS, score
 
 
 class CalibrateConfig(StrictModel):
@@ -44,6 +47,9 @@ class CalibrateConfig(StrictModel):
     decide_after_tokens: list[int] = Field(
         [8, 16], min_length=1, description="candidates: the student's first N tokens are scored"
     )
+    quantiles: list[float] = Field(
+        [0.1, 0.25, 0.5], min_length=1, description="candidate q of the quantile scoring"
+    )
     target_agreement: float | None = Field(None, gt=0, le=1)
     max_fallback: float | None = Field(None, ge=0, le=1)
     threads: int = Field(2, ge=1)
@@ -51,6 +57,14 @@ class CalibrateConfig(StrictModel):
     serve_config: Path | None = None
     tracking_uri: str | None = None
     register_version: str | None = Field(None, description="models:/NAME/VERSION to tag")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        bad = [q for q in v if not 0.0 <= q <= 1.0]
+        if bad:
+            raise ValueError(f"every quantile must be in [0, 1], got {bad}")
+        return v
 
 
 @dataclass
@@ -120,16 +134,60 @@ def replay(ref: str, prompts: list[list[int]], cfg: CalibrateConfig) -> list[Rep
         engine.close()
 
 
-def curves_for(student: list[Replayed], teacher: list[Replayed], ks: list[int]) -> dict[str, Any]:
+def scorings(quantiles: list[float]) -> list[str]:
+    """Candidate scorings: every method, the quantile one once per q (``quantile:0.25``)."""
+    out = [m for m in SCORINGS if m != "quantile"]
+    return out + [f"quantile:{q:g}" for q in sorted(set(quantiles))]
+
+
+def parse_candidate(name: str) -> tuple[str, float | None, int]:
+    """``"quantile:0.25@16"`` -> ``("quantile", 0.25, 16)``; ``"min_prob@8"`` -> (…, None, 8)."""
+    method, k = name.split("@")
+    scoring, _, q = method.partition(":")
+    return scoring, (float(q) if q else None), int(k)
+
+
+def candidate_score(r: Replayed, name: str) -> float:
+    scoring, q, k = parse_candidate(name)
+    return score(r.logprobs[:k], r.entropies[:k], scoring, DEFAULT_QUANTILE if q is None else q)
+
+
+def curves_for(
+    student: list[Replayed],
+    teacher: list[Replayed],
+    ks: list[int],
+    quantiles: list[float] = (DEFAULT_QUANTILE,),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """Agreement per prompt, and confidences per ``scoring@decide_after_tokens`` candidate."""
     agree = [token_agreement(s.ids, t.ids) for s, t in zip(student, teacher, strict=True)]
     exact = [s.ids == t.ids for s, t in zip(student, teacher, strict=True)]
-    confs = {
-        f"{m}@{k}": [score(s.logprobs[:k], s.entropies[:k], m) for s in student]
-        for m in SCORINGS
-        for k in sorted(set(ks))
-    }
+    names = [f"{m}@{k}" for m in scorings(list(quantiles)) for k in sorted(set(ks))]
+    confs = {n: [candidate_score(s, n) for s in student] for n in names}
     return {"agreement": agree, "exact": exact, "confidence": confs}
+
+
+def fit_and_check(data: dict[str, Any], target: Target) -> dict[str, Any]:
+    """Choose on the first half, measure on the second: the overall choice and, per candidate,
+    its own best threshold (so the scorings can be compared on held-out prompts)."""
+    n = len(data["agreement"])
+    half = n // 2
+    agree, exact = data["agreement"], data["exact"]
+    fit = {m: tradeoff(c[:half], agree[:half], exact[:half]) for m, c in data["confidence"].items()}
+
+    def check(name: str, threshold: float) -> Any:
+        c = data["confidence"][name]
+        return evaluate(threshold, c[half:], agree[half:], exact[half:])
+
+    choice = choose(fit, target)
+    per = {}
+    for m, pts in fit.items():
+        own = choose({m: pts}, target)
+        per[m] = {
+            "met": own.met,
+            "fit": asdict(own.point),
+            "heldout": asdict(check(m, own.point.threshold)),
+        }
+    return {"choice": choice, "check": check(choice.scoring, choice.point.threshold), "per": per}
 
 
 def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
@@ -145,19 +203,11 @@ def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
         raise DistillError(f"{cfg.prompts}: {len(prompts)} prompts; calibration needs at least 4")
     student = replay(cfg.student, prompts, cfg)
     teacher = replay(cfg.teacher, prompts, cfg)
-    data = curves_for(student, teacher, cfg.decide_after_tokens)
-    half = len(prompts) // 2
-    fit = {
-        m: tradeoff(c[:half], data["agreement"][:half], data["exact"][:half])
-        for m, c in data["confidence"].items()
-    }
-    choice = choose(fit, target)
-    c = data["confidence"][choice.scoring]
-    check = evaluate(
-        choice.point.threshold, c[half:], data["agreement"][half:], data["exact"][half:]
-    )
+    data = curves_for(student, teacher, cfg.decide_after_tokens, cfg.quantiles)
+    fitted = fit_and_check(data, target)
+    choice, check = fitted["choice"], fitted["check"]
     full = {m: tradeoff(v, data["agreement"], data["exact"]) for m, v in data["confidence"].items()}
-    scoring, k = choice.scoring.split("@")
+    scoring, q, k = parse_candidate(choice.scoring)
     report = {
         "settings": cfg.model_dump(mode="json"),
         "prompts": len(prompts),
@@ -168,11 +218,13 @@ def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
         },
         "choice": {
             "scoring": scoring,
-            "decide_after_tokens": int(k),
+            "quantile": q,
+            "decide_after_tokens": k,
             "met": choice.met,
             **asdict(choice.point),
         },
         "heldout_check": asdict(check),
+        "candidates": fitted["per"],
         "curves": {m: [asdict(p) for p in pts] for m, pts in full.items()},
     }
     write_outputs(cfg, report, full, choice)
@@ -228,6 +280,11 @@ def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choi
     cascade = {
         "threshold": round(choice.point.threshold, 6),
         "scoring": report["choice"]["scoring"],
+        **(
+            {"quantile": report["choice"]["quantile"]}
+            if report["choice"]["quantile"] is not None
+            else {}
+        ),
         "decide_after_tokens": report["choice"]["decide_after_tokens"],
         "takeover": "prompt",
         "calibration": str((cfg.out / "calibration.json").resolve()),
@@ -263,7 +320,8 @@ def _log_mlflow(cfg: CalibrateConfig, report: dict, fig: Any, cascade: dict[str,
         for k in ("threshold", "fallback_rate", "agreement", "exact"):
             client.log_metric(rid, f"{prefix}.{k}", float(block[k]))
     for m, pts in report["curves"].items():
-        key = m.replace("@", ".after")  # mean_logprob@16 -> curve.mean_logprob.after16.*
+        # mean_logprob@16 -> curve.mean_logprob.after16.*, quantile:0.25@16 -> quantile.q0.25...
+        key = m.replace("@", ".after").replace(":", ".q")
         for i, p in enumerate(pts):
             client.log_metric(rid, f"curve.{key}.agreement", p["agreement"], step=i)
             client.log_metric(rid, f"curve.{key}.fallback_rate", p["fallback_rate"], step=i)

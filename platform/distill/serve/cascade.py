@@ -149,7 +149,7 @@ class Answer:
         info = dict(self.info)
         if self.route == "student":  # pinned: score the whole answer
             s = self.stream
-            info["confidence"] = score(s.logprobs, s.entropies, info["scoring"])
+            info["confidence"] = score(s.logprobs, s.entropies, info["scoring"], info["quantile"])
         latency: dict[str, float] = {}
         for s in self.opened:
             latency[s.model] = latency.get(s.model, 0.0) + s.ms
@@ -173,7 +173,12 @@ async def start_answer(
     route: str, open_student: Opener, open_teacher: Opener, cascade: CascadeConfig
 ) -> Answer:
     """Start answering on ``route`` ('cascade' | 'student' | 'teacher'); returns once decided."""
-    base = {"scoring": cascade.scoring, "threshold": cascade.threshold, "discarded_tokens": 0}
+    base = {
+        "scoring": cascade.scoring,
+        "quantile": cascade.quantile,
+        "threshold": cascade.threshold,
+        "discarded_tokens": 0,
+    }
     opened: list[ModelStream] = []
     try:
         if route in ("student", "teacher"):
@@ -224,7 +229,11 @@ async def _cascade(
     opened.append(student)
     head, err = await _student_prefix(student, cascade)
     k = cascade.decide_after_tokens
-    conf = None if err else score(student.logprobs[:k], student.entropies[:k], cascade.scoring)
+    conf = (
+        None
+        if err
+        else score(student.logprobs[:k], student.entropies[:k], cascade.scoring, cascade.quantile)
+    )
     if err is not None and not cascade.fallback_on_error:
         raise RequestFailed(503, f"the student failed ({type(err).__name__}: {err})")
     decision = decide(conf, cascade, student_failed=err is not None)

@@ -20,7 +20,7 @@ from distill.config.base import StrictModel
 from distill.lineage.resolve import parse_model_uri
 from distill.monitor.config import RequestLogConfig
 
-Scoring = Literal["mean_logprob", "min_prob", "entropy"]
+Scoring = Literal["mean_logprob", "min_prob", "entropy", "quantile"]
 MODEL_REF_HELP = (
     "a local HF directory, 'models:/NAME/VERSION' or 'models:/NAME@ALIAS' (MLflow), "
     "or 'gguf:default'"
@@ -175,7 +175,11 @@ class CascadeConfig(StrictModel):
     scoring: Scoring = Field(
         "mean_logprob",
         description="mean_logprob: exp(mean token log-prob); min_prob: lowest token probability; "
-        "entropy: 1 - mean normalized entropy of the student's next-token distributions",
+        "entropy: 1 - mean normalized entropy of the student's next-token distributions; "
+        "quantile: exp(the quantile-th quantile of the token log-probs) (Chow-Quantile)",
+    )
+    quantile: float = Field(
+        0.25, ge=0.0, le=1.0, description="q of scoring: quantile (0 = min_prob, 0.5 = median)"
     )
     decide_after_tokens: int = Field(
         16, ge=1, le=4096, description="the student's first N tokens are scored, then decided"

@@ -28,7 +28,8 @@ class CascadeOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: float | None = Field(None, ge=0.0, le=1.0)
-    scoring: Literal["mean_logprob", "min_prob", "entropy"] | None = None
+    scoring: Literal["mean_logprob", "min_prob", "entropy", "quantile"] | None = None
+    quantile: float | None = Field(None, ge=0.0, le=1.0)
     fallback: bool | None = None
     decide_after_tokens: int | None = Field(None, ge=1, le=4096)
     takeover: Literal["prompt", "prefix"] | None = None
@@ -244,6 +245,7 @@ class DistillInfo(BaseModel):
     fallback: bool
     reason: str
     scoring: str
+    quantile: float | None = Field(None, description="q when scoring is quantile")
     threshold: float
     latency_ms: dict[str, float] = Field(default_factory=dict, description="per model")
     segments: list[dict[str, Any]] = Field(

@@ -4,6 +4,11 @@
       mode: offline            # offline: stored top-k soft labels; online: live teacher;
                                # sft: labels only (the seq-KD ``sft`` stage sets this)
       loss: {name: forward_kl, temperature: 1.0, alpha: 0.1, kd_weight: 1.0}
+      on_policy:               # a share of steps trains on the student's own samples (GKD)
+        lmbda: 0.5             # 0 = off; 1 = every step
+        max_new_tokens: 32
+        loss: {name: jsd, beta: 0.5}
+      teacher_placement: worker  # worker: a teacher in each worker; actor: one per node
       zero_stage: 2
       num_workers: 2
       max_steps: 50
@@ -16,18 +21,18 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
 
 LossName = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
 
 
-class KDLossConfig(StrictModel):
+class DivergenceConfig(StrictModel):
+    """Which registry divergence (``distill.losses.LOSSES``) and its settings."""
+
     name: LossName = Field("forward_kl", description="KD divergence (registry distill.losses)")
     temperature: float = Field(1.0, gt=0, le=20, description="softens both sides; loss × T²")
-    alpha: float = Field(0.0, ge=0, description="weight of the hard-label cross-entropy")
-    kd_weight: float = Field(1.0, ge=0, description="weight of the KD term")
     beta: float = Field(0.5, gt=0, lt=1, description="β of the generalized JSD (loss: jsd)")
     skew: float = Field(0.1, gt=0, lt=1, description="α of skew_forward_kl / skew_reverse_kl")
 
@@ -37,6 +42,57 @@ class KDLossConfig(StrictModel):
         if self.name.startswith("skew_"):
             return self.skew
         return None
+
+
+class KDLossConfig(DivergenceConfig):
+    alpha: float = Field(0.0, ge=0, description="weight of the hard-label cross-entropy")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the KD term")
+
+
+class OnPolicyConfig(StrictModel):
+    """On-policy distillation (GKD, arXiv 2306.13649): on a share ``lmbda`` of the steps the
+    student samples completions of prompts cut from that step's train rows, the live teacher
+    scores prompt + completion in one forward, and the loss counts the generated positions only.
+    The other steps train on the store / corpus rows as usual."""
+
+    lmbda: float = Field(
+        0.0, description="share of optimizer steps that are on-policy, in [0, 1]; 0 = off"
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="tokens sampled per prompt")
+    temperature: float = Field(1.0, gt=0, le=10, description="the student's sampling temperature")
+    prompt_tokens: int = Field(
+        64, ge=1, description="prompt = the first N tokens of each of the step's train rows"
+    )
+    loss: DivergenceConfig | None = Field(
+        None,
+        description="divergence of the on-policy steps (full teacher logits: any registry loss "
+        "at any temperature); unset = distill.loss's. No CE term: the targets are the "
+        "student's own samples",
+    )
+
+    @field_validator("lmbda")
+    @classmethod
+    def _lmbda(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(
+                f"distill.on_policy.lmbda must be in [0, 1] (the share of on-policy steps), got {v}"
+            )
+        return v
+
+
+class TeacherActorConfig(StrictModel):
+    """The live teacher as a Ray actor (``teacher_placement: actor``), one per node."""
+
+    num_cpus: float = Field(
+        0.0, ge=0, description="Ray CPUs reserved; 0 = shares the workers' (they wait on it)"
+    )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs for the teacher (e.g. 1, or 0.5)")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads in the actor; unset = distill.cpus_per_worker"
+    )
+    max_restarts: int = Field(
+        1, ge=0, description="Ray restarts of a dead teacher actor (calls in flight are retried)"
+    )
 
 
 class FeatureLossConfig(StrictModel):
@@ -64,6 +120,13 @@ class DistillConfig(StrictModel):
         "sft: no teacher, cross-entropy on pre-masked labels (LoopSpec.sft_path; loss ignored)",
     )
     loss: KDLossConfig = Field(default_factory=KDLossConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
+    teacher_placement: Literal["worker", "actor"] = Field(
+        "worker",
+        description="where the live teacher (online / on-policy scoring) runs: a copy in each "
+        "training worker, or one Ray actor per node serving every worker on it",
+    )
+    teacher_actor: TeacherActorConfig = Field(default_factory=TeacherActorConfig)
     feature: FeatureLossConfig = Field(default_factory=FeatureLossConfig)
     attention: AttentionLossConfig = Field(default_factory=AttentionLossConfig)
     zero_stage: Literal[0, 1, 2, 3] = Field(
@@ -95,6 +158,12 @@ class DistillConfig(StrictModel):
     )
     max_steps: int | None = Field(50, ge=1, description="optimizer steps; with max_tokens: min")
     max_tokens: int | None = Field(None, ge=1, description="training-token budget")
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="training-clock budget: the run ends (and exports) after the step that "
+        "reaches it, even before max_steps; the LR schedule still spans max_steps",
+    )
     clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
     eval_every: int = Field(0, ge=0, description="held-out eval every N steps; 0 = at end only")
     eval_rows: int = Field(32, ge=1, description="held-out rows per evaluation")
@@ -139,9 +208,37 @@ class DistillConfig(StrictModel):
             raise ValueError("every loss weight is 0: set loss.alpha and/or loss.kd_weight")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"distill.betas must be in [0, 1), got {list(self.betas)}")
+        if self.on_policy.lmbda > 0:
+            if self.mode == "sft":
+                raise ValueError("distill.on_policy is for mode offline or online, not sft")
+            if self.loss.kd_weight == 0:
+                raise ValueError(
+                    "distill.on_policy.lmbda > 0 with loss.kd_weight 0: the on-policy steps' loss "
+                    "is kd_weight × the divergence; set loss.kd_weight > 0"
+                )
+            if self.zero_stage == 3:
+                raise ValueError(
+                    "distill.on_policy needs zero_stage 0, 1 or 2: the student samples with its "
+                    "whole weights on each rank (ZeRO-3 partitions them)"
+                )
+        if self.teacher_placement == "actor" and (self.feature.weight or self.attention.weight):
+            raise ValueError(
+                "distill.teacher_placement: actor serves the teacher's logits only; feature / "
+                "attention losses need teacher_placement: worker"
+            )
         if self.dtype == "bfloat16" and not self.use_gpu:
             raise ValueError("dtype bfloat16 is for use_gpu: true; on CPU use float32 (or auto)")
         return self
+
+    @property
+    def needs_teacher(self) -> bool:
+        """A live teacher is loaded: online mode, or on-policy steps (any mode)."""
+        return self.mode == "online" or self.on_policy.lmbda > 0
+
+    def on_policy_divergence(self) -> DivergenceConfig:
+        return self.on_policy.loss or DivergenceConfig(
+            **self.loss.model_dump(include={"name", "temperature", "beta", "skew"})
+        )
 
     def loss_weights(self) -> tuple[float, float]:
         """``(ce, kd)`` weights the loop uses: sft mode is plain cross-entropy (1, 0)."""

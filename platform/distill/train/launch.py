@@ -5,7 +5,9 @@
 
 A run with the same ``run_name`` and ``storage_path`` resumes from its latest checkpoint; worker
 failures (a crashed worker, a lost node) restart the group up to ``cfg.max_failures`` times,
-each restart resuming likewise. Every worker records the Ray node it ran on under
+each restart resuming likewise. With ``distill.teacher_placement: actor`` the workers share one
+teacher actor per node (``distill.train.teacher``), owned by the worker group: it ends with the
+run, and a restarted group starts a new one. Every worker records the Ray node it ran on under
 ``<storage_path>/<run_name>/distill-nodes/``; the returned metrics list them (``train_node_ids``).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 from distill.config.base import DistillError
@@ -24,20 +27,31 @@ NODES_DIR = "distill-nodes"
 _NODES_KEY = "_distill_nodes_uri"
 
 
-def check_cluster(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> None:
-    """Fail before training when the Ray cluster cannot place the worker group (it would hang)."""
+def check_cluster(
+    num_workers: int,
+    cpus_per_worker: float,
+    use_gpu: bool,
+    teacher_cpus: float = 0.0,
+    teacher_gpus: float = 0.0,
+) -> None:
+    """Fail before training when the Ray cluster cannot place the worker group and the teacher
+    actor (``teacher_*``: its reservation; counted once, as on a single node) -- it would hang."""
     import ray
 
     res = ray.cluster_resources()
     need = num_workers * cpus_per_worker
-    if res.get("CPU", 0) + 1e-9 < need:
+    if res.get("CPU", 0) + 1e-9 < need + teacher_cpus:
+        actor = f" + {teacher_cpus:g} for the teacher actor" if teacher_cpus else ""
         raise DistillError(
-            f"distill needs {need:g} CPUs ({num_workers} workers × {cpus_per_worker:g}) but the Ray "
-            f"cluster has {res.get('CPU', 0):g}: lower distill.num_workers/cpus_per_worker"
+            f"distill needs {need + teacher_cpus:g} CPUs ({num_workers} workers × "
+            f"{cpus_per_worker:g}{actor}) but the Ray cluster has {res.get('CPU', 0):g}: lower "
+            "distill.num_workers/cpus_per_worker (or distill.teacher_actor.num_cpus)"
         )
-    if use_gpu and res.get("GPU", 0) < num_workers:
+    gpus = (num_workers if use_gpu else 0) + teacher_gpus
+    if gpus and res.get("GPU", 0) + 1e-9 < gpus:
         raise DistillError(
-            f"distill.use_gpu needs {num_workers} GPUs; the Ray cluster has {res.get('GPU', 0):g}"
+            f"distill needs {gpus:g} GPUs (use_gpu: {num_workers if use_gpu else 0}, "
+            f"teacher_actor.num_gpus: {teacher_gpus:g}); the Ray cluster has {res.get('GPU', 0):g}"
         )
 
 
@@ -53,6 +67,17 @@ def _worker(config: dict[str, Any]) -> None:
     record = {"rank": rank, "node_id": node, "pid": os.getpid()}
     write_text(nodes_uri, f"rank{rank}-{node[:12]}-{os.getpid()}.json", json.dumps(record))
     train_loop_per_worker(config)
+
+
+def failure_message(e: BaseException) -> str:
+    """A worker's own ``DistillError`` when one caused the failure (Ray's summary cuts the
+    middle of long tracebacks), else the exception as Ray gives it."""
+    failures = getattr(e, "worker_failures", None) or {}
+    for rank, err in sorted(failures.items()):
+        cause = getattr(err, "cause", err)
+        if isinstance(cause, DistillError):
+            return f"rank {rank}: {cause}"
+    return f"{type(e).__name__}: {e}"
 
 
 def worker_nodes(nodes_uri: str) -> list[str]:
@@ -74,7 +99,12 @@ def launch(
     from ray.train.torch import TorchTrainer
 
     cfg = spec.cfg
-    check_cluster(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu)
+    actor = cfg.needs_teacher and cfg.teacher_placement == "actor"
+    t_cpus = cfg.teacher_actor.num_cpus if actor else 0.0
+    t_gpus = cfg.teacher_actor.num_gpus if actor else 0.0
+    check_cluster(cfg.num_workers, cfg.cpus_per_worker, cfg.use_gpu, t_cpus, t_gpus)
+    if actor and spec.teacher_actor is None:  # a fresh name per launch: no stale actor reused
+        spec = spec.model_copy(update={"teacher_actor": f"{run_name}-{uuid.uuid4().hex[:8]}"})
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
         resources["GPU"] = 1
@@ -99,7 +129,7 @@ def launch(
     try:
         result = trainer.fit()
     except Exception as e:
-        raise DistillError(f"distillation run {run_name!r} failed: {type(e).__name__}: {e}") from e
+        raise DistillError(f"distillation run {run_name!r} failed: {failure_message(e)}") from e
     if result.error is not None:
-        raise DistillError(f"distillation run {run_name!r} failed: {result.error}")
+        raise DistillError(f"distillation run {run_name!r} failed: {failure_message(result.error)}")
     return {**dict(result.metrics or {}), "train_node_ids": worker_nodes(nodes_uri)}

@@ -6,8 +6,9 @@ globals. ``distill.train.launch.launch(spec)`` starts it on a ``TorchTrainer``::
     launch(LoopSpec(cfg=DistillConfig(mode="online"), student_path=..., ...), run_name="x")
 
 The worker runs named phases: ``build`` (models, DeepSpeed engine), ``restore`` (the step of
-the last Ray checkpoint), ``data`` (this rank's batches), then per step ``train_step`` (forward,
-fused loss, backward, optimizer) and ``finish_step`` (metrics, held-out eval, MLflow on rank 0,
+the last Ray checkpoint), ``data`` (this rank's batches), then per step ``train_step`` (on an
+on-policy step first the student's rollouts, ``distill.train.rollout``; then forward, fused
+loss, backward, optimizer) and ``finish_step`` (metrics, held-out eval, MLflow on rank 0,
 checkpoint, export of the final student).
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
 from distill.train.config import DistillConfig
@@ -37,7 +38,12 @@ class LoopSpec(StrictModel):
 
     cfg: DistillConfig
     student_path: str = Field(..., description="HF dir the student starts from")
-    teacher_path: str | None = Field(None, description="online mode: the live teacher")
+    teacher_path: str | None = Field(
+        None, description="online mode / on-policy steps: the live teacher"
+    )
+    teacher_actor: str | None = Field(
+        None, description="teacher_placement actor: name prefix of the per-node teacher actors"
+    )
     store_path: str | None = Field(None, description="offline mode: the soft-label store")
     train_path: str | None = Field(None, description="online mode: packed train rows (parquet)")
     sft_path: str | None = Field(
@@ -54,6 +60,19 @@ class LoopSpec(StrictModel):
         "(distill.quant.fakequant: STE, scales trainable) and export it repacked as GPTQ",
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> LoopSpec:
+        cfg = self.cfg
+        if cfg.needs_teacher and not self.teacher_path:
+            why = "mode online" if cfg.mode == "online" else "distill.on_policy.lmbda > 0"
+            raise ValueError(f"{why} needs the live teacher: teacher_path is not set")
+        if cfg.on_policy.lmbda > 0 and cfg.on_policy.prompt_tokens >= self.seq_len:
+            raise ValueError(
+                f"distill.on_policy.prompt_tokens ({cfg.on_policy.prompt_tokens}) must be below "
+                f"the rows' seq_len ({self.seq_len})"
+            )
+        return self
+
 
 @dataclass
 class Worker:
@@ -66,12 +85,21 @@ class Worker:
     engine: Any = None
     teacher: Any = None
     weights: Any = None
+    on_policy_weights: Any = None
+    stop_ids: list[int] = field(default_factory=list)
+    pad_id: int = 0
     source: Any = None
     heldout: Any = None
     sft_columns: dict | None = None
     step: int = 0
     start_step: int = 0
-    train_time: float = 0.0
+    train_time: float = 0.0  # training clock of the whole run (restored on resume)
+    attempt_time: float = 0.0  # ... of this attempt (the tokens/s denominator)
+    tokens: float = 0.0  # tokens the training forwards saw, all ranks, whole run
+    attempt_tokens: float = 0.0
+    rollout_time: float = 0.0  # seconds sampling on-policy completions, mean over ranks
+    rollout_tokens: float = 0.0  # tokens sampled, all ranks
+    on_policy_steps: int = 0
     last: dict[str, float] = field(default_factory=dict)
     log: Any = None
 
@@ -127,17 +155,12 @@ def build(w: Worker) -> None:
     if cfg.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
         student.get_output_embeddings().weight.requires_grad_(False)
-    if cfg.mode == "online":
-        w.teacher = AutoModelForCausalLM.from_pretrained(
-            spec.teacher_path,
-            dtype=getattr(torch, cfg.compute_dtype),
-            local_files_only=True,
-            **eager,
-        )
-        w.teacher.to(w.device).eval().requires_grad_(False)
+    if cfg.needs_teacher:
+        w.teacher = load_teacher(spec, w.device, eager=bool(eager))
+    w.stop_ids, w.pad_id = stop_ids(student)
     feature = None
     if cfg.feature.weight:
-        t_hidden = w.teacher.config.hidden_size  # type: ignore[union-attr]
+        t_hidden = w.teacher.hidden_size
         feature = FeatureLoss(
             cfg.feature.pairs, student.config.hidden_size, t_hidden, cfg.feature.kind
         )
@@ -161,6 +184,34 @@ def build(w: Worker) -> None:
         attention_kind=cfg.attention.kind,
         attention_pairs=tuple(cfg.attention.pairs),
     )
+    div = cfg.on_policy_divergence()
+    w.on_policy_weights = LossWeights(  # no CE: the targets are the student's own samples
+        ce=0.0, kd=cfg.loss.kd_weight, name=div.name, temperature=div.temperature, param=div.param()
+    )
+
+
+def load_teacher(spec: LoopSpec, device: Any, eager: bool = False) -> Any:
+    """The live teacher: a copy in this worker, or the teacher actor on this node."""
+    from distill.train.teacher import LocalTeacher, RemoteTeacher
+
+    cfg = spec.cfg
+    path = spec.teacher_path or ""
+    if cfg.teacher_placement == "actor":
+        prefix = spec.teacher_actor or "distill-teacher"
+        return RemoteTeacher.for_this_node(prefix, path, cfg, device)
+    return LocalTeacher.load(path, cfg.compute_dtype, device, eager)
+
+
+def stop_ids(model: Any) -> tuple[list[int], int]:
+    """The student's stop tokens (generation config and model config) and its pad id."""
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(src, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    pad = getattr(model.config, "pad_token_id", None)
+    if pad is None:
+        pad = min(ids) if ids else 0
+    return sorted(ids), int(pad)
 
 
 def restore(w: Worker) -> None:
@@ -171,8 +222,26 @@ def restore(w: Worker) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             _, client_state = w.engine.load_checkpoint(d, tag="state")
-        w.step = int((client_state or {}).get("step", 0))
+        state = client_state or {}
+        w.step = int(state.get("step", 0))
+        w.train_time = float(state.get("train_seconds", 0.0))
+        w.tokens = float(state.get("tokens", w.step * w.spec.cfg.tokens_per_step(w.spec.seq_len)))
+        w.rollout_time = float(state.get("rollout_seconds", 0.0))
+        w.rollout_tokens = float(state.get("rollout_tokens", 0.0))
+        w.on_policy_steps = int(state.get("on_policy_steps", 0))
     w.start_step = w.step
+
+
+def client_state(w: Worker) -> dict[str, float]:
+    """What a checkpoint carries besides the engine state (``restore`` reads it back)."""
+    return {
+        "step": w.step,
+        "train_seconds": w.train_time,
+        "tokens": w.tokens,
+        "rollout_seconds": w.rollout_time,
+        "rollout_tokens": w.rollout_tokens,
+        "on_policy_steps": w.on_policy_steps,
+    }
 
 
 def data(w: Worker) -> None:
@@ -217,14 +286,54 @@ def step_denominator(w: Worker) -> float:
     return max(total, 1) / (w.world * cfg.grad_accum)
 
 
-def micro_step(w: Worker, m: int, denominator: float) -> list[float]:
-    """Forward, fused loss and backward of global micro-batch ``m``; returns logged parts."""
+def rollouts(w: Worker) -> tuple[list[dict[str, Any]], float, float]:
+    """The student's samples for every micro-batch of this (on-policy) step: prompts are the
+    first ``prompt_tokens`` of the step's rows. Returns the batches, the step's denominator
+    (generated positions, as ``step_denominator``) and the seconds spent sampling."""
     import torch
+    import torch.distributed as dist
 
+    from distill.train.rollout import sample, step_generator
+
+    cfg, op = w.spec.cfg, w.spec.cfg.on_policy
+    t0 = time.perf_counter()
+    out = []
+    for j in range(cfg.grad_accum):
+        m = w.step * cfg.grad_accum + j
+        prompts = w.source.get(m)["input_ids"][:, : op.prompt_tokens].to(w.device)
+        gen = step_generator(cfg.seed, w.step, w.rank, j, w.device)
+        roll = sample(
+            w.engine.module.student,
+            prompts,
+            op.max_new_tokens,
+            op.temperature,
+            w.stop_ids,
+            w.pad_id,
+            gen,
+        )
+        out.append(
+            {
+                "input_ids": roll.input_ids,
+                "attention_mask": roll.attention_mask,
+                "labels": roll.labels,
+            }
+        )
+    seconds = time.perf_counter() - t0
+    count = torch.tensor(
+        [sum(float((b["labels"][:, 1:] != -100).sum()) for b in out)], dtype=torch.float64
+    )
+    if dist.is_initialized():
+        dist.all_reduce(count)
+    return out, max(float(count[0]), 1.0) / (w.world * cfg.grad_accum), seconds
+
+
+def micro_step(
+    w: Worker, batch: dict[str, Any], denominator: float, on_policy: bool = False
+) -> list[float]:
+    """Forward, fused loss and backward of one micro-batch; returns logged parts."""
     from distill.losses import total_loss
 
     cfg, dev = w.spec.cfg, w.device
-    batch = w.source.get(m)
     ids = batch["input_ids"].to(dev)
     am = batch["attention_mask"].to(dev) if "attention_mask" in batch else None
     labels = batch["labels"].to(dev) if "labels" in batch else None
@@ -236,15 +345,12 @@ def micro_step(w: Worker, m: int, denominator: float) -> list[float]:
         "output_attentions": bool(cfg.attention.weight),
     }
     t_out, t_head = None, None
-    if w.teacher is not None:
-        t_head = head_weight(w.teacher) if head is not None else None
-        with torch.no_grad():
-            t_model = w.teacher if t_head is None else w.teacher.base_model
-            t_out = t_model(input_ids=ids, attention_mask=am, **fwd_kw)
+    if w.teacher is not None and (on_policy or cfg.mode == "online"):
+        t_out, t_head = w.teacher(ids, am, head is not None, **fwd_kw)
     stored = {k: v.to(dev) for k, v in batch.items() if k not in ("input_ids", "labels")}
     s_out = w.engine(head=head is None, input_ids=ids, attention_mask=am, **fwd_kw)
     loss, parts = total_loss(
-        w.weights,
+        w.on_policy_weights if on_policy else w.weights,
         s_out,
         ids,
         am,
@@ -268,30 +374,67 @@ def train_step(w: Worker) -> None:
     import torch
     import torch.distributed as dist
 
+    from distill.train.rollout import is_on_policy
+
     cfg = w.spec.cfg
     _maybe_fail(w.step, w.rank)
     t0 = time.perf_counter()
-    denominator = step_denominator(w)
+    on_policy = is_on_policy(w.step, cfg.on_policy.lmbda)
+    first = w.step * cfg.grad_accum
+    if on_policy:
+        batches, denominator, gen_s = rollouts(w)
+        tokens = sum(float(b["attention_mask"].sum()) for b in batches)
+        sampled = sum(float((b["labels"] != -100).sum()) for b in batches)
+    else:
+        batches = [w.source.get(first + j) for j in range(cfg.grad_accum)]
+        denominator, gen_s, sampled = step_denominator(w), 0.0, 0.0
+        tokens = float(cfg.grad_accum * cfg.batch_size * w.spec.seq_len)
     acc = torch.zeros(len(PART_NAMES), dtype=torch.float64)
-    for j in range(cfg.grad_accum):
-        acc += torch.tensor(micro_step(w, w.step * cfg.grad_accum + j, denominator))
+    for batch in batches:
+        acc += torch.tensor(micro_step(w, batch, denominator, on_policy))
     w.step += 1
-    w.train_time += time.perf_counter() - t0
+    step_s = time.perf_counter() - t0
+    # [parts..., tokens, sampled tokens, sampling seconds, step seconds (max over ranks)]
+    counts = torch.tensor([tokens, sampled, gen_s], dtype=torch.float64)
+    slowest = torch.tensor([step_s], dtype=torch.float64)
     if dist.is_initialized():
         dist.all_reduce(acc)
+        dist.all_reduce(counts)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     acc /= cfg.grad_accum * w.world
-    tokens_per_step = cfg.batch_size * w.world * cfg.grad_accum * w.spec.seq_len
+    w.train_time += float(slowest[0])
+    w.attempt_time += float(slowest[0])
+    w.tokens += float(counts[0])
+    w.attempt_tokens += float(counts[0])
+    w.rollout_tokens += float(counts[1])
+    w.rollout_time += float(counts[2]) / w.world
+    w.on_policy_steps += int(on_policy)
     w.last = {f"train/{n}": float(v) for n, v in zip(PART_NAMES, acc.tolist(), strict=True)}
     w.last.update(
         {
             "lr": float(w.engine.get_lr()[0]),
-            "tokens_per_s": (w.step - w.start_step) * tokens_per_step / max(w.train_time, 1e-9),
+            "tokens_per_s": w.attempt_tokens / max(w.attempt_time, 1e-9),
             "train_seconds": w.train_time,
             "rows_consumed": float(w.step * cfg.grad_accum * cfg.batch_size * w.world),
-            "tokens": float(w.step * tokens_per_step),
+            "tokens": w.tokens,
             "resumed_from_step": float(w.start_step),
+            "on_policy": float(on_policy),
+            "on_policy_steps": float(w.on_policy_steps),
+            "rollout_seconds": w.rollout_time,
+            "rollout_tokens": w.rollout_tokens,
+            "rollout_tokens_per_s": w.rollout_tokens / max(w.rollout_time, 1e-9),
         }
     )
+
+
+def out_of_budget(w: Worker) -> bool:
+    """Past ``max_steps`` (the planned steps) or past the ``max_seconds`` training clock.
+
+    ``train_time`` is the slowest rank's step time summed, the same on every rank."""
+    cfg = w.spec.cfg
+    if w.step >= w.spec.total_steps:
+        return True
+    return cfg.max_seconds is not None and w.train_time >= cfg.max_seconds
 
 
 def evaluate(engine: Any, rows: Any, batch_size: int, device: Any) -> dict[str, float]:
@@ -321,8 +464,8 @@ def finish_step(w: Worker) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    cfg, spec = w.spec.cfg, w.spec
-    final = w.step == spec.total_steps
+    cfg = w.spec.cfg
+    final = out_of_budget(w)
     if len(w.heldout) and (final or (cfg.eval_every and w.step % cfg.eval_every == 0)):
         w.last.update(evaluate(w.engine, w.heldout, cfg.batch_size, w.device))
     if w.log is not None:
@@ -332,7 +475,7 @@ def finish_step(w: Worker) -> None:
     if final:
         export(w)
     tmp = tempfile.mkdtemp(prefix=f"distill-ckpt-r{w.rank}-")
-    w.engine.save_checkpoint(tmp, tag="state", client_state={"step": w.step})
+    w.engine.save_checkpoint(tmp, tag="state", client_state=client_state(w))
     ray.train.report(
         {**w.last, "step": w.step},
         checkpoint=Checkpoint.from_directory(tmp),
@@ -380,9 +523,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     restore(w)
     data(w)
     w.log = _mlflow_logger(spec.tracking) if w.rank == 0 else None
-    while w.step < spec.total_steps:
+    resumed_done = out_of_budget(w)
+    while not out_of_budget(w):
         train_step(w)
         finish_step(w)
-    if w.start_step >= spec.total_steps:  # resumed after the final checkpoint: export again
+    if resumed_done:  # resumed after the final checkpoint: export again
         export(w)
         ray.train.report({"step": w.step, **w.last})

@@ -45,6 +45,7 @@ def check_inputs(
             "distill.mode: sft is what the seq-KD `sft` stage uses internally; for the distill "
             "stage use mode offline (soft labels) or online (live teacher)"
         )
+    check_teacher_reachable(cfg, teacher_dir)
     check_tokenizer_compat(teacher_dir, student_dir)
     t_layers, s_layers = _num_layers(teacher_dir), _num_layers(student_dir)
     for name, sec in (("feature", cfg.feature), ("attention", cfg.attention)):
@@ -72,6 +73,22 @@ def check_inputs(
             f"soft-label store vocab_size {st_vocab} != student vocab_size {s_vocab}"
         )
     return store
+
+
+def check_teacher_reachable(cfg: DistillConfig, teacher_dir: Path) -> None:
+    """Online mode and on-policy steps load the live teacher: its weights must be there."""
+    if not cfg.needs_teacher:
+        return
+    teacher_dir = Path(teacher_dir)
+    weights = [*teacher_dir.glob("*.safetensors"), *teacher_dir.glob("pytorch_model*.bin")]
+    if (teacher_dir / "config.json").exists() and weights:
+        return
+    why = "mode: online" if cfg.mode == "online" else f"on_policy.lmbda {cfg.on_policy.lmbda:g}"
+    raise DistillError(
+        f"distill.{why} needs the live teacher, but {teacher_dir} holds no loadable checkpoint "
+        "(config.json + weights); a soft-label store alone cannot score the student's own "
+        "samples. Point teacher: at the teacher's weights, or set distill.on_policy.lmbda: 0"
+    )
 
 
 def check_offline_objective(cfg: DistillConfig, encoding: str) -> None:
@@ -123,7 +140,7 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     spec = LoopSpec(
         cfg=cfg,
         student_path=str(student_dir),
-        teacher_path=str(teacher_dir) if cfg.mode == "online" else None,
+        teacher_path=str(teacher_dir) if cfg.needs_teacher else None,
         store_path=str(store_dir) if store is not None else None,
         train_path=str(ctx.corpus.train_path) if cfg.mode == "online" else None,
         heldout_path=str(ctx.corpus.heldout_path) if ctx.corpus.heldout_rows else None,
@@ -160,6 +177,10 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
         "steps": final.get("step"),
         "tokens": final.get("tokens"),
         "resumed_from_step": final.get("resumed_from_step"),
+        "on_policy_steps": final.get("on_policy_steps"),
+        "rollout_seconds": final.get("rollout_seconds"),
+        "rollout_tokens_per_s": final.get("rollout_tokens_per_s"),
+        "train_seconds": final.get("train_seconds"),
         "train_nodes": len(final.get("train_node_ids", [])),
     }
     metrics = {k: float(v) for k, v in metrics.items() if v is not None}
@@ -169,6 +190,8 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     summary = {
         "student_source": src_key,
         "mode": cfg.mode,
+        "on_policy_lmbda": cfg.on_policy.lmbda,
+        "teacher_placement": cfg.teacher_placement if cfg.needs_teacher else "-",
         "ray_run": name,
         "train_node_ids": final.get("train_node_ids", []),
         **metrics,
