@@ -1,6 +1,6 @@
 """Speculative decoding against the teacher alone, in one run on one box: the demo's teacher (HF
-fp32, as ``deploy/serve.yaml`` serves it) verifying the drafts of the student (the int4 ONNX
-Runtime GenAI export by default), greedy, at each concurrency.
+fp32, as ``deploy/serve.yaml`` and ``deploy/serve-speculative.yaml`` serve it) verifying the drafts
+of the student (the int4 ONNX Runtime GenAI export by default), greedy, at each concurrency.
 
     .venv/bin/python benchmarks/serve_speculative.py --draft runs/smollm2/student-int4-cpu
     .venv/bin/python benchmarks/serve_speculative.py --tiny          # tiny random pair, ~1 min
@@ -15,6 +15,8 @@ Arms, their waves alternating (A B C, C B A, ...) ``--rounds`` times per concurr
   http teacher alone        the Serve app built with ``cascade.mode: speculative``, its
                             ``-teacher`` route (the teacher alone, same replica);
   http speculative          the app's cascade route (the student drafts, the teacher verifies).
+Before the arms, the costs that decide the outcome: the teacher's forward over T tokens per row
+(T = 1 is a plain decode step, T = k + 1 a verification) and one drafted token, at 1 and 16 rows.
 Every speculative answer is checked against the teacher alone's, prompt by prompt (greedy: they
 must be identical); the run exits 1 if one differs. Prints tokens/s, latency, the acceptance rate
 (draft tokens the teacher kept / drafted), the ratios to the teacher alone, the command, machine
@@ -226,6 +228,7 @@ def run_speculative(cli, teacher: str, texts_for, levels: list[int]) -> list[dic
 
         arms = [(f"bare {ALONE}", arm(None))] + [(f"bare speculative k={k}", arm(k)) for k in ks]
         bare_wave(engine, texts_for(1)[:2], 2, 8, "auto")  # warm up (both models)
+        probe_costs(engine, drafter, levels)
         for c in levels:
             got = run_level(arms, texts_for(c), c, cli.rounds)
             print_rows(got)
@@ -243,6 +246,51 @@ def run_speculative(cli, teacher: str, texts_for, levels: list[int]) -> list[dic
         finally:
             stop()
     return rows
+
+
+def probe_costs(engine, drafter, levels: list[int], ks: tuple[int, ...] = (1, 2, 3, 5)) -> None:
+    """Median wall time of the teacher's forward over T tokens per row (a decode step is T = 1,
+    verifying k drafts T = k + 1) and of one drafted token per row, at each row count."""
+    import statistics
+
+    import torch
+
+    from distill.serve.engines.base import SamplingParams
+    from distill.serve.engines.draft import DraftRow
+    from distill.serve.engines.kv import CachedLM
+
+    lm = CachedLM(engine.model, engine.pad_id)
+    print("costs (median of 3, ms):")
+    for rows in levels:
+        ctx = [[(100 + i + j) % engine.vocab for j in range(40)] for i in range(rows)]
+        with torch.inference_mode():
+            lm.reset()
+            lm.prefill(ctx)
+            line = []
+            for t in ks:
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    lm.extend([[7] * t for _ in range(rows)])
+                    times.append(time.perf_counter() - t0)
+                    lm.discard([t] * rows)
+                line.append(f"T={t} {1000 * statistics.median(times):.0f}")
+        drafter.reset()
+        drows = [DraftRow(i, c, SamplingParams()) for i, c in enumerate(ctx)]
+        drafter.propose(drows, 1)  # prefill
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            drafter.propose(drows, 2)  # the second token costs one draft step per row
+            t1 = time.perf_counter()
+            drafter.propose(drows, 1)
+            times.append((t1 - t0) - (time.perf_counter() - t1))
+        drafter.reset()
+        print(
+            f"  {rows:>2} rows: teacher forward {', '.join(line)}; "
+            f"one drafted token for all rows {1000 * statistics.median(times):.0f}"
+        )
+    lm.reset()
 
 
 def fmt(v, spec=".2f") -> str:
@@ -306,7 +354,7 @@ def main() -> int:
     )
     ap.add_argument("--teacher", default="gguf:default")
     ap.add_argument("--tiny", action="store_true", help="tiny random teacher and draft (hf)")
-    ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve.yaml"))
+    ap.add_argument("--serve-config", default=str(REPO / "deploy" / "serve-speculative.yaml"))
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--min-requests", type=int, default=8, help="requests per level (>= conc)")
     ap.add_argument("--max-tokens", type=int, default=64)
