@@ -163,10 +163,13 @@ class HFEngine(ThreadedEngine):
     def _decode(self) -> None:
         spec = [s for s in self.rows if self._speculates(s)]
         if spec:
-            k = self.draft_length.choose(len(self.rows), max(s.req.speculation.max_k for s in spec))
-            k = max(self._draft_cap(s, k) for s in spec)
+            auto = self.draft_length.choose(
+                len(self.rows), max(s.req.speculation.max_k for s in spec)
+            )
+            caps = {id(s): self._draft_cap(s, auto) for s in spec}
+            k = max(caps.values())
             if k > 0:
-                self._speculate(spec, k)
+                self._speculate(spec, k, caps)
                 return
         t0 = time.perf_counter()
         self._decode_one()
@@ -206,12 +209,13 @@ class HFEngine(ThreadedEngine):
         )
 
     def _draft_cap(self, seq: Sequence, k: int) -> int:
-        """Drafts this row can use: its own ``k`` if it set one, never past ``max_tokens``."""
+        """Drafts this row uses: its own ``k`` if it set one (else the adaptive ``k``), never
+        past ``max_tokens``."""
         spec = seq.req.speculation
         want = k if spec is None or spec.k is None else spec.k
         return max(0, min(want, seq.params.max_tokens - len(seq.generated) - 1))
 
-    def _speculate(self, spec: list[Sequence], k: int) -> None:
+    def _speculate(self, spec: list[Sequence], k: int, caps: dict[int, int]) -> None:
         """One step: the drafter proposes ``k`` tokens per speculating row; one forward scores
         every row's last token plus its drafts; each row keeps what the teacher accepts
         (``distill.serve.speculative``) and the cache takes the rest back."""
@@ -227,7 +231,7 @@ class HFEngine(ThreadedEngine):
         blocks, drafts = [], []
         for seq in self.rows:
             prop = proposals.get(id(seq))
-            d = prop.tokens[: self._draft_cap(seq, k)] if prop is not None else []
+            d = prop.tokens[: caps[id(seq)]] if prop is not None else []
             drafts.append(d)
             blocks.append([seq.last_token, *d])
         ids, block = ragged(blocks, self.pad_id, self.device)
