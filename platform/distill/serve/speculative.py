@@ -90,9 +90,10 @@ class DraftLength:
     """``k`` for the next step: ``fixed``, or adaptive up to ``max_k``.
 
     Adaptive: per batch-size group, an exponential average of the tokens/s each ``k`` reached
-    (drafting plus verification, wall time); the best so far is used, and every
-    ``explore_every``-th step of a group tries a neighbour of it (an untried one first), so the
-    choice follows the acceptance rate and the cost of a forward at that batch size.
+    (drafting plus verification, wall time); a group starts with ``start`` then ``0`` (the
+    teacher alone, the baseline), then uses the best so far, and every ``explore_every``-th step
+    tries a neighbour of it (an untried one first), so the choice follows the acceptance rate
+    and the cost of a forward at that batch size.
     """
 
     fixed: int | None = None
@@ -113,6 +114,8 @@ class DraftLength:
         tried = {k: r for k, r in seen.items() if k <= top}
         if not tried:
             return min(self.start, top)
+        if 0 not in seen:  # the teacher alone, measured once as the baseline
+            return 0
         best = max(tried, key=lambda k: tried[k])
         if n % self.explore_every:
             return best
