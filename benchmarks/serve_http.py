@@ -91,6 +91,7 @@ def http_request(port: int, body: dict, timeout: float = 600, prefix: str = "") 
         return {
             "status": 200, "latency": time.perf_counter() - t0, "ttft": ttft, "text": text,
             "tokens": usage.get("completion_tokens", 0), "fallback": info.get("fallback"),
+            "speculative": info.get("speculative"),
         }  # fmt: skip
     except Exception as e:
         return {"status": f"{type(e).__name__}", "latency": time.perf_counter() - t0}

@@ -23,7 +23,10 @@ Phases, all on this machine in one process tree:
              the student route again through Serve's proxy port, for comparison;
   fallback   cascade requests forced to fall back (threshold 1) with ``takeover: prompt`` and
              ``prefix``, at concurrency 1: latency vs the teacher alone, agreement with its answers;
-  overload   a burst past ``limits.max_inflight``: how fast the 503s come back.
+  overload   a burst past ``limits.max_inflight``: how fast the 503s come back;
+  speculative
+             (not in the default phases) ``cascade.mode: speculative`` against the teacher
+             alone, bare and over HTTP: ``benchmarks/serve_speculative.py``, draft ``--draft``.
 Per row: output tokens/s, requests/s, p50 / p99 latency, time to first token, decode/req (p50
 over requests of tokens/s after the first token), fallback rate and
 errors. Prints the command, machine and date; ``--json`` writes the rows.
@@ -227,6 +230,12 @@ def main() -> int:
     ap.add_argument(
         "--phases", default="before,bare,student,student-proxy,teacher,cascade,fallback,overload"
     )
+    ap.add_argument("--draft", help="phase speculative: the draft (default: --student)")
+    ap.add_argument(
+        "--draft-engine", default="onnxruntime-genai", choices=["hf", "onnxruntime-genai"]
+    )
+    ap.add_argument("--ks", default="auto,4", help="phase speculative: draft lengths")
+    ap.add_argument("--arms", default="bare,http", help="phase speculative: bare, http or both")
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for all phases")
     ap.add_argument("--json", help="write the rows here")
     serve_llamacpp.add_args(ap)
@@ -289,12 +298,21 @@ def main() -> int:
             llama.stop()
     if engine is not None:
         engine.close()
+    spec_rows = []
+    if "speculative" in phases and not timed_out("speculative"):
+        import serve_speculative
+
+        if not args.draft:  # the student drafts for the teacher
+            args.draft, args.draft_engine = student, args.student_engine
+        spec_rows = serve_speculative.run_speculative(args, teacher, level_texts, levels)
     print()
-    print_table(rows)
+    print_table(rows + spec_rows)
     summary(rows)
     if llama:
         serve_llamacpp.summary(rows, llama)
         rows.append({"name": "held-out ppl", **llama.ppl})
+    if spec_rows and not serve_speculative.summary(spec_rows):
+        return 1
     if skipped:
         print(f"SKIPPED (time limit {args.time_limit:.0f} s): {', '.join(skipped)}")
     if args.json:

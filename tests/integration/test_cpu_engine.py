@@ -144,3 +144,39 @@ def test_serve_engine_runs_the_runtime_in_a_child_process(engine, ort_dir):
     finally:
         eng.close()
     assert proc.poll() is not None
+
+
+def test_the_int4_student_drafts_and_rolls_back_for_a_teacher(engine, ort_dir, tiny_gqa, tiny_rows):
+    """``OrtDrafter`` (one rewindable batch-1 generator per row): its greedy drafts are the
+    runtime's own greedy tokens, also after a rollback to a context that diverged; the HF teacher
+    verifying them answers exactly as it does alone."""
+    import asyncio
+    from dataclasses import replace
+
+    from distill.serve.engines.base import SamplingParams, Speculation
+    from distill.serve.engines.draft import DraftRow, OrtDrafter
+    from distill.serve.engines.hf import HFEngine
+
+    drafter = OrtDrafter(engine, max_length=128)
+    a, b = list(tiny_rows[20, :12]), list(tiny_rows[21, :7])
+    want = [engine.generate([p], max_new_tokens=4)[0].token_ids for p in (a, b)]
+    rows = [DraftRow(1, a, SamplingParams()), DraftRow(2, b, SamplingParams())]
+    assert [p.tokens for p in drafter.propose(rows, 4)] == want
+    other = (want[0][1] + 1) % engine.vocab_size  # row 1 keeps one draft, then diverges
+    ctx = [*a, want[0][0], other]
+    again = drafter.propose([DraftRow(1, ctx, SamplingParams())], 3)[0].tokens
+    assert again == engine.generate([ctx], max_new_tokens=3)[0].token_ids
+    assert drafter.keys() == [1]  # row 2 was left out: released
+
+    teacher = HFEngine(tiny_gqa.path, torch_threads=1, draft=OrtDrafter(engine, 128))
+    try:
+
+        async def answer(spec):
+            req = teacher.prepare(prompt="def add(a, b):", params=SamplingParams(max_tokens=12))
+            chunks = [c async for c in teacher.stream(replace(req, speculation=spec))]
+            return [i for c in chunks for i in c.token_ids], sum(c.drafted for c in chunks)
+
+        alone, spec = asyncio.run(answer(None)), asyncio.run(answer(Speculation(3)))
+        assert spec[0] == alone[0] and spec[1] > 0 and teacher.counters["accepted"] > 0
+    finally:
+        teacher.close()

@@ -215,6 +215,13 @@ class OrtGenAIModel:
             gen.generate_next_token()
         return time.perf_counter() - t0
 
+    def cursor(self, max_length: int) -> Cursor:
+        """One sequence that can be rolled back (a greedy batch-1 generator: ONNX Runtime GenAI
+        rewinds only those), for drafting tokens the caller may take back."""
+        return Cursor(
+            self._generator(1, min(max_length, self.context_length), {"do_sample": False})
+        )
+
     # ---- scoring ----------------------------------------------------------------------------
 
     def logits(self, rows: np.ndarray) -> np.ndarray:
@@ -239,3 +246,34 @@ class OrtGenAIModel:
         for t in model.graph.initializer:
             total += int(np.prod(t.dims)) if t.dims else 1
         return total
+
+
+class Cursor:
+    """A batch-1 generator fed token by token, rewound to the longest prefix a new context
+    shares with what it holds (speculative drafting: the tokens the teacher rejected go)::
+
+        cur = model.cursor(max_length=256)
+        logits = cur.sync(prompt_ids)          # [vocab] next-token logits
+        logits = cur.feed([token])
+        logits = cur.sync(prompt_ids + kept)   # rewinds past what ``kept`` does not share
+    """
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.tokens: list[int] = []
+
+    def feed(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` (one or more); the logits after the last of them."""
+        self.generator.append_tokens(np.asarray([list(tokens)], dtype=np.int32))
+        self.tokens += [int(t) for t in tokens]
+        return np.asarray(self.generator.get_logits(), dtype=np.float32)[0, -1]
+
+    def sync(self, context: Sequence[int]) -> np.ndarray:
+        """Hold exactly ``context``: rewind to the prefix it shares with what is held, then feed
+        the rest (at least its last token: the logits after a rewind are not the last token's)."""
+        n = min(len(self.tokens), len(context) - 1)
+        keep = next((i for i in range(n) if self.tokens[i] != context[i]), n)
+        if keep < len(self.tokens):
+            self.generator.rewind_to(keep)
+            self.tokens = self.tokens[:keep]
+        return self.feed(context[keep:])

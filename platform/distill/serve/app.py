@@ -75,13 +75,15 @@ def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str,
     return run.info.run_id
 
 
-def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit: int):
+def _model_deployment(
+    role: str, dep: ModelDeployment, path: Path, context_limit: int, draft: dict | None = None
+):
     if dep.placement == "router":
         return None  # the Router replica builds this engine itself
     if dep.engine == "vllm":
         from distill.serve.engines.vllm import vllm_deployment
 
-        return vllm_deployment(role, dep, path, context_limit)
+        return vllm_deployment(role, dep, path, context_limit, draft)
     from distill.serve.deployments import ModelServer
 
     return ModelServer.options(
@@ -90,7 +92,25 @@ def _model_deployment(role: str, dep: ModelDeployment, path: Path, context_limit
         max_ongoing_requests=dep.max_ongoing_requests,
         max_queued_requests=dep.max_queued_requests,
         ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
-    ).bind(role, str(path), dep.model_dump(mode="json"), context_limit)
+    ).bind(role, str(path), dep.model_dump(mode="json"), context_limit, draft)
+
+
+def speculative_draft(args: ServeArgs, paths: dict[str, Path]) -> dict | None:
+    """``cascade.mode: speculative``: the student as the teacher's draft (its tokenizer checked
+    against the teacher's first); None in cascade mode."""
+    draft = args.draft(str(paths["student"]))
+    if draft is None:
+        return None
+    from distill.models.compat import check_draft_compat
+
+    check_draft_compat(
+        paths["teacher"], paths["student"], "args.student.model (cascade.mode: speculative)"
+    )
+    if args.teacher.engine == "vllm":
+        draft["num_speculative_tokens"] = (
+            args.cascade.speculative.draft_tokens
+        )  # an int (validated)
+    return draft
 
 
 def build_app(args: ServeArgs):
@@ -104,8 +124,10 @@ def build_app(args: ServeArgs):
     resolved = {role: resolve_model(getattr(args, role).model, args.tracking_uri) for role in ROLES}
     if args.tracking_uri:
         record_deployment(args, resolved)
-    student, teacher = (
-        _model_deployment(r, getattr(args, r), resolved[r][0], args.context_limit) for r in ROLES
+    draft = speculative_draft(args, {role: resolved[role][0] for role in ROLES})
+    student = _model_deployment("student", args.student, resolved["student"][0], args.context_limit)
+    teacher = _model_deployment(
+        "teacher", args.teacher, resolved["teacher"][0], args.context_limit, draft
     )
     lim = args.limits
     return Router.options(
@@ -121,6 +143,7 @@ def build_app(args: ServeArgs):
         teacher,
         args.model_dump(mode="json", exclude={"cascade"}),
         {role: str(resolved[role][0]) for role in ROLES},
+        draft,
     )
 
 

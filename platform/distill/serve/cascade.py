@@ -8,6 +8,9 @@ decision logic is unit-tested with plain async generators::
     async for chunk in answer.chunks(): ...     # buffered tokens first, then live ones
     answer.final_info(), answer.usage()
 
+With ``cascade.mode: speculative`` the cascade route is the teacher's engine decoding with the
+student as its draft model (``distill.serve.speculative``): every answer is the teacher's.
+
 On the cascade route the student generates its first ``decide_after_tokens`` tokens; their
 confidence (``scoring``) decides. Confident: those tokens are sent and the student goes on.
 Otherwise the student is cancelled and the teacher takes over, either from the prompt (the
@@ -63,6 +66,8 @@ class ModelStream:
         self.text = ""
         self.finish: str | None = None
         self.prompt_tokens = 0
+        self.drafted = 0  # speculative decoding: draft tokens verified, and kept
+        self.accepted = 0
         self.closed = False
 
     @property
@@ -97,6 +102,8 @@ class ModelStream:
         self.entropies += chunk.entropies
         self.text += chunk.text
         self.prompt_tokens = self.prompt_tokens or chunk.prompt_tokens
+        self.drafted += getattr(chunk, "drafted", 0)
+        self.accepted += getattr(chunk, "accepted", 0)
         if chunk.finish_reason:
             self.finish = chunk.finish_reason
             self.t_end = time.perf_counter()
@@ -156,6 +163,13 @@ class Answer:
         info["latency_ms"] = latency
         segments = [*self.segments, {"model": self.stream.model, "tokens": self.stream.tokens}]
         info["segments"] = [s for s in segments if s["tokens"]]
+        if info.get("reason") == "speculative":
+            d, a = self.stream.drafted, self.stream.accepted
+            info["speculative"] = {
+                "draft_tokens": d,
+                "accepted_tokens": a,
+                "acceptance_rate": a / d if d else None,
+            }
         return info
 
     async def close(self) -> None:
@@ -186,11 +200,26 @@ async def start_answer(
             head = await _first(stream, opened)
             info = {"answered_by": route, "confidence": None, "fallback": False}
             return Answer(route, {**info, "reason": "pinned", **base}, head, stream, opened)
+        if cascade.mode == "speculative":
+            return await _speculative(open_teacher, cascade, base, opened)
         return await _cascade(open_student, open_teacher, cascade, base, opened)
     except BaseException:
         for s in opened:
             await s.close()
         raise
+
+
+async def _speculative(
+    open_teacher: Opener, cascade: CascadeConfig, base: dict[str, Any], opened: list[ModelStream]
+) -> Answer:
+    """``mode: speculative``: the teacher's engine answers, the student drafting for it (the
+    answer is the teacher's; ``info["speculative"]`` counts the drafts it kept)."""
+    spec = cascade.speculative
+    k = None if spec.draft_tokens == "auto" else spec.draft_tokens
+    teacher = open_teacher({"speculative": {"k": k, "max_k": spec.max_draft_tokens}})
+    head = await _first(teacher, opened)
+    info = {"answered_by": "teacher", "confidence": None, "fallback": False}
+    return Answer("cascade", {**info, "reason": "speculative", **base}, head, teacher, opened)
 
 
 async def _student_prefix(

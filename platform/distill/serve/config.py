@@ -28,6 +28,10 @@ MODEL_REF_HELP = (
 
 
 Engine = Literal["hf", "onnxruntime-genai", "vllm"]
+# speculative decoding in distill's own engines: the teacher's engine verifies, the student's drafts
+VERIFY_ENGINES = ("hf",)
+DRAFT_ENGINES = ("hf", "onnxruntime-genai")
+MAX_DRAFT_TOKENS = 16
 
 # Ray Serve's high-throughput mode (Ray >= 2.56): user code and the request router on each
 # replica's own event loop, gRPC between replicas, and each ingress (Router) replica serving
@@ -166,8 +170,44 @@ class ModelDeployment(StrictModel):
         return self.torch_threads or max(1, round(self.num_cpus))
 
 
+def check_draft_tokens(v: int | str | None) -> int | str | None:
+    """``draft_tokens``: an integer in [1, MAX_DRAFT_TOKENS] or ``auto``."""
+    if v is None or v == "auto":
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"draft_tokens must be 1..{MAX_DRAFT_TOKENS} or 'auto', got {v!r}")
+    return v
+
+
+class SpeculativeConfig(StrictModel):
+    """``cascade.mode: speculative``: how many tokens the student drafts per teacher forward."""
+
+    draft_tokens: int | Literal["auto"] = Field(
+        "auto",
+        description=f"tokens the student drafts per step (1..{MAX_DRAFT_TOKENS}), or auto: per "
+        "batch size the number with the best measured tokens/s, 0 (the teacher alone) included",
+    )
+    max_draft_tokens: int = Field(
+        8, ge=1, le=MAX_DRAFT_TOKENS, description="the most tokens auto drafts per step"
+    )
+
+    @field_validator("draft_tokens")
+    @classmethod
+    def _draft_tokens(cls, v: int | str) -> int | str:
+        return check_draft_tokens(v)  # type: ignore[return-value]
+
+
 class CascadeConfig(StrictModel):
-    """When the teacher answers instead of the student. Changeable live via ``user_config``."""
+    """When the teacher answers instead of the student. Changeable live via ``user_config``
+    (``mode`` only within what the app was built with: a speculative teacher loads the draft)."""
+
+    mode: Literal["cascade", "speculative"] = Field(
+        "cascade",
+        description="cascade: the student answers unless it is unsure, then the teacher; "
+        "speculative: the student drafts tokens and the teacher verifies them in one forward, "
+        "so every answer is the teacher's (greedy: token for token), sooner",
+    )
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
 
     threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="student confidence below this -> the teacher answers"
@@ -271,9 +311,47 @@ class ServeArgs(StrictModel):
             ref = getattr(self, role).model
             if ref.startswith("models:/") and not self.tracking_uri:
                 raise ValueError(f"{role}.model {ref!r} needs tracking_uri to resolve it")
+        if self.cascade.mode == "speculative":
+            check_speculative_pair(self.student.engine, self.teacher.engine, self.cascade)
         return self
+
+    def draft(self, student_path: str) -> dict[str, Any] | None:
+        """What the teacher's engine drafts with when ``cascade.mode`` is speculative: the
+        student (its engine, directory and dtype); None otherwise."""
+        if self.cascade.mode != "speculative":
+            return None
+        s = self.student
+        return {"engine": s.engine, "path": str(student_path), "dtype": s.dtype}
 
     def model_names(self) -> dict[str, str]:
         """Model id clients may send -> which route answers (cascade, student or teacher)."""
         n = self.served_model_name
         return {n: "cascade", f"{n}-student": "student", f"{n}-teacher": "teacher"}
+
+
+def check_speculative_pair(student: str, teacher: str, cascade: CascadeConfig) -> None:
+    """``cascade.mode: speculative`` needs a teacher engine that verifies and a student engine that
+    drafts (``VERIFY_ENGINES`` / ``DRAFT_ENGINES``), or vLLM for both (its ``speculative_config``)."""
+    where = "cascade.mode speculative"
+    if teacher == "vllm" or student == "vllm":
+        if teacher != student:
+            raise ValueError(
+                f"{where}: student.engine {student} with teacher.engine {teacher}: vLLM drafts "
+                "inside the teacher's own engine, so both must be engine vllm"
+            )
+        if cascade.speculative.draft_tokens == "auto":
+            raise ValueError(
+                f"{where}: cascade.speculative.draft_tokens: vLLM takes a fixed number of draft "
+                f"tokens (num_speculative_tokens): set 1..{MAX_DRAFT_TOKENS}"
+            )
+        return
+    if teacher not in VERIFY_ENGINES:
+        raise ValueError(
+            f"{where}: teacher.engine {teacher} cannot verify draft tokens (it needs one forward "
+            f"over several tokens per row, with rollback): use teacher.engine "
+            f"{' or '.join(VERIFY_ENGINES)}"
+        )
+    if student not in DRAFT_ENGINES:
+        raise ValueError(
+            f"{where}: student.engine {student} cannot draft: use one of {', '.join(DRAFT_ENGINES)}"
+        )

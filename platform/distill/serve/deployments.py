@@ -48,9 +48,16 @@ class ModelHost:
     replica (``placement: replica``) or inside each Router replica (``placement: router``,
     :class:`~distill.serve.client.LocalModelClient`)."""
 
-    def __init__(self, role: str, path: str, spec: dict[str, Any], context_limit: int) -> None:
+    def __init__(
+        self,
+        role: str,
+        path: str,
+        spec: dict[str, Any],
+        context_limit: int,
+        draft: dict[str, Any] | None = None,
+    ) -> None:
         from distill.serve.config import ModelDeployment
-        from distill.serve.engines import EngineOptions, build_engine
+        from distill.serve.engines import DraftSpec, EngineOptions, build_engine
         from distill.serve.engines.base import BatchingConfig
 
         dep = ModelDeployment.model_validate(spec)
@@ -64,7 +71,14 @@ class ModelHost:
             batching=BatchingConfig(**dep.batching.model_dump()),
             kwargs=dict(dep.engine_kwargs),
         )
-        self.engine = build_engine(dep.engine, Path(path), options)
+        draft_spec = None
+        if (
+            draft is not None
+        ):  # cascade.mode speculative: this teacher verifies the student's drafts
+            draft_spec = DraftSpec(
+                draft["engine"], Path(draft["path"]), draft.get("dtype", "float32"), context_limit
+            )
+        self.engine = build_engine(dep.engine, Path(path), options, draft_spec)
 
     def check_health(self) -> None:
         """Serve's periodic health check: a dead engine loop gets the replica replaced."""
@@ -91,6 +105,7 @@ class ModelHost:
                 self.context_limit,
                 int(payload.get("continue_emitted", 0)),
             )
+            req = self._speculation(req, payload.get("speculative"))
         except PromptError as e:
             yield {"error": str(e), "status": 400}
             return
@@ -102,6 +117,21 @@ class ModelHost:
             yield {"error": f"{self.role} is at capacity: {e}", "status": 503}
         finally:
             await stream.aclose()  # closed early: the engine frees the batch slot now
+
+    def _speculation(self, req: Any, spec: dict[str, Any] | None) -> Any:
+        """``payload["speculative"] = {"k": 4 | None, "max_k": 8}``: decode with the draft."""
+        from dataclasses import replace
+
+        from distill.serve.engines.base import PromptError, Speculation
+
+        if spec is None:
+            return req
+        if not self.engine.can_verify:
+            raise PromptError(
+                f"the {self.role} was deployed without a draft model: speculative decoding "
+                "needs cascade.mode speculative in the deploy config (the draft loads then)"
+            )
+        return replace(req, speculation=Speculation(spec.get("k"), int(spec.get("max_k", 8))))
 
     def close(self) -> None:
         engine = getattr(self, "engine", None)

@@ -71,13 +71,16 @@ def _headers(info: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _make_client(handle: DeploymentHandle | None, role: str, args: ServeArgs, path: str):
+def _make_client(
+    handle: DeploymentHandle | None, role: str, args: ServeArgs, path: str, draft: dict | None
+):
     dep = getattr(args, role)
     if dep.placement == "router":  # the engine lives in this Router replica
         from distill.serve.deployments import ModelHost
 
         spec = dep.model_dump(mode="json")
-        return LocalModelClient(ModelHost(role, path, spec, args.context_limit), role)
+        host = ModelHost(role, path, spec, args.context_limit, draft)
+        return LocalModelClient(host, role)
     if dep.engine == "vllm":
         from distill.serve.engines.vllm import VLLMModelClient
 
@@ -95,6 +98,9 @@ def _fill(rec: RequestRecord, info: dict[str, Any], usage: dict[str, int]) -> No
     rec.segments = list(info.get("segments", []))
     rec.prompt_tokens = usage["prompt_tokens"]
     rec.completion_tokens = usage["completion_tokens"]
+    spec = info.get("speculative") or {}
+    rec.draft_tokens = int(spec.get("draft_tokens") or 0)
+    rec.accepted_tokens = int(spec.get("accepted_tokens") or 0)
 
 
 async def _chain(first: str, rest):
@@ -112,11 +118,15 @@ class Router:
         teacher: DeploymentHandle | None,
         args: dict,
         paths: dict[str, str],
+        draft: dict | None = None,
     ) -> None:
         self.args = ServeArgs.model_validate(args)
+        self.draft = (
+            draft  # the teacher drafts with the student (built in cascade.mode speculative)
+        )
         self.clients = {
-            "student": _make_client(student, "student", self.args, paths["student"]),
-            "teacher": _make_client(teacher, "teacher", self.args, paths["teacher"]),
+            "student": _make_client(student, "student", self.args, paths["student"], None),
+            "teacher": _make_client(teacher, "teacher", self.args, paths["teacher"], draft),
         }
         self.cascade = self.args.cascade
         self.limits = self.args.limits
@@ -138,8 +148,15 @@ class Router:
             client.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``user_config: {cascade: {threshold: 0.3, scoring: entropy, ...}}``."""
-        self.cascade = CascadeConfig.model_validate((user_config or {}).get("cascade", {}))
+        """``user_config: {cascade: {threshold: 0.3, scoring: entropy, ...}}``. ``mode:
+        speculative`` only if the app was built with it (the teacher loads the draft then)."""
+        cascade = CascadeConfig.model_validate((user_config or {}).get("cascade", {}))
+        if cascade.mode == "speculative" and self.draft is None:
+            raise ValueError(
+                "cascade.mode speculative: this app was built without a draft model; set "
+                "args.cascade.mode: speculative and deploy again (the teacher loads the student)"
+            )
+        self.cascade = cascade
 
     # -- the one place every request is accounted for ------------------------------------------
     def _account(self, rec: RequestRecord) -> None:
@@ -226,7 +243,12 @@ class Router:
             payload["prompt"] = req.prompt
         cascade = self.cascade
         if req.distill is not None:
-            cascade = cascade.model_copy(update=req.distill.model_dump(exclude_none=True))
+            over = req.distill.model_dump(exclude_none=True)
+            k = over.pop("draft_tokens", None)
+            cascade = cascade.model_copy(update=over)
+            if k is not None:
+                spec = cascade.speculative.model_copy(update={"draft_tokens": k})
+                cascade = cascade.model_copy(update={"speculative": spec})
         return route, payload, cascade
 
     def _admit(self) -> None:

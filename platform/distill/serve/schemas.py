@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from distill.serve.config import check_draft_tokens
+
 ACCEPTED_IGNORED = "accepted for compatibility; has no effect here"
 
 
@@ -33,6 +35,14 @@ class CascadeOverride(BaseModel):
     fallback: bool | None = None
     decide_after_tokens: int | None = Field(None, ge=1, le=4096)
     takeover: Literal["prompt", "prefix"] | None = None
+    draft_tokens: int | Literal["auto"] | None = Field(
+        None, description="cascade.mode speculative: tokens drafted per step (1..16) or auto"
+    )
+
+    @field_validator("draft_tokens")
+    @classmethod
+    def _draft_tokens(cls, v: int | str | None) -> int | str | None:
+        return check_draft_tokens(v)
 
 
 class StreamOptions(BaseModel):
@@ -252,6 +262,11 @@ class DistillInfo(BaseModel):
         default_factory=list, description="which model wrote which tokens, in order"
     )
     discarded_tokens: int = Field(0, description="student tokens dropped on a takeover")
+    speculative: dict[str, Any] | None = Field(
+        None,
+        description="cascade.mode speculative: draft_tokens (the student drafted and the teacher "
+        "verified), accepted_tokens (kept), acceptance_rate",
+    )
 
 
 def new_id(prefix: str) -> str:

@@ -55,6 +55,8 @@ class RequestRecord:
     model_ms: dict[str, float] = field(default_factory=dict)
     segments: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    draft_tokens: int = 0  # speculative decoding: drafted and verified
+    accepted_tokens: int = 0  # and kept
     started: float = field(default_factory=time.time)  # unix time of arrival
     info: dict[str, Any] | None = field(default=None, repr=False)  # the answer's distill info
     payload: dict[str, Any] | None = field(default=None, repr=False)  # for the request log
@@ -71,6 +73,7 @@ class Stats:
         self.status: Counter[str] = Counter()  # "200", "400", "422", "500"
         self.cascade_requests = 0
         self.fallbacks = 0
+        self.speculative = Counter()  # requests, draft_tokens, accepted_tokens
         self.latency: dict[str, deque[float]] = {}
 
     def _lat(self, key: str, ms: float) -> None:
@@ -86,6 +89,10 @@ class Stats:
         if rec.route == "cascade":
             self.cascade_requests += 1
             self.fallbacks += int(rec.fallback)
+        if rec.reason == "speculative":
+            self.speculative.update(
+                requests=1, draft_tokens=rec.draft_tokens, accepted_tokens=rec.accepted_tokens
+            )
         for model, ms in rec.model_ms.items():
             self._lat(model, ms)
         self._lat(f"request.{rec.route}", rec.latency_ms)
@@ -104,8 +111,22 @@ class Stats:
             "cascade_requests": self.cascade_requests,
             "fallbacks": self.fallbacks,
             "fallback_rate": rate,
+            "speculative": self._speculative(),
             "latency_ms": {k: summarize(list(v)) for k, v in sorted(self.latency.items())},
             "cascade": cascade,
+        }
+
+    def _speculative(self) -> dict[str, Any] | None:
+        """Drafts verified and kept over the speculative requests (None before the first)."""
+        s = self.speculative
+        if not s["requests"]:
+            return None
+        d, a = s["draft_tokens"], s["accepted_tokens"]
+        return {
+            "requests": s["requests"],
+            "draft_tokens": d,
+            "accepted_tokens": a,
+            "acceptance_rate": a / d if d else None,
         }
 
 

@@ -59,6 +59,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Decode with the student drafting and the teacher verifying (``cascade.mode:
+    speculative``): ``k`` draft tokens per step, or None = adaptive up to ``max_k``."""
+
+    k: int | None = None
+    max_k: int = 8
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     """Prompt token ids, optionally followed by another model's answer so far to continue.
 
@@ -72,6 +81,7 @@ class EngineRequest:
     request_id: str = ""
     continue_ids: tuple[int, ...] = ()
     continue_emitted: int = 0
+    speculation: Speculation | None = None
 
     @property
     def input_ids(self) -> list[int]:
@@ -90,6 +100,8 @@ class Chunk:
     top: list[list[tuple[str, float]]] | None = None  # alternatives (params.top_logprobs)
     finish_reason: str | None = None  # "stop" | "length" once the sequence ended
     prompt_tokens: int = 0
+    drafted: int = 0  # speculative decoding: draft tokens the teacher verified since the last chunk
+    accepted: int = 0  # and kept
 
     def merge(self, other: Chunk) -> Chunk:
         def cat(a: list | None, b: list | None) -> list | None:
@@ -104,6 +116,8 @@ class Chunk:
             top=cat(self.top, other.top),
             finish_reason=other.finish_reason or self.finish_reason,
             prompt_tokens=self.prompt_tokens or other.prompt_tokens,
+            drafted=self.drafted + other.drafted,
+            accepted=self.accepted + other.accepted,
         )
 
 
@@ -125,6 +139,7 @@ class Engine(ABC):
 
     kind: str = "?"
     max_context: int = 1 << 30
+    can_verify: bool = False  # speculative decoding: verifies a draft model's tokens
 
     @abstractmethod
     def prepare(
@@ -170,6 +185,9 @@ class Sequence:
         self.cancelled = False
         self.generator: Any = None  # torch.Generator for seeded sampling (engine-owned)
         self.counts: Any = None  # token counts for presence / frequency penalties
+        self.draft_generator: Any = None  # torch.Generator of the drafts (speculative, sampled)
+        self.drafted = 0  # draft tokens verified for this sequence, not yet sent in a chunk
+        self.accepted = 0
         self.submitted = time.perf_counter()
         if req.continue_ids:  # another model's tokens: text the client (mostly) has already
             self.generated = list(req.continue_ids)
@@ -201,6 +219,8 @@ class Sequence:
         if finish and not stopped:
             delta += self.stops.flush(self.detok.flush())
         chunk = Chunk([token_id], delta, [logprob], [entropy], finish_reason=finish)
+        chunk.drafted, chunk.accepted = self.drafted, self.accepted
+        self.drafted = self.accepted = 0
         if p.logprobs or p.top_logprobs:
             chunk.tokens = [self.tok.decode([token_id])]
         if p.top_logprobs and top is not None:

@@ -13,72 +13,33 @@ mask, so padding never shifts a sequence's positions::
 
 Supports models whose transformers cache is made of full-attention ``DynamicLayer`` s (Llama,
 Qwen2, Mistral without sliding window, ...); others are refused at load time.
+
+Speculative decoding (``cascade.mode: speculative``): built with a ``draft``
+(:class:`~distill.serve.engines.draft.Drafter`, the student), the engine decodes the rows whose
+request carries a :class:`~distill.serve.engines.base.Speculation` by letting the student draft
+``k`` tokens for all of them, then scoring every row's last token plus its drafts in one forward
+(``k + 1`` logits per row, the ragged block left-padded); each row keeps the drafts the teacher
+accepts and one token of its own, and the cache takes the rejected drafts back
+(:meth:`~distill.serve.engines.kv.KVBatch.discard`). Other rows decode one token in the same
+forward. ``k`` is the request's, or adaptive (:class:`~distill.serve.speculative.DraftLength`).
+transformers' own assisted generation (``generate(assistant_model=...)``) does the same for one
+sequence at batch 1 only, with a transformers draft; this engine batches every concurrent request
+and takes an int4 ONNX Runtime GenAI draft too.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
-from typing import Any
 
 from distill.config.base import DistillError
 from distill.serve.engines.base import BatchingConfig, Sequence, ThreadedEngine
+from distill.serve.engines.draft import Drafter, DraftRow
+from distill.serve.engines.kv import KVBatch, lm_forward, ragged
 from distill.serve.engines.prompt import PromptBuilder
-from distill.serve.engines.sampling import sample_step
-
-
-class KVBatch:
-    """The running batch's KV cache and 2-D attention mask, left-padded to one length."""
-
-    def __init__(self) -> None:
-        self.cache: Any = None
-        self.mask: Any = None  # LongTensor [batch, length], 0 = padding
-
-    def merge(self, cache: Any, mask: Any) -> None:
-        """Append the rows of a freshly prefilled ``cache`` / ``mask``."""
-        import torch
-        import torch.nn.functional as F
-
-        if self.cache is None:
-            self.cache, self.mask = cache, mask
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-
-        def left_pad(x: torch.Tensor, dim_len: int) -> torch.Tensor:
-            pad = length - dim_len
-            return F.pad(x, (0, 0, pad, 0)) if x.ndim == 4 else F.pad(x, (pad, 0))
-
-        old_len, new_len = self.mask.shape[1], mask.shape[1]
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([left_pad(mine.keys, old_len), left_pad(theirs.keys, new_len)])
-            mine.values = torch.cat(
-                [left_pad(mine.values, old_len), left_pad(theirs.values, new_len)]
-            )
-        self.mask = torch.cat([left_pad(self.mask, old_len), left_pad(mask, new_len)])
-
-    def select(self, keep: list[int]) -> None:
-        """Keep only these rows (finished and cancelled sequences leave)."""
-        import torch
-
-        if not keep:
-            self.cache = self.mask = None
-            return
-        idx = torch.tensor(keep, device=self.mask.device)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)
-            layer.values = layer.values.index_select(0, idx)
-        self.mask = self.mask.index_select(0, idx)
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop leading columns that are padding in every row."""
-        used = self.mask.any(0).nonzero()
-        start = int(used[0]) if used.numel() else self.mask.shape[1]
-        if start > 0:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, start:]
-                layer.values = layer.values[:, :, start:]
-            self.mask = self.mask[:, start:]
+from distill.serve.engines.sampling import biased, sample_step, sampling_probs, score_tokens
+from distill.serve.speculative import DraftLength, verify_greedy, verify_sampled
 
 
 class HFEngine(ThreadedEngine):
@@ -91,6 +52,7 @@ class HFEngine(ThreadedEngine):
         dtype: str = "float32",
         torch_threads: int | None = None,
         batching: BatchingConfig | None = None,
+        draft: Drafter | None = None,
     ) -> None:
         import torch
 
@@ -116,6 +78,10 @@ class HFEngine(ThreadedEngine):
         self.rows: list[Sequence] = []
         self.prefilling: list[Sequence] = []  # taken from the queue, their prefill under way
         self.kv = KVBatch()
+        self.drafter = draft  # speculative decoding: the student that drafts for this teacher
+        self.can_verify = draft is not None
+        self.draft_length = DraftLength()
+        self.counters.update(drafted=0, accepted=0, spec_steps=0)
 
     def _check_cache_layout(self) -> None:
         from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -161,6 +127,8 @@ class HFEngine(ThreadedEngine):
         self.rows = []
         self.prefilling = []
         self.kv = KVBatch()
+        if self.drafter is not None:
+            self.drafter.reset()
         self.active = 0
 
     # -- one step -------------------------------------------------------------------------
@@ -173,22 +141,17 @@ class HFEngine(ThreadedEngine):
             seq.generator = torch.Generator(device="cpu").manual_seed(seed)
         if p.penalized:
             seq.counts = torch.zeros(self.vocab, device=self.device)
+        if p.temperature > 0 and seq.req.speculation is not None:
+            seed = int(torch.randint(0, 1 << 62, (1,), generator=seq.generator))
+            seq.draft_generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def _prefill(self, new: list[Sequence]) -> None:
-        import torch
         from transformers.cache_utils import DynamicCache
 
         self.prefilling = new
         for seq in new:
             self._setup(seq)
-        length = max(len(s.req.input_ids) for s in new)
-        ids = torch.full((len(new), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), length), dtype=torch.long)
-        for i, seq in enumerate(new):
-            n = len(seq.req.input_ids)
-            ids[i, length - n :] = torch.tensor(seq.req.input_ids)
-            mask[i, length - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = ragged([s.req.input_ids for s in new], self.pad_id, self.device)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(ids, mask, cache)
         self.kv.merge(cache, mask)
@@ -198,6 +161,22 @@ class HFEngine(ThreadedEngine):
         self._push(new, logits)
 
     def _decode(self) -> None:
+        spec = [s for s in self.rows if self._speculates(s)]
+        if spec:
+            auto = self.draft_length.choose(
+                len(self.rows), max(s.req.speculation.max_k for s in spec)
+            )
+            caps = {id(s): self._draft_cap(s, auto) for s in spec}
+            k = max(caps.values())
+            if k > 0:
+                self._speculate(spec, k, caps)
+                return
+        t0 = time.perf_counter()
+        self._decode_one()
+        if spec:
+            self.draft_length.record(len(self.rows), 0, len(self.rows), time.perf_counter() - t0)
+
+    def _decode_one(self) -> None:
         import torch
 
         last = torch.tensor([[s.last_token] for s in self.rows], device=self.device)
@@ -211,17 +190,100 @@ class HFEngine(ThreadedEngine):
         self.counters["max_batch"] = max(self.counters["max_batch"], n)
         self._push(list(self.rows), logits)
 
-    def _forward(self, ids, mask, cache):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
+    def _forward(self, ids, mask, cache, keep: int = 0):
+        """Next-token logits ``[B, vocab]`` after the last column; ``[B, keep, vocab]`` after each
+        of the last ``keep`` columns when ``keep`` is given."""
+        logits = lm_forward(self.model, ids, mask, cache, keep or 1)
+        return logits if keep else logits[:, -1]
+
+    # -- speculative decoding: the student drafts, this model verifies ---------------------------
+    def _speculates(self, seq: Sequence) -> bool:
+        """Rows that draft: asked for it, no presence / frequency penalty (they decode as the
+        teacher alone: penalties would depend on drafts not yet kept), room for a draft."""
+        spec = seq.req.speculation
+        return (
+            spec is not None
+            and self.drafter is not None
+            and not seq.params.penalized
+            and seq.params.max_tokens - len(seq.generated) > 1
         )
-        return out.logits[:, -1]
+
+    def _draft_cap(self, seq: Sequence, k: int) -> int:
+        """Drafts this row uses: its own ``k`` if it set one (else the adaptive ``k``), never
+        past ``max_tokens``."""
+        spec = seq.req.speculation
+        want = k if spec is None or spec.k is None else spec.k
+        return max(0, min(want, seq.params.max_tokens - len(seq.generated) - 1))
+
+    def _speculate(self, spec: list[Sequence], k: int, caps: dict[int, int]) -> None:
+        """One step: the drafter proposes ``k`` tokens per speculating row; one forward scores
+        every row's last token plus its drafts; each row keeps what the teacher accepts
+        (``distill.serve.speculative``) and the cache takes the rest back."""
+        import torch
+
+        t0 = time.perf_counter()
+        rows = [
+            DraftRow(id(s), [*s.req.prompt_ids, *s.generated], s.params, s.draft_generator,
+                     len(s.req.prompt_ids) + s.params.max_tokens + 1)
+            for s in spec
+        ]  # fmt: skip
+        proposals = {id(s): p for s, p in zip(spec, self.drafter.propose(rows, k), strict=True)}
+        blocks, drafts = [], []
+        for seq in self.rows:
+            prop = proposals.get(id(seq))
+            d = prop.tokens[: caps[id(seq)]] if prop is not None else []
+            drafts.append(d)
+            blocks.append([seq.last_token, *d])
+        ids, block = ragged(blocks, self.pad_id, self.device)
+        mask = torch.cat([self.kv.mask, block.to(self.kv.mask.dtype)], dim=1)
+        logits = self._forward(ids, mask, self.kv.cache, ids.shape[1])
+        self.kv.mask = mask
+        taken_back, emitted, plain = [], 0, []
+        for i, seq in enumerate(self.rows):
+            if not drafts[i]:  # decodes one token as usual (penalties included)
+                plain.append(i)
+                taken_back.append(0)
+                continue
+            prop = proposals[id(seq)]
+            q = prop.q[: len(drafts[i])] if prop.q is not None else None
+            kept = self._verify(seq, drafts[i], q, logits[i, -len(blocks[i]) :])
+            taken_back.append(len(drafts[i]) - kept)
+            emitted += kept + 1
+        if plain:
+            self._push([self.rows[i] for i in plain], logits[plain, -1])
+            emitted += len(plain)
+        self.kv.discard(taken_back)
+        if self.kv.holes() > self.kv.mask.numel() // 2:
+            self.kv.compact()
+        c = self.counters
+        c["steps"] += 1
+        c["spec_steps"] += 1
+        c["batched_tokens"] += len(self.rows)
+        c["max_batch"] = max(c["max_batch"], len(self.rows))
+        c["tokens"] += emitted - len(plain)  # _push counted those
+        self.draft_length.record(len(self.rows), k, emitted, time.perf_counter() - t0)
+
+    def _verify(self, seq: Sequence, drafts: list[int], q, logits) -> int:
+        """Keep the drafts the teacher accepts and push them with its own next token; returns
+        how many drafts were kept. ``logits``: ``[len(drafts) + 1, vocab]``, raw."""
+        adjusted = biased(logits.float(), seq.params)
+        if seq.params.temperature <= 0:
+            verdict = verify_greedy(drafts, adjusted.argmax(-1).tolist())
+        else:
+            p = sampling_probs(adjusted, seq.params)
+            verdict = verify_sampled(drafts, q, p, seq.generator)
+        emitted = [*drafts[: verdict.accepted], verdict.token]
+        scores = score_tokens(logits[: len(emitted)], emitted, seq.params.top_logprobs)
+        seq.drafted += len(drafts)
+        seq.accepted += verdict.accepted
+        self.counters["drafted"] += len(drafts)
+        self.counters["accepted"] += verdict.accepted
+        for j, tok in enumerate(emitted):
+            if seq.cancelled or seq.finished:
+                break
+            top = scores.top[j] if scores.top is not None else None
+            seq.push(tok, scores.logprobs[j], scores.entropies[j], top)
+        return verdict.accepted
 
     def _push(self, rows: list[Sequence], logits) -> None:
         params = [s.params for s in rows]
@@ -241,6 +303,8 @@ class HFEngine(ThreadedEngine):
         for i, seq in enumerate(self.rows):
             if i not in keep:
                 self._finish(seq)
+        if self.drafter is not None:
+            self.drafter.release([id(s) for i, s in enumerate(self.rows) if i not in keep])
         self.rows = [self.rows[i] for i in keep]
         self.kv.select(keep)
         self.active = len(self.rows)

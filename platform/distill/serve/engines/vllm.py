@@ -13,7 +13,11 @@ layer are the same as for the other engines::
 Needs ``pip install 'ray[llm]'`` (vLLM, CUDA) on the cluster: imports are guarded, and without
 them ``build_app`` fails with one message. Limits: the confidence ``entropy`` scoring is estimated
 from the top-``ENTROPY_TOP_K`` log-probs vLLM returns (the rest of the vocabulary as one uniform
-bucket); a teacher continuing a student prefix receives it as token ids. Not run in this
+bucket); a teacher continuing a student prefix receives it as token ids. ``cascade.mode:
+speculative`` maps to vLLM's own speculative decoding: the teacher's ``engine_kwargs`` get
+``speculative_config: {method: draft_model, model: <student dir>, num_speculative_tokens: k}``
+(:func:`speculative_config`), so vLLM drafts with the student inside the teacher's engine; vLLM
+reports acceptance in its metrics, not per request. Not run in this
 repository's CI (no GPU): ``tests/unit/test_serve_engines.py`` checks the config mapping and the
 stream parsing, and skips the deployment test without CUDA.
 """
@@ -38,9 +42,29 @@ def model_id(role: str) -> str:
     return f"distill-{role}"
 
 
-def llm_config_kwargs(role: str, dep: Any, path: Path, context_limit: int) -> dict[str, Any]:
-    """``LLMConfig`` arguments for one model deployment (pure, unit-tested without vLLM)."""
+def speculative_config(draft: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's ``speculative_config`` for ``cascade.mode: speculative``: the student (an HF
+    directory) drafts ``num_speculative_tokens`` per step inside the teacher's engine."""
+    return {
+        "method": "draft_model",
+        "model": str(draft["path"]),
+        "num_speculative_tokens": int(draft["num_speculative_tokens"]),
+    }
+
+
+def llm_config_kwargs(
+    role: str, dep: Any, path: Path, context_limit: int, draft: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``LLMConfig`` arguments for one model deployment (pure, unit-tested without vLLM);
+    ``draft``: the teacher's draft model (``ServeArgs.draft``) in speculative mode."""
     engine = {"max_model_len": context_limit, "dtype": dep.dtype, **dep.engine_kwargs}
+    if draft is not None:
+        if "speculative_config" in engine:
+            raise DistillError(
+                f"{role}.engine_kwargs.speculative_config: set by cascade.mode speculative "
+                "(the student drafts); remove it from engine_kwargs"
+            )
+        engine["speculative_config"] = speculative_config(draft)
     return {
         "model_loading_config": {"model_id": model_id(role), "model_source": str(path)},
         "engine_kwargs": engine,
@@ -52,13 +76,15 @@ def llm_config_kwargs(role: str, dep: Any, path: Path, context_limit: int) -> di
     }
 
 
-def vllm_deployment(role: str, dep: Any, path: Path, context_limit: int):
+def vllm_deployment(
+    role: str, dep: Any, path: Path, context_limit: int, draft: dict[str, Any] | None = None
+):
     """The Ray Serve LLM application for this model (named ``Student`` / ``Teacher``)."""
     try:
         from ray.serve.llm import LLMConfig, build_llm_deployment
     except ImportError as e:
         raise DistillError(f"{INSTALL_HINT} ({e})") from None
-    cfg = LLMConfig(**llm_config_kwargs(role, dep, path, context_limit))
+    cfg = LLMConfig(**llm_config_kwargs(role, dep, path, context_limit, draft))
     return build_llm_deployment(
         cfg, name_prefix="", override_serve_options={"name": role.capitalize()}
     )
