@@ -61,10 +61,10 @@ def main() -> None:
     from distill.eval.metrics import evaluate_models, forward_tokens_per_s
     from distill.models.config import GGUFSource
     from distill.models.loader import load_causal_lm, load_tokenizer, resolve_source
+    from distill.quant.checkpoint import peak_rss_mb, weights_bytes
     from distill.quant.config import QuantizeConfig
     from distill.quant.gptq import load_quantized, quantize
     from distill.quant.rtn import fake_quantize_rtn
-    from distill.quant.checkpoint import peak_rss_mb, weights_bytes
     from distill.quant.validate import check_group_size, check_model_dir
 
     t_start = time.perf_counter()
@@ -231,10 +231,10 @@ def sweep(args) -> None:
     from distill.eval.metrics import evaluate_models
     from distill.models.loader import load_causal_lm
     from distill.quant.calib import teacher_generations
+    from distill.quant.checkpoint import weights_bytes
     from distill.quant.config import QuantizeConfig
     from distill.quant.gptq import load_quantized, quantize
     from distill.quant.rtn import fake_quantize_rtn
-    from distill.quant.checkpoint import weights_bytes
     from distill.runtime.config import EngineConfig
     from distill.runtime.export import export_ort_genai
     from distill.runtime.ort_genai import OrtGenAIModel
