@@ -93,3 +93,23 @@ def test_quantize_refuses_empty_or_short_calibration(tmp_path, tiny_gqa):
         with pytest.raises(DistillError, match="empty calibration set"):
             quantize(tiny_gqa.path, cfg, calib, tmp_path / "int4")
     assert not (tmp_path / "int4").exists()
+
+
+def test_teacher_calibration_continues_train_prefixes_with_the_teachers_samples(stage_ctx):
+    from distill.quant.checkpoint import calibration_rows
+
+    ctx = stage_ctx(["quantize"], quantize=TINY)
+    cfg = ctx.config.quantize.model_copy(
+        update={"calib_source": "teacher", "calib_rows": 4, "calib_seq_len": 24, "calib_prefix": 8}
+    )
+    rows = calibration_rows(ctx.corpus, cfg, ctx.teacher.path)
+    train = ctx.corpus.train(4).reshape(-1)
+    assert rows.shape == (4, 24)
+    # each sample opens with a run of train tokens, then the teacher's continuation
+    assert all(
+        any(np.array_equal(r[:8], train[s : s + 8]) for s in range(len(train) - 7)) for r in rows
+    )
+    with pytest.raises(DistillError, match="needs the teacher's checkpoint"):
+        calibration_rows(ctx.corpus, cfg)
+    with pytest.raises(ValueError, match="calib_prefix"):
+        QuantizeConfig(calib_source="teacher", calib_prefix=256, calib_seq_len=256)

@@ -1,5 +1,5 @@
-"""Calibration rows for GPTQ from the teacher's own generations (the sweep's "teacher-generated
-calib" row in ``benchmarks/quantize.py``; not a stage setting).
+"""Calibration rows for GPTQ from the teacher's own generations (``quantize.calib_source:
+teacher``; the sweep's "teacher-generated calib" row in ``benchmarks/quantize.py``).
 
 Each sample starts from the first ``prefix_len`` tokens of a TRAIN row and continues with tokens
 sampled from the teacher (temperature 1): text from the distribution the student was distilled

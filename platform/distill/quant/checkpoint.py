@@ -24,6 +24,7 @@ from distill.data.packed import PackedCorpus
 from distill.eval.contamination import check_contamination
 from distill.eval.metrics import evaluate_models
 from distill.models.loader import load_causal_lm
+from distill.quant.calib import teacher_generations
 from distill.quant.config import QuantizeConfig
 from distill.quant.gptq import calibration_samples, load_quantized, quantize
 from distill.quant.rtn import fake_quantize_rtn
@@ -61,11 +62,22 @@ def heldout_overlap(train: np.ndarray, heldout: np.ndarray) -> int:
     return sum(r.tobytes() in seen for r in np.ascontiguousarray(train, dtype=np.int32))
 
 
-def calibration_rows(corpus: PackedCorpus, cfg: QuantizeConfig) -> np.ndarray:
+def calibration_rows(
+    corpus: PackedCorpus, cfg: QuantizeConfig, teacher_dir: Path | None = None
+) -> np.ndarray:
     """Train rows holding ``calib_rows * calib_seq_len`` tokens; never held-out rows (an empty
-    array for RTN, which calibrates on nothing)."""
+    array for RTN, which calibrates on nothing). ``calib_source: teacher``: ``calib_rows``
+    samples, each a train prefix continued by the teacher at ``teacher_dir``."""
     if cfg.method != "gptq":
         return np.zeros((0, 1), np.int32)
+    if cfg.calib_source == "teacher":
+        if teacher_dir is None:
+            raise DistillError("quantize.calib_source: teacher needs the teacher's checkpoint")
+        train = corpus.train(cfg.calib_rows)
+        heldout_check(train, corpus)
+        return teacher_generations(
+            Path(teacher_dir), train, cfg.calib_rows, cfg.calib_seq_len, cfg.calib_prefix
+        )
     seq_len = corpus.seq_len or cfg.calib_seq_len
     need = -(-cfg.calib_rows * cfg.calib_seq_len // seq_len)  # ceil
     rows = corpus.train(need)
@@ -74,14 +86,19 @@ def calibration_rows(corpus: PackedCorpus, cfg: QuantizeConfig) -> np.ndarray:
             f"empty calibration set: {corpus.train_path} has no rows; quantization calibrates "
             "on the train split"
         )
+    heldout_check(rows, corpus)
+    calibration_samples(rows, cfg.calib_rows, cfg.calib_seq_len)  # fails early when short
+    return rows
+
+
+def heldout_check(rows: np.ndarray, corpus: PackedCorpus) -> None:
+    """Refuse calibration rows that also appear in the held-out split."""
     overlap = heldout_overlap(rows, corpus.heldout())
     if overlap:
         raise DistillError(
             f"{overlap} calibration row(s) also appear in the held-out split; fix the data split "
             "before quantizing (held-out metrics would be contaminated)"
         )
-    calibration_samples(rows, cfg.calib_rows, cfg.calib_seq_len)  # fails early when short
-    return rows
 
 
 def quantize_checkpoint(

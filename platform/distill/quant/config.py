@@ -83,6 +83,15 @@ class QuantizeConfig(StrictModel):
         0.01, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, fraction of the mean diagonal"
     )
     calib_rows: int = Field(16, ge=1, description="calibration samples from the TRAIN split")
+    calib_source: Literal["train", "teacher"] = Field(
+        "train",
+        description="train: the TRAIN split's rows; teacher: a train row's first calib_prefix "
+        "tokens continued by the teacher's own samples (text from the distribution the student "
+        "was distilled towards; costs one batched teacher generation)",
+    )
+    calib_prefix: int = Field(
+        32, ge=1, description="calib_source teacher: train tokens that start each sample"
+    )
     calib_seq_len: int = Field(
         256, ge=8, description="tokens per calibration sample (train rows are re-chunked)"
     )
@@ -152,6 +161,15 @@ class QuantizeConfig(StrictModel):
             raise ValueError(
                 "recover.steps > 0 trains the GPTQ checkpoint's int4 grid: needs method: gptq "
                 "and a group_size"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _calib(self) -> QuantizeConfig:
+        if self.calib_source == "teacher" and self.calib_prefix >= self.calib_seq_len:
+            raise ValueError(
+                f"calib_prefix ({self.calib_prefix}) must be shorter than calib_seq_len "
+                f"({self.calib_seq_len}): the teacher continues each prefix to calib_seq_len"
             )
         return self
 

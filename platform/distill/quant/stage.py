@@ -42,7 +42,7 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         from distill.runtime.gguf_export import preflight
 
         preflight(model_dir, cfg.gguf)
-    rows = calibration_rows(ctx.corpus, cfg)
+    rows = calibration_rows(ctx.corpus, cfg, ctx.teacher.path)
     ctx.tracker.log_params(cfg.model_dump(), prefix="quantize.")
     ctx.tracker.log_params({"source": key, "calib_split": "train", "calib_tokens": int(rows.size)})
     ctx.tracker.record_input("model", model_dir, weights_sha256(model_dir))

@@ -36,7 +36,7 @@ def run(ctx: StageContext, cfg: TeacherInt4Config) -> StageResult:
     validate(teacher, qcfg)
     if qcfg.engine.kind != "none":
         require_ort_genai()
-    rows = calibration_rows(ctx.corpus, qcfg)
+    rows = calibration_rows(ctx.corpus, qcfg, ctx.teacher.path)
     ctx.tracker.log_params(qcfg.model_dump(), prefix="quantize.")
     ctx.tracker.log_params({"source": "teacher", "calib_tokens": int(rows.size)})
     ctx.tracker.record_input("teacher", teacher, ctx.teacher.weights_sha256)
