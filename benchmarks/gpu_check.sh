@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU path end to end, on a machine with CUDA: one table (seconds, tokens/s, peak GPU memory
-# per stage). Put its output in the README ("GPU check").
+# per stage). Put its output in docs/scaling.md ("GPU check").
 #
 #   bash benchmarks/gpu_check.sh [WORKDIR]        # default /tmp/distill-gpu-check, ~30-60 min
 #
