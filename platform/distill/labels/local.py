@@ -83,9 +83,15 @@ def _write(
     vocab_size: int,
     fingerprint: str,
 ) -> None:
-    from distill.labels.manifest import CorpusRef, Manifest, ShardEntry, TeacherRef, write_manifest
-    from distill.labels.shards import sha256_of, write_shard
-    from distill.labels.stage import STORE_COLUMNS, encodings_for, shard_fidelity
+    from distill.labels.manifest import (
+        CorpusRef,
+        Manifest,
+        ShardEntry,
+        TeacherRef,
+        encodings_for,
+        write_manifest,
+    )
+    from distill.labels.shards import STORE_COLUMNS, sha256_of, shard_fidelity, write_shard
     from distill.models.hashing import tokenizer_sha256, weights_sha256
 
     cols = {"input_ids": rows.astype(np.uint16)}

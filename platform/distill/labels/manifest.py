@@ -186,3 +186,17 @@ def read_manifest(directory: Path) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as e:
         raise DistillError(f"{path} is malformed: {e}") from None
+
+
+def encodings_for(encoding: str, ids: str, logprob_encoding: str) -> Encodings:
+    """The column dtypes of a store with this encoding (``ids``: uint16 or int32)."""
+    if encoding == "sampled":
+        return Encodings(
+            input_ids=ids,  # type: ignore[arg-type]
+            topk_ids=ids,  # type: ignore[arg-type]
+            topk_logprobs=None,
+            tail_mass=None,
+            sample_counts="uint8",
+            entropy="float16",
+        )
+    return Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=logprob_encoding)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.labels.manifest import ShardFidelity
 from distill.models.hashing import file_sha256
 
 
@@ -126,3 +127,27 @@ def read_shard(path: Path, seq_len: int, k: int, rows: np.ndarray | None = None)
 
 def sha256_of(path: Path) -> str:
     return file_sha256(Path(path))
+
+
+STORE_COLUMNS = (
+    "input_ids",
+    "topk_ids",
+    "topk_logprobs",
+    "tail_mass",
+    "logprob_scale",
+    "sample_ids",
+    "sample_counts",
+    "sample_nuniq",
+    "entropy",
+)
+
+
+def shard_fidelity(cols: dict[str, np.ndarray]) -> ShardFidelity:
+    """Sum the scorer's per-row ``_fid_*`` columns into a shard's fidelity entry."""
+    return ShardFidelity(
+        positions=int(cols["_fid_n"].sum()),
+        kl_sum=float(cols["_fid_kl"].sum()),
+        mass_sum=float(cols["_fid_mass"].sum()),
+        tv_sum=float(cols["_fid_tv"].sum()),
+        rel_sum=float(cols["_fid_rel"].sum()),
+    )

@@ -70,9 +70,9 @@ def recover(
     ``recover.target: fp``; default: the context's latest model, what the stage quantizes)."""
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
+    from distill.train.inputs import check_inputs, manifest_value, run_name
     from distill.train.launch import launch
     from distill.train.loop import LoopSpec
-    from distill.train.stage import check_inputs, manifest_value, run_name
 
     store_dir = check_store(ctx, cfg)
     dcfg = distill_config(cfg)

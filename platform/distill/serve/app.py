@@ -212,7 +212,7 @@ def run_from_config(path: Path, blocking: bool = True) -> str:
 
     from ray import serve
 
-    from distill.lineage.config import RayConfig
+    from distill.ray_config import RayConfig
     from distill.raycluster import ensure_ray
     from distill.serve.ingress import direct_ingress_urls
 
