@@ -61,3 +61,17 @@ class DataConfig(StrictModel):
         description="documents are packed in groups of about this many rows, each dropping its "
         "last partial row (< 1 row lost per group)",
     )
+
+
+class ContaminationConfig(StrictModel):
+    enabled: bool = True
+    n: int = Field(13, ge=2, description="n-gram size (13 on tokens; ~8 is usual on words)")
+    threshold: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="max share of an eval set's n-grams found in a train set; 5%: the default "
+        "stdlib split, near-duplicates clustered, measures 0-1% (distill.data.plan)",
+    )
+    action: Literal["error", "warn"] = "error"
+    max_rows: int | None = Field(2048, ge=1, description="rows / texts read per set")

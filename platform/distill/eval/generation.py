@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from distill.confidence import SCORINGS, confidence
 from distill.data.filters import repeated_fraction
 
 REPEAT_NGRAM = 3  # the seq-KD repetition filter's defaults (distill.data.filters)
@@ -54,8 +55,6 @@ def _stop_ids(tok: Any) -> list[int]:
 
 def _generate_batch(model: Any, tok: Any, texts: list[str], chat: bool, max_new_tokens: int):
     import torch
-
-    from distill.serve.confidence import SCORINGS, confidence
 
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)

@@ -2,7 +2,7 @@
 
 The GPTQ checkpoint is trained against the teacher's soft-label store through the same Ray Train +
 DeepSpeed loop as the ``distill`` stage, with ``LoopSpec.fake_quant``: the loop loads it with
-:func:`distill.quant.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
+:func:`distill.train.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
 exports it repacked as a GPTQ checkpoint. Any GPTQ checkpoint of a model the store's tokenizer
 fits (the student, or the teacher itself) recovers the same way::
 

@@ -11,7 +11,7 @@ record it where a deployment picks it up::
 Writes ``OUT/calibration.json`` (settings, curves, choice, the held-out check),
 ``OUT/calibration.png``, and with ``--serve-config`` ``OUT/serve.yaml``: the same Serve config with
 ``args.cascade`` set (threshold, scoring, quantile, decide_after_tokens, calibration). The
-candidates are every scoring of ``distill.serve.confidence`` at every decision point, the
+candidates are every scoring of ``distill.confidence`` at every decision point, the
 Chow-Quantile score once per ``--quantiles`` value (named ``quantile:0.25@16``); the report also
 gives each candidate's own best threshold on the fitting half and its held-out figures. With a tracking URI
 the run goes to MLflow (experiment ``distill-calibrate``); ``--register`` tags that model version
@@ -31,9 +31,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from distill.confidence import DEFAULT_QUANTILE, SCORINGS, score
 from distill.config.base import DistillError, StrictModel
 from distill.serve.calibrate import Choice, Target, choose, evaluate, token_agreement, tradeoff
-from distill.serve.confidence import DEFAULT_QUANTILE, SCORINGS, score
 
 
 class CalibrateConfig(StrictModel):

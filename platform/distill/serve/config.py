@@ -36,12 +36,11 @@ MAX_DRAFT_TOKENS = 16
 # Ray Serve's high-throughput mode (Ray >= 2.56): user code and the request router on each
 # replica's own event loop, gRPC between replicas, and each ingress (Router) replica serving
 # HTTP on a port of its own too (direct ingress, serve/ingress.py; the proxy port still
-# forwards to it). benchmarks/serve_load.py through the proxy, 2 cores, int4 ORT student,
-# 16-way HTTP: 117 / 112 / 107 tok/s with it vs 92 / 100 / 98 without (three A/B pairs,
-# 2026-12-02); c=1 61 / 64 / 59 vs 58 / 60 / 58. Every Ray process must see it: `distill serve`
-# sets it before it starts a local Ray, a cluster in its pods (k8s/rayservice.yaml).
-# Direct ingress holds a Router replica 30 s on shutdown by default, for an external load
-# balancer (HAProxy) to drain it; a local Ray has none, and every serve.shutdown() took 30 s.
+# forwards to it); it serves more tokens/s under concurrent load (benchmarks/serve_load.py,
+# docs/serving.md). Every Ray process must see it: `distill serve` sets it before it starts a
+# local Ray, a cluster in its pods (k8s/rayservice.yaml).
+# Direct ingress holds a Router replica on shutdown by default, for an external load balancer
+# (HAProxy) to drain it; a local Ray has none, so the drain is cut to keep shutdown quick.
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",

@@ -35,7 +35,7 @@ def build_ds_config(cfg: DistillConfig, world_size: int) -> dict[str, Any]:
                 "betas": list(cfg.betas),
                 "eps": 1e-8,
                 "weight_decay": cfg.weight_decay,
-                # Plain torch AdamW: no fused-Adam JIT compile (131 s on these CPUs).
+                # Plain torch AdamW: no fused-Adam JIT compile (minutes on a CPU).
                 "torch_adam": True,
             },
         },
@@ -67,7 +67,7 @@ def setup_worker_env(use_gpu: bool, threads: int) -> None:
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         torch.set_num_threads(max(threads, 1))
-        # DeepSpeed JIT-compiles a shared-memory comm op on CPU (55-80 s); gloo is enough.
+        # DeepSpeed JIT-compiles a shared-memory comm op on CPU (a minute); gloo is enough.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 

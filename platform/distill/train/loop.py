@@ -57,7 +57,7 @@ class LoopSpec(StrictModel):
     fake_quant: bool = Field(
         False,
         description="student_path is a GPTQ checkpoint: train it on its int4 grid "
-        "(distill.quant.fakequant: STE, scales trainable) and export it repacked as GPTQ",
+        "(distill.train.fakequant: STE, scales trainable) and export it repacked as GPTQ",
     )
 
     @model_validator(mode="after")
@@ -145,7 +145,7 @@ def build(w: Worker) -> None:
     torch.manual_seed(cfg.seed)
     eager = {"attn_implementation": "eager"} if cfg.attention.weight else {}
     if spec.fake_quant:
-        from distill.quant.fakequant import load_fake_quant
+        from distill.train.fakequant import load_fake_quant
 
         student = load_fake_quant(Path(spec.student_path)).train()
     else:
@@ -491,7 +491,7 @@ def export(w: Worker) -> None:
     student = w.engine.module.student
     if spec.fake_quant:  # ZeRO 1/2 (the recover config refuses 3): every rank holds all weights
         if w.rank == 0:
-            from distill.quant.fakequant import pack_gptq
+            from distill.train.fakequant import pack_gptq
 
             pack_gptq(student, Path(spec.student_path), Path(spec.out_dir))
         return

@@ -10,9 +10,9 @@ temperature / top_p / seed) and runs it until every row has finished or was canc
 arriving meanwhile do not wait for it: up to ``batching.max_batches`` batches (at most
 ``batching.max_batch_size`` rows in all) are decoded side by side, one step each in turn, and a
 request that has waited half of ``max_queue_wait_s`` gets a batch even past ``max_batches``.
-(ONNX Runtime GenAI 0.18's ``og.Engine`` was measured instead and lost: on this CPU it decodes
-16 prompts at 151 tok/s where a static batch does 292; its paged ``dynamic_batching`` needs a
-paged-attention model, which the CPU int4 export is not.) The runtime itself runs in a child
+(ONNX Runtime GenAI's ``og.Engine`` decodes a concurrent load slower than a static batch on a
+CPU, and its paged ``dynamic_batching`` needs a paged-attention model, which the CPU int4 export
+is not.) The runtime itself runs in a child
 process of the replica (``ort_table.ProcessTable``): its Python bindings hold the GIL while they
 compute, which stalled the replica's event loop. Per-token log-probs come from the runtime,
 entropies and ``top_logprobs`` from the step logits (computed in the child). The runtime's
@@ -62,12 +62,9 @@ class OrtGenAIEngine(ThreadedEngine):
     ) -> None:
         # The runtime holds the GIL while it computes, so a replica runs it in a child process
         # (ort_table.py); a ``runtime`` object given here is stepped in this process instead.
-        # ``spin``: idle intra-op threads busy-wait between ops (ONNX Runtime's default). With
-        # the child decoding ahead, five interleaved A/B pairs of HTTP waves (2 cores,
-        # 2026-12-02) gave a single request 114.3 tok/s mean with it, 102.4 without (5 of 5
-        # pairs), 16 concurrent 207.9 vs 200.4 (2 of 5). Before the look-ahead, spinning lost at
-        # 16-way (87.6 / 94.6 vs 99.9 / 112.3 tok/s): ``engine_kwargs: {spin: false}`` for a
-        # node whose cores are busy with other work.
+        # ``spin``: idle intra-op threads busy-wait between ops (ONNX Runtime's default): with
+        # the child decoding ahead it answers a single request faster (docs/serving.md);
+        # ``engine_kwargs: {spin: false}`` for a node whose cores are busy with other work.
         if runtime is None:
             self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=spin)
         else:
