@@ -39,8 +39,13 @@ from distill.data.corpus import (
     fingerprint,
     resolve_files,
 )
-from distill.data.packed import PackedCorpus
+from distill.data.dedup import token_signature
+from distill.data.packed import PackedCorpus, check_parts
+from distill.data.packing import pack_concat
 from distill.data.plan import HELDOUT, SPLITS, TRAIN, Plan, make_plan
+from distill.data.sink import PackedRowsDatasink
+from distill.models.hashing import tokenizer_sha256
+from distill.models.loader import load_tokenizer
 
 DOC_COLUMNS = ("doc_id", "n_tokens", "sig")
 
@@ -49,15 +54,12 @@ class Tokenize:
     """Callable class for ``map_batches``: one tokenizer per actor; tokens + MinHash signature."""
 
     def __init__(self, tokenizer_dir: str, max_chars: int, shingle: int, num_perm: int) -> None:
-        from distill.models.loader import load_tokenizer
 
         self.tok = load_tokenizer(Path(tokenizer_dir))
         self.max_chars, self.shingle, self.num_perm = max_chars, shingle, num_perm
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
-
-        from distill.data.dedup import token_signature
 
         texts = [str(t)[: self.max_chars] for t in batch["text"]]
         ids = [
@@ -187,8 +189,6 @@ def _pack_group(table, groups: dict[str, np.ndarray], seq_len: int, eos: int) ->
     """One packing group → its rows, with their split and global row index."""
     import pyarrow as pa
 
-    from distill.data.packing import pack_concat
-
     g = int(table.column("group")[0].as_py())
     # one copy of each document (rows with the same content share an id, a group and a position)
     _, once = np.unique(
@@ -215,8 +215,6 @@ def pack_to(cfg: DataConfig, docs: Path, plan: Plan, eos: int, out: Path) -> Non
     """Pass 2: the planned groups packed in parallel, written by ``PackedRowsDatasink``."""
     import ray
     import ray.data
-
-    from distill.data.sink import PackedRowsDatasink
 
     groups = {"split": plan.group_split, "first": plan.group_first_row, "rows": plan.group_rows}
     ds = ray.data.read_parquet(str(docs), columns=["doc_id", "input_ids"], num_cpus=READ_CPUS)
@@ -265,7 +263,6 @@ def data_context() -> Iterator[None]:
 
 
 def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
-    from distill.models.hashing import tokenizer_sha256
 
     return hashlib.sha256(
         json.dumps(
@@ -284,8 +281,6 @@ def prepare_corpus(
 ) -> PackedCorpus:
     """Tokenize, split and pack the corpus into ``out_dir``; an existing packed corpus with the
     same key (in ``out_dir``, else in one of the ``reuse`` directories) is opened instead."""
-    from distill.data.packed import check_parts
-    from distill.models.loader import load_tokenizer
 
     files = resolve_files(cfg.corpus)
     key = corpus_key(cfg, files, tokenizer_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.eval.config import GENERATION_METRICS
+from distill.eval.plots import quality_pareto
 
 MAIN_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("engine", "engine", str),
@@ -201,8 +202,6 @@ def _write(path: Path, text: str) -> None:
 def save_report(report: dict[str, Any], workdir: Path, tracker: Any) -> Path:
     """Write ``report.json``, ``report.md`` and ``pareto.png``; log the three to ``tracker``."""
     import matplotlib.pyplot as plt
-
-    from distill.eval.plots import quality_pareto
 
     workdir = Path(workdir)
     verdicts = (report.get("gate") or {}).get("verdicts", {})

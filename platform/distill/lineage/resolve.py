@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from distill.config.base import DistillError
+from distill.models.gguf import cache_root
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))/?$")
 
@@ -46,8 +47,6 @@ def resolve_registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str
     """Download a registered version once; return (checkpoint dir, lineage tags)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from distill.models.gguf import cache_root
 
     try:
         name, version, alias = parse_model_uri(ref)

@@ -27,6 +27,7 @@ from distill.models.gguf import (
 )
 from distill.models.hashing import tokenizer_sha256, weights_sha256
 from distill.models.license import LicenseDecision, check_license
+from distill.models.tiny import build_tiny_llama
 
 
 def ensure_offline() -> None:
@@ -57,8 +58,6 @@ def _tiny_dir(src: TinySource, cache: Path) -> Path:
     if not (out / "config.json").exists():
         import shutil
         import tempfile
-
-        from distill.models.tiny import build_tiny_llama
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))

@@ -17,6 +17,7 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.monitor.drift import Window, drift_windows
+from distill.monitor.log import read_request_log
 
 
 @dataclass
@@ -211,8 +212,6 @@ def run_monitor(
 ) -> MonitorResult:
     """Read the log, compare with the reference, write ``monitor.json`` + ``monitor.png``."""
     import matplotlib.pyplot as plt
-
-    from distill.monitor.log import read_request_log
 
     table = read_request_log(Path(log))
     if scoring is None:

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_causal_lm, load_tokenizer
 from distill.seqkd.prompts import messages_of, prompt_text, render_prompt
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ class LocalGenerator:
         dtype: str,
     ) -> None:
         import torch
-
-        from distill.models.loader import load_causal_lm, load_tokenizer
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -243,7 +242,6 @@ class HTTPGenerator:
     def __init__(
         self, cfg: dict[str, Any], decoding: dict[str, Any], api_key: str | None, tokenizer_dir: str
     ) -> None:
-        from distill.models.loader import load_tokenizer
 
         self.client = HTTPClient(cfg, decoding, api_key, cfg["requests_per_s"] / cfg["actors"])
         self.tok = load_tokenizer(tokenizer_dir)

@@ -33,7 +33,13 @@ from pydantic import Field, field_validator
 
 from distill.confidence import DEFAULT_QUANTILE, SCORINGS, score
 from distill.config.base import DistillError, StrictModel
+from distill.data.packed import part_files, read_rows
+from distill.lineage.tracker import check_reachable, flatten
+from distill.models.loader import load_tokenizer
+from distill.serve.app import load_serve_config, resolve_model
 from distill.serve.calibrate import Choice, Target, choose, evaluate, token_agreement, tradeoff
+from distill.serve.engines import EngineOptions, build_engine
+from distill.serve.engines.base import BatchingConfig, EngineRequest, SamplingParams
 
 
 class CalibrateConfig(StrictModel):
@@ -78,7 +84,6 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
     """Prompt token ids: cut from packed held-out rows (a Parquet file, or the directory of part
     files the corpus stage writes), or tokenized from a JSONL file."""
     path = cfg.prompts
-    from distill.data.packed import part_files, read_rows
 
     if not path.exists() or not part_files(path):
         raise DistillError(f"prompts not found: {path} (a .parquet file or directory, or .jsonl)")
@@ -102,9 +107,6 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
 
 def replay(ref: str, prompts: list[list[int]], cfg: CalibrateConfig) -> list[Replayed]:
     """Greedy answers with per-token log-probs / entropies, batched by the serving engine."""
-    from distill.serve.app import resolve_model
-    from distill.serve.engines import EngineOptions, build_engine
-    from distill.serve.engines.base import BatchingConfig, EngineRequest, SamplingParams
 
     path, _ = resolve_model(ref, cfg.tracking_uri)
     kind = "onnxruntime-genai" if (path / "genai_config.json").exists() else "hf"
@@ -192,8 +194,6 @@ def fit_and_check(data: dict[str, Any], target: Target) -> dict[str, Any]:
 
 def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
     """Replay, fit on the first half, check on the second; write outputs; return the report."""
-    from distill.models.loader import load_tokenizer
-    from distill.serve.app import resolve_model
 
     target = Target(cfg.target_agreement, cfg.max_fallback)
     t0 = time.time()
@@ -261,8 +261,6 @@ def calibrated_serve_config(src: Path, cascade: dict[str, Any]) -> str:
     """``src`` with ``args.cascade`` of every distill application updated (validated)."""
     import yaml
 
-    from distill.serve.app import load_serve_config
-
     load_serve_config(src)  # the input must be valid to begin with
     raw = yaml.safe_load(src.read_text())
     for app in raw["applications"]:
@@ -303,8 +301,6 @@ def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choi
 
 def _log_mlflow(cfg: CalibrateConfig, report: dict, fig: Any, cascade: dict[str, Any]) -> str:
     from mlflow import MlflowClient
-
-    from distill.lineage.tracker import check_reachable, flatten
 
     uri = cfg.tracking_uri or ""
     check_reachable(uri, 10.0)

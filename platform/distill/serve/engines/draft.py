@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_causal_lm, load_tokenizer
+from distill.runtime.ort_genai import OrtGenAIModel
 from distill.serve.config import DRAFT_ENGINES
 from distill.serve.engines.base import SamplingParams
 from distill.serve.engines.kv import CachedLM
@@ -107,7 +109,6 @@ class HFDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: str = "float32") -> HFDrafter:
-        from distill.models.loader import load_causal_lm, load_tokenizer
 
         model = load_causal_lm(Path(path), dtype=dtype, device=device)
         tok = load_tokenizer(Path(path))
@@ -194,7 +195,6 @@ class OrtDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, threads: int | None, max_length: int) -> OrtDrafter:
-        from distill.runtime.ort_genai import OrtGenAIModel
 
         return cls(OrtGenAIModel.load(Path(path), threads=threads, spin=False), max_length)
 

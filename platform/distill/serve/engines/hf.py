@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from distill.config.base import DistillError
+from distill.models.loader import load_causal_lm, load_tokenizer
 from distill.serve.engines.base import BatchingConfig, Sequence, ThreadedEngine
 from distill.serve.engines.draft import Drafter, DraftRow
 from distill.serve.engines.kv import KVBatch, lm_forward, ragged
@@ -55,8 +56,6 @@ class HFEngine(ThreadedEngine):
         draft: Drafter | None = None,
     ) -> None:
         import torch
-
-        from distill.models.loader import load_causal_lm, load_tokenizer
 
         if torch_threads:
             torch.set_num_threads(torch_threads)

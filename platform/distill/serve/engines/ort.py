@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.models.loader import load_tokenizer
+from distill.runtime.export import read_manifest
 from distill.serve.engines.base import (
     BatchingConfig,
     EngineRequest,
@@ -38,11 +40,9 @@ from distill.serve.engines.prompt import PromptBuilder
 
 
 def _tokenizer(path: Path):
-    from distill.models.loader import load_tokenizer
 
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         return load_tokenizer(path)
-    from distill.runtime.export import read_manifest  # the export records its source checkpoint
 
     return load_tokenizer(Path(read_manifest(path)["source"]))
 

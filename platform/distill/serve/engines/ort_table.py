@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.runtime.ort_genai import OrtGenAIModel
+
 
 @dataclass
 class Scored:
@@ -201,8 +203,6 @@ def _child(
     rx: Connection, tx: Connection, path: str, threads: int, spin: bool, lookahead: bool
 ) -> None:
     try:
-        from distill.runtime.ort_genai import OrtGenAIModel
-
         table = BatchTable(OrtGenAIModel.load(Path(path), threads=threads or None, spin=spin))
     except Exception as e:  # the replica's constructor fails with this message
         tx.send(("error", f"loading {path}: {type(e).__name__}: {e}"))

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_tokenizer
 from distill.serve.cascade import RequestFailed
-from distill.serve.engines.base import Chunk
+from distill.serve.deployments import sampling_params
+from distill.serve.engines.base import Chunk, PromptError
+from distill.serve.engines.prompt import PromptBuilder
 
 ENTROPY_TOP_K = 20
 INSTALL_HINT = "engine vllm needs Ray Serve LLM and vLLM on a GPU cluster: pip install 'ray[llm]'"
@@ -147,8 +150,6 @@ class VLLMModelClient:
     """The Router's view of a Ray Serve LLM deployment (same contract as ServeModelClient)."""
 
     def __init__(self, handle: Any, role: str, path: Path, context_limit: int) -> None:
-        from distill.models.loader import load_tokenizer
-        from distill.serve.engines.prompt import PromptBuilder
 
         tok = load_tokenizer(Path(path))
         self.handle = handle.options(stream=True)
@@ -160,9 +161,6 @@ class VLLMModelClient:
     def request(self, payload: dict[str, Any]) -> tuple[Any, int, int]:
         """(vLLM CompletionRequest, prompt tokens, top_logprobs) for a Router payload."""
         from ray.serve.llm.openai_api_models import CompletionRequest
-
-        from distill.serve.deployments import sampling_params
-        from distill.serve.engines.base import PromptError
 
         params = sampling_params(payload.get("params", {}))
         cont = list(payload.get("continue_ids") or [])
