@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from distill.models.stopping import stop_token_ids
 from distill.serve.engines.base import BatchingConfig, Overloaded, PromptError, SamplingParams
 from distill.serve.engines.hf import HFEngine
 
@@ -167,6 +168,18 @@ def test_prefix_continuation_stop_strings_and_limits(engine):
         engine.prepare(prompt="w" * 10_000, params=SamplingParams(max_tokens=4), context_limit=32)
     chat = engine.prompts.render(messages=[{"role": "user", "content": "hi"}])
     assert chat.startswith("<|im_start|>user") and chat.endswith("<|im_start|>assistant\n")
+
+
+def test_the_engine_stops_at_end_of_turn_as_evaluate_and_seq_kd_do(engine):
+    """One stop rule (distill.models.stopping): the tiny model declares only <|endoftext|>, yet a
+    served answer ends at <|im_end|> like an evaluated or seq-KD one."""
+    tok, model = engine.tok, engine.model
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    declared = (model.generation_config.eos_token_id, model.config.eos_token_id)
+    assert engine.eos_ids == set(stop_token_ids(tok, *declared)) >= {im_end, tok.eos_token_id}
+    params = SamplingParams(max_tokens=8, logit_bias=((im_end, 100.0),))
+    chunks = asyncio.run(_collect(engine, PROMPTS[0], params))
+    assert _ids(chunks) == [im_end] and chunks[-1].finish_reason == "stop"
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine):

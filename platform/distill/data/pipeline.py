@@ -54,7 +54,6 @@ class Tokenize:
     """Callable class for ``map_batches``: one tokenizer per actor; tokens + MinHash signature."""
 
     def __init__(self, tokenizer_dir: str, max_chars: int, shingle: int, num_perm: int) -> None:
-
         self.tok = load_tokenizer(Path(tokenizer_dir))
         self.max_chars, self.shingle, self.num_perm = max_chars, shingle, num_perm
 
@@ -263,7 +262,6 @@ def data_context() -> Iterator[None]:
 
 
 def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
-
     return hashlib.sha256(
         json.dumps(
             {

@@ -92,7 +92,6 @@ def _write(
     vocab_size: int,
     fingerprint: str,
 ) -> None:
-
     cols = {"input_ids": rows.astype(np.uint16)}
     cols.update({key: merged[key] for key in STORE_COLUMNS if key in merged and key != "input_ids"})
     root.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ def _python_model():
         """Greedy text completion with the logged checkpoint (fp, GPTQ or a CPU engine export)."""
 
         def load_context(self, context):
-
             self.model = load_for_eval(Path(context.artifacts["checkpoint"]))
             self.tok = load_tokenizer(Path(context.artifacts["checkpoint"]))
 

@@ -40,7 +40,6 @@ def _targets(
     topk: dict[str, torch.Tensor] | None,
     sampled: dict[str, torch.Tensor] | None,
 ):
-
     out = LossTargets(labels=targets[mask] if spec.ce else None)
     if not spec.kd:
         return out

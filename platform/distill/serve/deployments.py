@@ -65,7 +65,6 @@ class ModelHost:
         context_limit: int,
         draft: dict[str, Any] | None = None,
     ) -> None:
-
         dep = ModelDeployment.model_validate(spec)
         self.role = role
         self.path = path
@@ -100,7 +99,6 @@ class ModelHost:
         }
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
-
         try:
             req = self.engine.prepare(
                 payload.get("prompt"),

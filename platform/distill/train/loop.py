@@ -483,7 +483,6 @@ def finish_step(w: Worker) -> None:
 
 
 def export(w: Worker) -> None:
-
     spec = w.spec
     student = w.engine.module.student
     if spec.fake_quant:  # ZeRO 1/2 (the recover config refuses 3): every rank holds all weights

@@ -109,7 +109,6 @@ class HFDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: str = "float32") -> HFDrafter:
-
         model = load_causal_lm(Path(path), dtype=dtype, device=device)
         tok = load_tokenizer(Path(path))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0
@@ -195,7 +194,6 @@ class OrtDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, threads: int | None, max_length: int) -> OrtDrafter:
-
         return cls(OrtGenAIModel.load(Path(path), threads=threads, spin=False), max_length)
 
     def keys(self) -> list[int]:

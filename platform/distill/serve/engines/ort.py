@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.models.loader import load_tokenizer
+from distill.models.stopping import stop_token_ids
 from distill.runtime.export import read_manifest
 from distill.serve.engines.base import (
     BatchingConfig,
@@ -40,7 +41,6 @@ from distill.serve.engines.prompt import PromptBuilder
 
 
 def _tokenizer(path: Path):
-
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         return load_tokenizer(path)
 
@@ -75,7 +75,9 @@ class OrtGenAIEngine(ThreadedEngine):
         self.max_context = int(meta["context_length"])
         tok = _tokenizer(self.path)
         self.prompts = PromptBuilder(tok, self.max_context, self.path.name)
-        super().__init__(tok, set(meta["eos_ids"]), batching or BatchingConfig())
+        super().__init__(
+            tok, set(stop_token_ids(tok, meta["eos_ids"])), batching or BatchingConfig()
+        )
         self.batches: dict[int, list[Sequence]] = {}  # the engine thread's, by table id
         self._next_id = 0
 
