@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from distill.models.stopping import stop_token_ids
-from distill.serve.engines.base import BatchingConfig, Overloaded, PromptError, SamplingParams
+from distill.serve.config import BatchingConfig
+from distill.serve.engines.base import Overloaded, PromptError, SamplingParams
 from distill.serve.engines.hf import HFEngine
 
 PROMPTS = ["def add(a, b):\n    return", "import os", "class Foo:\n    def __init__(self):"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from distill.config.base import DistillError
-from distill.serve.config import ModelDeployment
+from distill.serve.config import BatchingConfig, ModelDeployment
 from distill.serve.engines import EngineOptions, build_engine
-from distill.serve.engines.base import BatchingConfig, PromptError, SamplingParams
+from distill.serve.engines.base import PromptError, SamplingParams
 
 
 class FakeRuntime:

@@ -38,8 +38,9 @@ from distill.lineage.tracker import check_reachable, flatten
 from distill.models.loader import load_tokenizer
 from distill.serve.app import load_serve_config, resolve_model
 from distill.serve.calibrate import Choice, Target, choose, evaluate, token_agreement, tradeoff
+from distill.serve.config import BatchingConfig
 from distill.serve.engines import EngineOptions, build_engine
-from distill.serve.engines.base import BatchingConfig, EngineRequest, SamplingParams
+from distill.serve.engines.base import EngineRequest, SamplingParams
 
 
 class CalibrateConfig(StrictModel):

@@ -54,8 +54,9 @@ def apply_serve_env() -> None:
         os.environ.setdefault(key, value)
 
 
-class Batching(StrictModel):
-    """How a model replica batches concurrent requests (continuous batching)."""
+class BatchingConfig(StrictModel):
+    """How a model replica batches concurrent requests (continuous batching): the
+    ``batching:`` block of a model deployment, and what every engine reads."""
 
     max_batch_size: int = Field(
         32, ge=1, le=512, description="sequences decoded together in one forward pass"
@@ -116,7 +117,7 @@ class ModelDeployment(StrictModel):
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads; unset = max(1, round(num_cpus))"
     )
-    batching: Batching = Field(default_factory=Batching)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_queued_requests: int = Field(
         64, ge=1, description="Router->replica handle queue; beyond it the Router answers 503"
     )

@@ -25,7 +25,6 @@ from ray import serve
 from distill.serve.config import ModelDeployment
 from distill.serve.engines import DraftSpec, EngineOptions, build_engine
 from distill.serve.engines.base import (
-    BatchingConfig,
     Overloaded,
     PromptError,
     SamplingParams,
@@ -73,7 +72,7 @@ class ModelHost:
             device=dep.device,
             dtype=dep.dtype,
             threads=dep.threads,
-            batching=BatchingConfig(**dep.batching.model_dump()),
+            batching=dep.batching,
             kwargs=dict(dep.engine_kwargs),
         )
         draft_spec = None

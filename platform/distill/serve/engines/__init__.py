@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
-from distill.serve.config import VERIFY_ENGINES
-from distill.serve.engines.base import BatchingConfig, Engine
+from distill.serve.config import VERIFY_ENGINES, BatchingConfig
+from distill.serve.engines.base import Engine
 from distill.serve.engines.draft import build_drafter
 
 ENGINES = {

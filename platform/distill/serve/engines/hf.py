@@ -36,7 +36,8 @@ from pathlib import Path
 from distill.config.base import DistillError
 from distill.models.loader import load_causal_lm, load_tokenizer
 from distill.models.stopping import stop_token_ids
-from distill.serve.engines.base import BatchingConfig, Sequence, ThreadedEngine
+from distill.serve.config import BatchingConfig
+from distill.serve.engines.base import Sequence, ThreadedEngine
 from distill.serve.engines.draft import Drafter, DraftRow
 from distill.serve.engines.kv import KVBatch, lm_forward, ragged
 from distill.serve.engines.prompt import PromptBuilder

@@ -28,8 +28,8 @@ from typing import Any
 from distill.models.loader import load_tokenizer
 from distill.models.stopping import stop_token_ids
 from distill.runtime.export import read_manifest
+from distill.serve.config import BatchingConfig
 from distill.serve.engines.base import (
-    BatchingConfig,
     EngineRequest,
     PromptError,
     SamplingParams,
