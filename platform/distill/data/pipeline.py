@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.data.config import DataConfig
 from distill.data.corpus import (
@@ -288,9 +288,7 @@ def prepare_corpus(
         if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == key:
             return PackedCorpus.open(Path(d))
     eos = load_tokenizer(tokenizer_dir).eos_token_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         with data_context():
             tokenize_to(cfg, files, tokenizer_dir, tmp / "_docs")
             plan = make_plan(*read_metadata(tmp / "_docs"), cfg)
@@ -300,12 +298,6 @@ def prepare_corpus(
             check_parts(tmp / f"{name}.parquet", plan.rows(s))
         write_documents(tmp / "documents.parquet", plan)
         (tmp / "meta.json").write_text(json.dumps(_meta(key, cfg, plan), indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return PackedCorpus.open(out_dir)
 
 

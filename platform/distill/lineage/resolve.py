@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.models.gguf import cache_root
 
@@ -57,16 +56,11 @@ def resolve_registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str
     store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:8]
     dst = cache_root() / "serve-models" / f"{store}-{name}-{mv.version}"
     if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
-        try:
-            source = client.get_model_version_download_uri(name, mv.version)
+        source = client.get_model_version_download_uri(name, mv.version)
+        with atomic_dir(dst) as tmp:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri
             )
-            tmp.rename(dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     configs = sorted(dst.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:
         raise DistillError(f"{ref} holds no HF checkpoint (no config.json under {dst})")

@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_dir
 from distill.models.files import copy_tokenizer_files
 from distill.train.config import DistillConfig
 
@@ -109,16 +108,10 @@ def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, r
     state = trained_state_dict(engine, student, rank)
     if rank != 0:
         return
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-tmp-"))
     student.config.dtype = torch.float32
-    student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    copy_tokenizer_files(source_dir, tmp)
-    tmp.chmod(0o755)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(Path(out_dir)) as tmp:
+        student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        copy_tokenizer_files(source_dir, tmp)
 
 
 class _null:
