@@ -4,7 +4,7 @@ so a crash or an interrupted run never leaves a half-written checkpoint, corpus 
 
     with atomic_dir(Path("runs/x/student")) as tmp:
         model.save_pretrained(tmp)
-    with atomic_file(Path("runs/x/report.json")) as tmp:
+    with atomic_file(Path("runs/x/report.json")) as tmp:  # .report.json.<pid>.tmp
         tmp.write_text(json.dumps(report))
 """
 
@@ -44,10 +44,12 @@ def atomic_dir(out: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """A temp file name beside ``path`` (same suffix); it becomes ``path`` when the block ends."""
+    """A temp file name beside ``path``; it becomes ``path`` when the block ends. The name ends
+    in ``.tmp``, so a reader globbing ``*.parquet`` never sees a half-written file (a writer
+    that infers the format from the suffix, like ``savefig``, is given it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -25,7 +25,7 @@ def test_a_folder_replaces_the_old_one_only_when_whole(tmp_path):
 def test_a_file_replaces_the_old_one_only_when_whole(tmp_path):
     path = tmp_path / "report.json"
     with atomic_file(path) as tmp:
-        assert tmp.suffix == ".json" and tmp.parent == tmp_path
+        assert tmp.suffix == ".tmp" and tmp.parent == tmp_path
         tmp.write_text("{}")
     with pytest.raises(RuntimeError), atomic_file(path) as tmp:
         tmp.write_text("{")

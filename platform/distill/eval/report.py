@@ -9,11 +9,11 @@ them again with the gate's verdicts::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_file
 from distill.eval.config import GENERATION_METRICS
 from distill.eval.plots import quality_pareto
 
@@ -194,9 +194,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_report(report: dict[str, Any], workdir: Path, tracker: Any) -> Path:
@@ -206,9 +205,8 @@ def save_report(report: dict[str, Any], workdir: Path, tracker: Any) -> Path:
     workdir = Path(workdir)
     verdicts = (report.get("gate") or {}).get("verdicts", {})
     fig = quality_pareto(report["models"], verdicts)
-    tmp = workdir / ".pareto.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, workdir / "pareto.png")
+    with atomic_file(workdir / "pareto.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     tracker.log_figure(fig, "pareto.png")
     plt.close(fig)
     md = render_markdown(report)

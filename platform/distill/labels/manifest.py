@@ -12,12 +12,12 @@ whether a rerun may reuse shards::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError, StrictModel
 
 FORMAT_VERSION = 1
@@ -159,9 +159,8 @@ def identity_mismatch(old: Manifest, new: Manifest) -> list[str]:
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(manifest.model_dump_json(indent=1))
     return path
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.labels.manifest import ShardFidelity
 from distill.models.hashing import file_sha256
 
@@ -87,12 +88,10 @@ def write_shard(path: Path, columns: dict[str, np.ndarray], compression: str = "
         width = int(np.prod(values.shape[1:]))
         arrays[name] = _fixed(values, width)
     table = pa.table(arrays)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression=None if compression == "none" else compression)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(Path(path)) as tmp:
+        pq.write_table(table, tmp, compression=None if compression == "none" else compression)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     return path.stat().st_size
 
 

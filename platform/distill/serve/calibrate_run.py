@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from distill.atomic import atomic_file
 from distill.confidence import DEFAULT_QUANTILE, SCORINGS, score
 from distill.config.base import DistillError, StrictModel
 from distill.data.packed import part_files, read_rows
@@ -253,9 +253,8 @@ def _figure(curves: dict[str, list], choice: Choice, cfg: CalibrateConfig):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def calibrated_serve_config(src: Path, cascade: dict[str, Any]) -> str:
@@ -273,9 +272,8 @@ def calibrated_serve_config(src: Path, cascade: dict[str, Any]) -> str:
 def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choice) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     fig = _figure(curves, choice, cfg)
-    tmp_png = cfg.out / ".calibration.tmp.png"
-    fig.savefig(tmp_png, dpi=100)
-    os.replace(tmp_png, cfg.out / "calibration.png")
+    with atomic_file(cfg.out / "calibration.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     cascade = {
         "threshold": round(choice.point.threshold, 6),
         "scoring": report["choice"]["scoring"],
