@@ -50,7 +50,7 @@ cat >"$WD/serve.py" <<'EOF'
 """Serve the ZeRO-2 student on one GPU and time 16 completions (64 tokens each)."""
 import json, sys, time, urllib.request
 from ray import serve
-from distill.lineage.config import RayConfig
+from distill.ray_config import RayConfig
 from distill.raycluster import ensure_ray
 from distill.serve.app import build_app
 

@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from distill.config.loader import load_config
     from distill.data.packed import write_rows
     from distill.data.packing import stdlib_split_rows
     from distill.eval.metrics import evaluate_models
@@ -84,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         load_tokenizer,
         resolve_source,
     )
+    from distill.pipeline import load_config
     from distill.prune.config import PruneConfig
     from distill.train.config import DistillConfig
     from distill.train.launch import launch

@@ -129,11 +129,11 @@ def sequence_level(dirs: dict[str, Path], prep: Path, wd: Path) -> dict[str, dic
     """Per model: greedy answers against the teacher's, and the calibrated cascade."""
     import yaml
 
-    from distill.config.loader import load_config
     from distill.data.packed import read_rows
     from distill.eval.generation import generate_answers, score_answers
     from distill.eval.prompts import build_prompts
     from distill.models.loader import load_causal_lm, load_tokenizer
+    from distill.pipeline import load_config
     from distill.serve.calibrate import Target
     from distill.serve.calibrate_run import (
         CalibrateConfig,

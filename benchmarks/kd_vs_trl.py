@@ -120,13 +120,13 @@ def base_config(o: dict[str, Any]) -> dict[str, Any]:
 
 def prepare(wd: Path, o: dict[str, Any]) -> Path:
     """Rows, the pruned student and both stores, once per settings (``prep/done.json``)."""
-    from distill.config.loader import load_config
     from distill.data.packed import make_calib_loop, write_rows
     from distill.data.packing import stdlib_split_rows
     from distill.labels.encode import EncodingSpec
     from distill.labels.local import write_local_stores
     from distill.models.config import GGUFSource
     from distill.models.loader import load_causal_lm, load_tokenizer, resolve_source
+    from distill.pipeline import load_config
     from distill.prune.core import prune_model
     from distill.prune.stage import save_checkpoint
 
@@ -228,7 +228,7 @@ def write_extra_rows(prep: Path, teacher: Path, o: dict[str, Any]) -> None:
 
 def distill_config(method: str, o: dict[str, Any]) -> tuple[Any, str]:
     """The method's DistillConfig and the store it reads."""
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
     from distill.train.config import DistillConfig
 
     if method in DEMO or method in DEMO_ABLATIONS:
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def demo_tokens() -> int:
     """The demo's KD budget (``max_steps × batch_size × seq_len`` of its ``distill:``)."""
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
 
     cfg = load_config(DEMO_CONFIG)
     return int(cfg.distill.max_steps or 0) * cfg.distill.batch_size * cfg.data.seq_len

@@ -200,16 +200,15 @@ def model_dirs(run: Path, model: str) -> tuple[Path, Path]:
 
 def recovery_context(run: Path, work: Path, stack):
     """A quantize-stage context over the run's corpus and soft-label store, tracked in ``work``."""
-    from distill.config.loader import load_config
-    from distill.config.pipeline import PipelineConfig
     from distill.data.packed import PackedCorpus
     from distill.lineage.tracker import Tracker
     from distill.models.config import GGUFSource
     from distill.models.loader import resolve_source
+    from distill.pipeline import load_config
     from distill.stages import StageContext
 
     demo = Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml"
-    cfg = load_config(demo, [f"workdir={work}"], PipelineConfig)
+    cfg = load_config(demo, [f"workdir={work}"])
     teacher = resolve_source(GGUFSource())
     tracker = Tracker(cfg.tracking, work)
     stack.enter_context(tracker.pipeline("quantize-sweep"))

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 for keep in (float(k) for k in args.keep.split(",")):
                     done = [d for d in sorted(args.out.iterdir()) if (d / "stages").is_dir()]
                     run_recipe(args, shape, keep, tokens, [args.base, *done])
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
 
     d = load_config(args.config).distill
     cpus = d.num_workers * d.cpus_per_worker

@@ -271,10 +271,9 @@ def main() -> int:
             print_table(rows[-1:])
     if "bare" in phases and not timed_out("bare"):
         from distill.serve.engines import EngineOptions, build_engine
-        from distill.serve.engines.base import BatchingConfig
 
         sa = serve_args(args, student, teacher)
-        b = BatchingConfig(**sa.student.batching.model_dump())
+        b = sa.student.batching
         engine = build_engine(
             args.student_engine, spath, EngineOptions(threads=args.threads, batching=b)
         )

@@ -205,7 +205,6 @@ def run_speculative(cli, teacher: str, texts_for, levels: list[int]) -> list[dic
 
     from distill.serve.app import resolve_model
     from distill.serve.engines import DraftSpec
-    from distill.serve.engines.base import BatchingConfig
     from distill.serve.engines.draft import build_drafter
     from distill.serve.engines.hf import HFEngine
 
@@ -220,7 +219,7 @@ def run_speculative(cli, teacher: str, texts_for, levels: list[int]) -> list[dic
         torch.set_num_threads(cli.threads)
         spec = DraftSpec(cli.draft_engine, dpath)
         drafter = build_drafter(spec.engine, spec.path, threads=cli.threads)
-        batching = BatchingConfig(**sa.teacher.batching.model_dump())
+        batching = sa.teacher.batching
         engine = HFEngine(tpath, torch_threads=cli.threads, batching=batching, draft=drafter)
 
         def arm(k):

@@ -59,10 +59,10 @@ def bare_loop(path: Path, rows: np.ndarray, batch: int, dtype: str, sample_every
 
 
 def run_stage(info, rows: np.ndarray, k: int, dtype: str, batch: int, work: Path) -> dict:
-    from distill.config.pipeline import PipelineConfig
     from distill.data.packed import PackedCorpus, write_rows
     from distill.labels.stage import run
     from distill.lineage.tracker import Tracker
+    from distill.pipeline import PipelineConfig
     from distill.stages import StageContext
 
     section = {"k": k, "dtype": dtype, "batch_size": batch, "rows_per_shard": 8}

@@ -92,8 +92,8 @@ def main() -> None:
 
     import ray
 
-    from distill.config.loader import load_config
     from distill.models.loader import load_tokenizer, resolve_source
+    from distill.pipeline import load_config
 
     cfg = load_config(args.config, [])
     tok_dir = resolve_source(cfg.teacher).path

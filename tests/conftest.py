@@ -109,9 +109,9 @@ def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
     """
     from contextlib import ExitStack
 
-    from distill.config.pipeline import PipelineConfig
     from distill.data.packed import PackedCorpus, write_rows
     from distill.lineage.tracker import Tracker
+    from distill.pipeline import PipelineConfig
     from distill.stages import StageContext
 
     stack = ExitStack()

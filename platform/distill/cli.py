@@ -38,8 +38,8 @@ def _table(report: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from distill.config.loader import load_config
     from distill.console import quiet_output
+    from distill.pipeline import load_config
     from distill.runner import log_file, run_pipeline
 
     overrides = list(args.set or [])

@@ -96,7 +96,7 @@ def job_spec(
     import shlex
 
     import distill
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
 
     load_config(config, overrides)  # fail here, not on the cluster
     root = repo_root(config)
@@ -157,7 +157,7 @@ def submit(
     """Submit ``config`` as a Ray job; with ``wait`` stream its logs until it ends."""
     config = Path(config)
     overrides = list(overrides or [])
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
 
     load_config(config, overrides)  # a bad config fails before any connection
     repo_root(config)

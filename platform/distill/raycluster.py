@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from distill.lineage.config import RayConfig
+from distill.ray_config import RayConfig
 
 # Every Ray process distill starts (job-wide runtime env): no accelerator choice here, since
 # Ray merges the job's env_vars into Ray Train workers (see worker_env).

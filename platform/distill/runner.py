@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
-from distill.config.pipeline import PipelineConfig
 from distill.console import Console
+from distill.pipeline import PipelineConfig
 from distill.stages import INDEPENDENT, StageContext, StageResult, stage_function
 
 Say = Callable[[str], None]

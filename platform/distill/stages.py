@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from distill.console import Progress
 
 if TYPE_CHECKING:
-    from distill.config.pipeline import PipelineConfig
     from distill.data.packed import PackedCorpus
     from distill.lineage.tracker import StageRun
     from distill.models.loader import ModelInfo
+    from distill.pipeline import PipelineConfig
 
 # Lazily imported so `import distill` stays light: stage name -> "module:function".
 STAGES: dict[str, str] = {

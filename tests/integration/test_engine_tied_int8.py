@@ -58,9 +58,9 @@ def test_embedding_and_head_share_one_int8_tensor(tied_dir):
 def test_logits_match_the_hf_model_with_an_int8_tied_embedding(tied_dir, tiny_gptq, tiny_rows):
     """The reference is the GPTQ checkpoint dequantized exactly (fake-quant start) with its tied
     embedding / head on the same int8 grid."""
-    from distill.quant.fakequant import load_fake_quant
     from distill.runtime.ort_genai import OrtGenAIModel
     from distill.runtime.tied_int8 import dequantize_int8, quantize_int8
+    from distill.train.fakequant import load_fake_quant
 
     rows = tiny_rows[16:20]
     ids = torch.as_tensor(rows).long()

@@ -17,7 +17,7 @@ def _logits(model, rows):
 
 def test_recover_then_pack_reloads_with_the_fake_quant_forward(tiny_gptq, tiny_rows, tmp_path):
     from distill.quant import load_quantized
-    from distill.quant.fakequant import load_fake_quant, pack_gptq
+    from distill.train.fakequant import load_fake_quant, pack_gptq
 
     rows = tiny_rows[16:20, :32]
     fq = load_fake_quant(tiny_gptq)

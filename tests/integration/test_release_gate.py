@@ -133,7 +133,7 @@ def test_extra_corpus_is_read_with_the_corpus_readers_and_scored_per_corpus(
     """A JSONL corpus through ``distill.data``'s Ray Data readers, scored like the held-out split."""
     from distill.eval.config import EvaluateConfig
     from distill.eval.stage import run
-    from distill.lineage.config import RayConfig
+    from distill.ray_config import RayConfig
     from distill.raycluster import ensure_ray
 
     ensure_ray(RayConfig(num_cpus=2))

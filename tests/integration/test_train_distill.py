@@ -193,7 +193,7 @@ def test_offline_sampled_store_one_worker_zero0_lowers_kd(tmp_path, ray_local, m
 
 def test_store_from_another_teacher_is_refused(tmp_path, models, data, tiny_gqa, tiny_mha):
     from distill.config.base import DistillError
-    from distill.train.stage import check_inputs
+    from distill.train.inputs import check_inputs
 
     store = make_store(tmp_path / "labels", tiny_mha.path, data[1][:4], k=4)
     cfg = DistillConfig(mode="offline")

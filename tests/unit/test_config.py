@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from distill.config.base import DistillError
-from distill.config.loader import apply_overrides, load_config
-from distill.config.pipeline import PipelineConfig
+from distill.config.loader import apply_overrides
+from distill.pipeline import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_YAMLS = sorted((ROOT / "pipelines" / "configs").rglob("*.yaml"))

@@ -59,7 +59,8 @@ def test_hashes_match_exact_ngrams():
 def test_run_level_check_on_packed_corpus_rows(tmp_path):
     from types import SimpleNamespace
 
-    from distill.eval.contamination import ContaminationConfig, check_run_contamination
+    from distill.data.config import ContaminationConfig
+    from distill.eval.contamination import check_run_contamination
 
     train, held = _rows(5), _rows(6)
     corpus = SimpleNamespace(train=lambda limit=None: train, heldout=lambda limit=None: held)

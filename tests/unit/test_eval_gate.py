@@ -4,10 +4,10 @@ import pytest
 
 from distill.config.base import DistillError
 from distill.config.loader import validate
-from distill.config.pipeline import PipelineConfig
 from distill.eval.config import GateConfig
 from distill.eval.gate import choose_champion, judge
 from distill.eval.release import verdict_lines
+from distill.pipeline import PipelineConfig
 
 
 def _entry(model, ppl, acc, syntax=None, **more):

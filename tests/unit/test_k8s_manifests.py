@@ -150,7 +150,7 @@ def test_mlflow_server_deployment():
 
 
 def test_rayjob_entrypoint_runs_an_existing_valid_config():
-    from distill.config.loader import load_config
+    from distill.pipeline import load_config
 
     ((path, job),) = _of_kind("RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])

@@ -240,7 +240,7 @@ def test_sampled_store_round_trip_random_access_and_identity(tmp_path, tiny_gqa,
     """A sampled store written by the stage's shard writer: ragged ids/counts per position
     summing to N, readable in any row order, fidelity recorded; its identity differs from
     top-k's, so one can never be resumed as the other."""
-    from distill.labels.stage import encodings_for
+    from distill.labels.manifest import encodings_for
 
     n_draws, rows = 16, tiny_rows[:12]
     sampler = TeacherScorer(

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from distill.labels.scorer import TeacherScorer
-from distill.labels.targets import (
+from distill.labels.topk import decode_logprobs, encode_logprobs, fidelity, topk_with_tail
+from distill.losses.targets import (
     student_bucket_logprobs,
     tail_mass_from_logprobs,
     topk_target_logprobs,
 )
-from distill.labels.topk import decode_logprobs, encode_logprobs, fidelity, topk_with_tail
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_scorer_columns_and_fidelity_sample(tiny_gqa, tiny_rows):
         assert out["_fid_mass"][r] == pytest.approx(sum(x[1] for x in ref), rel=1e-4)
 
 
-# --- temperature reconstruction over the stored top-k support (distill.labels.targets) ---
+# --- temperature reconstruction over the stored top-k support (distill.losses.targets) ---
 
 
 def test_t1_target_is_exact_including_tail(tiny_logits):

@@ -9,7 +9,8 @@ import torch
 from distill.labels.sampled import pad_samples, sample_positions
 from distill.labels.topk import topk_with_tail
 from distill.losses import LossWeights, hard_ce, kd_full, kd_topk
-from distill.losses.fused import LossTargets, fused_head_loss
+from distill.losses.fused import fused_head_loss
+from distill.losses.spec import LossTargets
 
 P, H, V = 13, 8, 40
 

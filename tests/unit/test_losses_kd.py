@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.labels.targets import tail_mass_from_logprobs
 from distill.losses import LOSSES, hard_ce, kd_full, kd_topk, shift_for_next_token
+from distill.losses.targets import tail_mass_from_logprobs
 
 
 def _softmax(z: np.ndarray, T: float) -> np.ndarray:

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from distill.config.base import DistillError
 from distill.losses import LossWeights, total_loss
 from distill.train.config import DistillConfig
+from distill.train.inputs import check_inputs
 from distill.train.loop import LoopSpec, stop_ids
 from distill.train.rollout import is_on_policy, rollout_rows, sample, step_generator
-from distill.train.stage import check_inputs
 from distill.train.teacher import LocalTeacher
 
 

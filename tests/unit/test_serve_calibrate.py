@@ -63,7 +63,7 @@ def test_prompts_from_the_corpus_stage_part_directory(tmp_path):
 def test_quantile_score_sits_between_min_and_median():
     import math
 
-    from distill.serve.confidence import quantile, score
+    from distill.confidence import quantile, score
 
     lps = [-0.1, -3.0, -0.2, -0.05, -0.3]
     assert quantile(lps, 0.0) == -3.0 and quantile(lps, 1.0) == -0.05

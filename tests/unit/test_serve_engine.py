@@ -7,7 +7,9 @@ import threading
 import pytest
 import torch
 
-from distill.serve.engines.base import BatchingConfig, Overloaded, PromptError, SamplingParams
+from distill.models.stopping import stop_token_ids
+from distill.serve.config import BatchingConfig
+from distill.serve.engines.base import Overloaded, PromptError, SamplingParams
 from distill.serve.engines.hf import HFEngine
 
 PROMPTS = ["def add(a, b):\n    return", "import os", "class Foo:\n    def __init__(self):"]
@@ -169,6 +171,18 @@ def test_prefix_continuation_stop_strings_and_limits(engine):
     assert chat.startswith("<|im_start|>user") and chat.endswith("<|im_start|>assistant\n")
 
 
+def test_the_engine_stops_at_end_of_turn_as_evaluate_and_seq_kd_do(engine):
+    """One stop rule (distill.models.stopping): the tiny model declares only <|endoftext|>, yet a
+    served answer ends at <|im_end|> like an evaluated or seq-KD one."""
+    tok, model = engine.tok, engine.model
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    declared = (model.generation_config.eos_token_id, model.config.eos_token_id)
+    assert engine.eos_ids == set(stop_token_ids(tok, *declared)) >= {im_end, tok.eos_token_id}
+    params = SamplingParams(max_tokens=8, logit_bias=((im_end, 100.0),))
+    chunks = asyncio.run(_collect(engine, PROMPTS[0], params))
+    assert _ids(chunks) == [im_end] and chunks[-1].finish_reason == "stop"
+
+
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine):
     real, calls = engine._forward, []
 
@@ -192,39 +206,3 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine):
         engine._forward = real
     engine.check_health()
     assert engine.counters["failed"] >= 1
-
-
-@pytest.mark.parametrize(("max_batch_size", "refused"), [(4, False), (1, True)])
-def test_a_long_step_refuses_a_waiting_request_only_when_every_row_is_taken(
-    tiny_gqa, max_batch_size, refused
-):
-    """A decode step longer than max_queue_wait_s keeps a late request waiting past the limit:
-    503 only when every row is taken; with rows free it joins at the next step."""
-    batching = BatchingConfig(batch_wait_ms=0, max_batch_size=max_batch_size, max_queue_wait_s=0.3)
-    eng = HFEngine(tiny_gqa.path, torch_threads=1, batching=batching)
-    sem, _ = _gate(eng)
-
-    async def main():
-        running = eng.stream(eng.prepare(prompt="a", params=SamplingParams(max_tokens=6)))
-        sem.release()  # the prefill runs; the first decode step then blocks
-        await asyncio.wait_for(anext(running), 30)
-        # waits for the blocked step
-        late = asyncio.ensure_future(_collect(eng, "b", SamplingParams(max_tokens=2)))
-        await asyncio.sleep(0.8)  # past two checks of max_queue_wait_s
-        for _ in range(40):
-            sem.release()
-        try:
-            return await asyncio.wait_for(late, 30)
-        finally:
-            await running.aclose()
-
-    try:
-        if refused:
-            with pytest.raises(Overloaded, match="within 0.3 s"):
-                asyncio.run(main())
-        else:
-            assert sum(len(c.token_ids) for c in asyncio.run(main())) == 2
-    finally:
-        eng.close()
-        for _ in range(40):
-            sem.release()

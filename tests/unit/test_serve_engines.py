@@ -1,5 +1,6 @@
 """Engine adapters without their runtimes: ONNX Runtime GenAI through a fake runtime, vLLM's
-config mapping and stream parsing; the vLLM deployment itself only on a GPU."""
+config mapping and stream parsing (the vLLM deployment itself only on a GPU); the overload rule
+every engine shares, run on the HF engine and the ORT adapter alike."""
 
 import asyncio
 import json
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 
 from distill.config.base import DistillError
-from distill.serve.config import ModelDeployment
+from distill.serve.config import BatchingConfig, ModelDeployment
 from distill.serve.engines import EngineOptions, build_engine
-from distill.serve.engines.base import BatchingConfig, PromptError, SamplingParams
+from distill.serve.engines.base import PromptError, SamplingParams
 
 
 class FakeRuntime:
@@ -213,19 +214,39 @@ def test_step_scores_match_a_log_softmax():
     assert score(step, top_k=0).top_ids is None
 
 
-@pytest.mark.parametrize(("max_batch_size", "refused"), [(4, False), (1, True)])
-def test_ort_adapter_refuses_a_long_wait_only_when_every_row_is_taken(
-    tiny_gqa, max_batch_size, refused
-):
-    """A step longer than max_queue_wait_s keeps a late request waiting past the limit; it is
-    refused (503) only if every row is taken, else it gets a batch at the next admission."""
-    from distill.serve.engines.base import Overloaded
+def _slow_hf(tiny_gqa, batching, step_s):
+    from distill.serve.engines.hf import HFEngine
+
+    eng = HFEngine(tiny_gqa.path, torch_threads=1, batching=batching)
+    forward = eng._forward
+
+    def slow(*a, **kw):
+        time.sleep(step_s)
+        return forward(*a, **kw)
+
+    eng._forward = slow
+    return eng
+
+
+def _slow_ort(tiny_gqa, batching, step_s):
     from distill.serve.engines.ort import OrtGenAIEngine
+
+    return OrtGenAIEngine(tiny_gqa.path, runtime=FakeRuntime(step_s=step_s), batching=batching)
+
+
+@pytest.mark.parametrize("slow_engine", [_slow_hf, _slow_ort], ids=["hf", "ort"])
+@pytest.mark.parametrize(("max_batch_size", "refused"), [(4, False), (1, True)])
+def test_a_long_step_refuses_a_waiting_request_only_when_every_row_is_taken(
+    tiny_gqa, slow_engine, max_batch_size, refused
+):
+    """Every engine: a step longer than max_queue_wait_s keeps a late request waiting past the
+    limit; it is refused (503) only if every row is taken, else it joins at the next step."""
+    from distill.serve.engines.base import Overloaded
 
     batching = BatchingConfig(
         batch_wait_ms=0, max_batch_size=max_batch_size, max_batches=1, max_queue_wait_s=0.2
     )
-    eng = OrtGenAIEngine(tiny_gqa.path, runtime=FakeRuntime(step_s=0.4), batching=batching)
+    eng = slow_engine(tiny_gqa, batching, 0.4)
 
     async def main():
         running = eng.stream(eng.prepare(prompt="long", params=SamplingParams(max_tokens=4)))

@@ -9,9 +9,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from distill.confidence import confidence, score
 from distill.config.base import DistillError
 from distill.serve.cascade import ModelStream, RequestFailed, Timeouts, start_answer
-from distill.serve.confidence import confidence, decide, score, should_fall_back
+from distill.serve.confidence import decide, should_fall_back
 from distill.serve.config import CascadeConfig, ServeArgs
 from distill.serve.engines.base import Chunk
 from distill.serve.schemas import ChatCompletionRequest, CompletionRequest, validation_message

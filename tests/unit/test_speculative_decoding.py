@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from distill.config.base import DistillError
 from distill.serve.cascade import ModelStream, Timeouts, start_answer
-from distill.serve.config import CascadeConfig, ModelDeployment, ServeArgs
-from distill.serve.engines.base import BatchingConfig, Chunk, SamplingParams, Speculation
+from distill.serve.config import BatchingConfig, CascadeConfig, ModelDeployment, ServeArgs
+from distill.serve.engines.base import Chunk, SamplingParams, Speculation
 from distill.serve.engines.draft import Drafter, HFDrafter, Proposal
 from distill.serve.engines.hf import HFEngine
 from distill.serve.engines.kv import CachedLM

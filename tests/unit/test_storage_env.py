@@ -23,7 +23,7 @@ def test_parquet_footer_actors_default_and_override(monkeypatch):
     """ensure_ray sets Ray Data's FooterReader pool size unless the user's env already does."""
     import ray
 
-    from distill.lineage.config import RayConfig
+    from distill.ray_config import RayConfig
     from distill.raycluster import FOOTER_ACTORS_VAR, ensure_ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no cluster: only the env part

@@ -14,7 +14,7 @@ from distill.config.base import DistillError
 from distill.train.config import DistillConfig
 from distill.train.data import Batches, batches_per_epoch, heldout_shard
 from distill.train.engine import build_ds_config, lr_lambda
-from distill.train.stage import check_inputs
+from distill.train.inputs import check_inputs
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,7 @@ def test_sft_loss_weighs_every_label_token_equally_across_ranks_and_accumulation
 
 
 def test_offline_objectives_the_store_cannot_give_are_refused():
-    from distill.train.stage import check_offline_objective
+    from distill.train.config import check_offline_objective
 
     check_offline_objective(DistillConfig(), "topk")
     check_offline_objective(DistillConfig(), "sampled")

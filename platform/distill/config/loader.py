@@ -1,4 +1,4 @@
-"""YAML → ``PipelineConfig`` with ``--set a.b=c`` overrides and errors naming file and key."""
+"""YAML → a config model with ``--set a.b=c`` overrides and errors naming file and key."""
 
 from __future__ import annotations
 
@@ -68,11 +68,7 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         raise DistillError(format_validation_error(e, source)) from None
 
 
-def load_config(path: Path, overrides: list[str] | None = None, model: type[M] | None = None) -> M:
-    """Load a pipeline YAML (or any config model) with overrides applied."""
-    if model is None:
-        from distill.config.pipeline import PipelineConfig
-
-        model = PipelineConfig  # type: ignore[assignment]
+def load_model(path: Path, model: type[M], overrides: list[str] | None = None) -> M:
+    """Load a YAML file into ``model`` with overrides applied (a pipeline: ``distill.pipeline``)."""
     data = apply_overrides(read_yaml(path), overrides or [])
-    return validate(model, data, str(path))  # type: ignore[arg-type]
+    return validate(model, data, str(path))

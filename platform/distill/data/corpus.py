@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sysconfig
 from pathlib import Path
 
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig
-
-_EXCLUDED_PARTS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"}
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_files() -> list[Path]:
-    """Every ``*.py`` under the stdlib, tests and third-party folders excluded, sorted."""
-    root = stdlib_root()
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if not (_EXCLUDED_PARTS & set(p.relative_to(root).parts)) and not p.name.startswith("test_")
-    ]
-    return sorted(files)
+from distill.stdlib import stdlib_files, stdlib_root
 
 
 def _stable_key(s: str) -> str:

@@ -11,7 +11,8 @@ driver gathers besides ids and token counts; texts and tokens stay in Ray Data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -43,15 +44,47 @@ def shingle_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return np.unique(window_hashes(seq, n) >> np.uint64(32))
 
 
-def token_signature(ids: np.ndarray, shingle: int, num_perm: int) -> np.ndarray:
-    """datasketch MinHash (affine32) of the document's token shingles as ``uint64[num_perm]``."""
+def text_shingle_hashes(shingles: Iterable[str]) -> np.ndarray:
+    """Distinct 32-bit hashes of text shingles (the first 4 bytes of each one's SHA-1)."""
+    h = {int.from_bytes(hashlib.sha1(s.encode()).digest()[:4], "little") for s in shingles}
+    return np.array(sorted(h), dtype=np.uint64)
+
+
+def signature(hashes: np.ndarray, num_perm: int) -> np.ndarray:
+    """datasketch MinHash (affine32) of distinct 32-bit shingle hashes as ``uint64[num_perm]``."""
     from datasketch import MinHash
 
     m = MinHash(num_perm=num_perm, seed=_SEED, hashfunc=int, scheme="affine32")
-    h = shingle_hashes(ids, shingle)
-    for i in range(0, len(h), _CHUNK):
-        m.update_batch(h[i : i + _CHUNK].tolist())
+    for i in range(0, len(hashes), _CHUNK):
+        m.update_batch(hashes[i : i + _CHUNK].tolist())
     return np.asarray(m.hashvalues, dtype=np.uint64)
+
+
+def token_signature(ids: np.ndarray, shingle: int, num_perm: int) -> np.ndarray:
+    """MinHash of the document's token shingles as ``uint64[num_perm]``."""
+    return signature(shingle_hashes(ids, shingle), num_perm)
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over signatures: the candidates whose estimated Jaccard may reach
+    ``threshold`` (the corpus split's clusters and seq-KD's near-duplicate filter)."""
+
+    def __init__(self, threshold: float, num_perm: int) -> None:
+        from datasketch import MinHashLSH
+
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+
+    @staticmethod
+    def _lean(sig: np.ndarray):
+        from datasketch import LeanMinHash
+
+        return LeanMinHash(seed=_SEED, hashvalues=sig, scheme="affine32")
+
+    def add(self, key: int, sig: np.ndarray) -> None:
+        self.lsh.insert(key, self._lean(sig))
+
+    def candidates(self, sig: np.ndarray) -> list[int]:
+        return [int(k) for k in self.lsh.query(self._lean(sig))]
 
 
 class _UnionFind:
@@ -85,17 +118,15 @@ def cluster_documents(
     if not cfg.enabled or n < 2:
         return np.arange(n, dtype=np.int64)
     order = np.argsort(np.asarray(doc_ids, dtype=object), kind="stable")
-    from datasketch import LeanMinHash, MinHashLSH
-
     sigs = np.asarray(sigs, dtype=np.uint64)
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+    index = NearDuplicateIndex(cfg.threshold, cfg.num_perm)
     for i in range(n):
-        lsh.insert(i, LeanMinHash(seed=_SEED, hashvalues=sigs[i], scheme="affine32"))
+        index.add(i, sigs[i])
     uf = _UnionFind(n)
     for i in range(n):
-        for j in lsh.query(LeanMinHash(seed=_SEED, hashvalues=sigs[i], scheme="affine32")):
+        for j in index.candidates(sigs[i]):
             if j > i and float(np.mean(sigs[i] == sigs[j])) >= cfg.threshold:
-                uf.union(i, int(j))
+                uf.union(i, j)
     roots = np.array([uf.find(i) for i in range(n)])
     # relabel each cluster by its member with the smallest doc id
     rank = np.empty(n, dtype=np.int64)

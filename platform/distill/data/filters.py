@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
+from distill.data.dedup import NearDuplicateIndex, signature, text_shingle_hashes
 
 Row = dict[str, Any]
 
@@ -285,19 +286,15 @@ def _near_dedup(rows: list[Row], cfg: DedupFilter) -> list[Row]:
 
 
 def _minhash_dups(sh: list[set[str]], cfg: DedupFilter) -> set[int]:
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.num_perm)
+    index = NearDuplicateIndex(cfg.near_threshold, cfg.num_perm)
     dups: set[int] = set()
     for i, s in enumerate(sh):
-        m = MinHash(num_perm=cfg.num_perm, seed=1)
-        for g in s:
-            m.update(g.encode())
+        sig = signature(text_shingle_hashes(s), cfg.num_perm)
         # LSH candidates are confirmed with the exact Jaccard (no false positives)
-        if any(jaccard(s, sh[int(j)]) >= cfg.near_threshold for j in lsh.query(m)):
+        if any(jaccard(s, sh[j]) >= cfg.near_threshold for j in index.candidates(sig)):
             dups.add(i)
             continue
-        lsh.insert(str(i), m)
+        index.add(i, sig)
     return dups
 
 

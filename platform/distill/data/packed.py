@@ -13,7 +13,6 @@ in name order), with the column ``input_ids`` (list<int32>, ``seq_len`` long); `
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError
 
 PART = re.compile(r"^rows-(\d{12})\.parquet$")
@@ -95,9 +95,8 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
         else pa.array([], type=pa.list_(pa.int32(), rows.shape[1]))
     )
     table = pa.table({"input_ids": col})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def part_files(path: Path) -> list[Path]:

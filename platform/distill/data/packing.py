@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from distill.stdlib import stdlib_files
+
 
 def pack(
     docs: Iterable[list[int] | np.ndarray], seq_len: int, eos_id: int, max_rows: int | None = None
@@ -53,8 +55,6 @@ def stdlib_split_rows(
     ``shuffle_seed``: pack the documents in a seeded random order, so the first rows are a
     random sample of the corpus instead of its alphabetical head.
     """
-    from distill.data.corpus import stdlib_files
-
     files = stdlib_files()
     if shuffle_seed is not None:
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.data.config import DataConfig
 from distill.data.corpus import (
@@ -39,8 +39,13 @@ from distill.data.corpus import (
     fingerprint,
     resolve_files,
 )
-from distill.data.packed import PackedCorpus
+from distill.data.dedup import token_signature
+from distill.data.packed import PackedCorpus, check_parts
+from distill.data.packing import pack_concat
 from distill.data.plan import HELDOUT, SPLITS, TRAIN, Plan, make_plan
+from distill.data.sink import PackedRowsDatasink
+from distill.models.hashing import tokenizer_sha256
+from distill.models.loader import load_tokenizer
 
 DOC_COLUMNS = ("doc_id", "n_tokens", "sig")
 
@@ -49,15 +54,11 @@ class Tokenize:
     """Callable class for ``map_batches``: one tokenizer per actor; tokens + MinHash signature."""
 
     def __init__(self, tokenizer_dir: str, max_chars: int, shingle: int, num_perm: int) -> None:
-        from distill.models.loader import load_tokenizer
-
         self.tok = load_tokenizer(Path(tokenizer_dir))
         self.max_chars, self.shingle, self.num_perm = max_chars, shingle, num_perm
 
     def __call__(self, batch: dict[str, Any]):
         import pyarrow as pa
-
-        from distill.data.dedup import token_signature
 
         texts = [str(t)[: self.max_chars] for t in batch["text"]]
         ids = [
@@ -187,8 +188,6 @@ def _pack_group(table, groups: dict[str, np.ndarray], seq_len: int, eos: int) ->
     """One packing group → its rows, with their split and global row index."""
     import pyarrow as pa
 
-    from distill.data.packing import pack_concat
-
     g = int(table.column("group")[0].as_py())
     # one copy of each document (rows with the same content share an id, a group and a position)
     _, once = np.unique(
@@ -215,8 +214,6 @@ def pack_to(cfg: DataConfig, docs: Path, plan: Plan, eos: int, out: Path) -> Non
     """Pass 2: the planned groups packed in parallel, written by ``PackedRowsDatasink``."""
     import ray
     import ray.data
-
-    from distill.data.sink import PackedRowsDatasink
 
     groups = {"split": plan.group_split, "first": plan.group_first_row, "rows": plan.group_rows}
     ds = ray.data.read_parquet(str(docs), columns=["doc_id", "input_ids"], num_cpus=READ_CPUS)
@@ -265,8 +262,6 @@ def data_context() -> Iterator[None]:
 
 
 def corpus_key(cfg: DataConfig, files: list[Path], tokenizer_dir: Path) -> str:
-    from distill.models.hashing import tokenizer_sha256
-
     return hashlib.sha256(
         json.dumps(
             {
@@ -284,8 +279,6 @@ def prepare_corpus(
 ) -> PackedCorpus:
     """Tokenize, split and pack the corpus into ``out_dir``; an existing packed corpus with the
     same key (in ``out_dir``, else in one of the ``reuse`` directories) is opened instead."""
-    from distill.data.packed import check_parts
-    from distill.models.loader import load_tokenizer
 
     files = resolve_files(cfg.corpus)
     key = corpus_key(cfg, files, tokenizer_dir)
@@ -295,9 +288,7 @@ def prepare_corpus(
         if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == key:
             return PackedCorpus.open(Path(d))
     eos = load_tokenizer(tokenizer_dir).eos_token_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         with data_context():
             tokenize_to(cfg, files, tokenizer_dir, tmp / "_docs")
             plan = make_plan(*read_metadata(tmp / "_docs"), cfg)
@@ -307,12 +298,6 @@ def prepare_corpus(
             check_parts(tmp / f"{name}.parquet", plan.rows(s))
         write_documents(tmp / "documents.parquet", plan)
         (tmp / "meta.json").write_text(json.dumps(_meta(key, cfg, plan), indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return PackedCorpus.open(out_dir)
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import StrictModel
-from distill.eval.contamination import ContaminationConfig
+from distill.data.config import ContaminationConfig
 
 # Per model entry of report.json: what the gate may name.
 QUALITY_METRICS = ("perplexity", "next_token_accuracy", "agreement", "kl_to_reference")

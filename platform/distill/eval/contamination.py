@@ -18,29 +18,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from distill.config.base import DistillError, StrictModel
+from distill.config.base import DistillError
+from distill.data.config import ContaminationConfig
 from distill.data.dedup import window_hashes
+from distill.models.loader import load_tokenizer
+from distill.seqkd.store import read_generations
 
 Items = Sequence[str] | Sequence[Sequence[int]] | np.ndarray
-
-
-class ContaminationConfig(StrictModel):
-    enabled: bool = True
-    n: int = Field(13, ge=2, description="n-gram size (13 on tokens; ~8 is usual on words)")
-    threshold: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="max share of an eval set's n-grams found in a train set; 5%: the default "
-        "stdlib split, near-duplicates clustered, measures 0-1% (distill.data.plan)",
-    )
-    action: Literal["error", "warn"] = "error"
-    max_rows: int | None = Field(2048, ge=1, description="rows / texts read per set")
 
 
 @dataclass
@@ -166,8 +154,6 @@ def strip_padding(rows: np.ndarray, attention_mask: np.ndarray | None) -> list[n
 
 def generation_texts(gen_dir: Path, split: str, max_rows: int | None = None) -> list[str]:
     """``prompt + completion`` of one split of a generation store."""
-    from distill.seqkd.store import read_generations
-
     rows = [r for r in read_generations(gen_dir) if r["split"] == split]
     return [f"{r['prompt']}\n{r['completion']}" for r in rows[:max_rows]]
 
@@ -184,8 +170,6 @@ def check_run_contamination(
     Eval: ``corpus.heldout`` (+ ``generations.heldout``); train: ``corpus.train``
     (+ ``generations.train``, + ``extra_train`` such as the SFT rows).
     """
-    from distill.models.loader import load_tokenizer
-
     eval_sets: dict[str, Items] = {"corpus.heldout": corpus.heldout(cfg.max_rows)}
     train_sets: dict[str, Items] = {"corpus.train": corpus.train(cfg.max_rows)}
     if generations is not None:

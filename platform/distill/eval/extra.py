@@ -20,6 +20,9 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig, DataConfig
+from distill.data.corpus import resolve_files
+from distill.data.packing import pack
+from distill.data.pipeline import read_documents
 from distill.eval.config import ExtraCorpus
 
 
@@ -73,7 +76,6 @@ def describe(ec: ExtraCorpus) -> dict[str, Any]:
 
 def extra_files(i: int, ec: ExtraCorpus) -> list[Path]:
     """The corpus files (``distill.data.corpus.resolve_files``), errors re-labelled."""
-    from distill.data.corpus import resolve_files
 
     try:
         return resolve_files(corpus_config(ec))
@@ -90,7 +92,6 @@ def check_extra_corpora(corpora: list[ExtraCorpus]) -> None:
 
 def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
     """The corpus' documents in a deterministic order (Ray Data readers of ``distill.data``)."""
-    from distill.data.pipeline import read_documents
 
     files = extra_files(i, ec)
     cfg = DataConfig(corpus=corpus_config(ec), seq_len=seq_len)
@@ -104,7 +105,6 @@ def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
 
 def extra_corpus_rows(i: int, ec: ExtraCorpus, tok: Any, seq_len: int) -> np.ndarray:
     """``[n ≤ max_rows, seq_len]`` token rows of one extra corpus."""
-    from distill.data.packing import pack
 
     texts = [t for t in read_texts(i, ec, seq_len) if t.strip()]
     if not texts:

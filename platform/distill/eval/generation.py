@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from distill.confidence import SCORINGS, confidence
 from distill.data.filters import repeated_fraction
+from distill.models.stopping import stop_token_ids
 
 REPEAT_NGRAM = 3  # the seq-KD repetition filter's defaults (distill.data.filters)
 DEGENERATE_REPEATED = 0.5
@@ -44,23 +46,13 @@ def render(tok: Any, p: dict[str, Any]) -> tuple[str, bool]:
     return p["prompt"], False
 
 
-def _stop_ids(tok: Any) -> list[int]:
-    stop = {tok.eos_token_id}
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        stop.add(im_end)
-    return sorted(s for s in stop if s is not None)
-
-
 def _generate_batch(model: Any, tok: Any, texts: list[str], chat: bool, max_new_tokens: int):
     import torch
-
-    from distill.serve.confidence import SCORINGS, confidence
 
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
     device = next(model.parameters()).device
-    stop = _stop_ids(tok)
+    stop = stop_token_ids(tok, model.generation_config.eos_token_id, model.config.eos_token_id)
     pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
     with torch.inference_mode():
         out = model.generate(

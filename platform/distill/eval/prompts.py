@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import re
 import textwrap
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.eval.config import GenerationEvalConfig
 
 PROMPT_SET_VERSION = 2  # 2: code prompts end with the body's indentation
@@ -203,8 +203,6 @@ def prompt_set(
         "built_from": built_from,
         "prompts": prompts,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
     return data

@@ -16,6 +16,7 @@ from typing import Any
 
 from distill.eval.config import GateConfig
 from distill.eval.gate import Verdict, choose_champion, judge
+from distill.eval.report import save_report
 
 Say = Callable[[str], None]
 
@@ -76,8 +77,6 @@ def release(
 ) -> dict[str, Any]:
     """Judge the report's models, move the alias, save the report with ``gate``; return it."""
     from mlflow import MlflowClient
-
-    from distill.eval.report import save_report
 
     if not gate.enabled:
         return report

@@ -9,12 +9,13 @@ them again with the gate's verdicts::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_file
 from distill.eval.config import GENERATION_METRICS
+from distill.eval.plots import quality_pareto
 
 MAIN_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("engine", "engine", str),
@@ -193,23 +194,19 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_report(report: dict[str, Any], workdir: Path, tracker: Any) -> Path:
     """Write ``report.json``, ``report.md`` and ``pareto.png``; log the three to ``tracker``."""
     import matplotlib.pyplot as plt
 
-    from distill.eval.plots import quality_pareto
-
     workdir = Path(workdir)
     verdicts = (report.get("gate") or {}).get("verdicts", {})
     fig = quality_pareto(report["models"], verdicts)
-    tmp = workdir / ".pareto.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, workdir / "pareto.png")
+    with atomic_file(workdir / "pareto.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     tracker.log_figure(fig, "pareto.png")
     plt.close(fig)
     md = render_markdown(report)

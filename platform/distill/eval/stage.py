@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.console import Task
 from distill.eval.config import MODEL_ORDER, EvaluateConfig
 from distill.stages import StageContext, StageResult
@@ -96,13 +97,11 @@ def _generation(
         for k, a in answers.items()
     }
     out = ctx.workdir / "eval" / "answers.jsonl"
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(out) as tmp, open(tmp, "w") as f:
         for k, a in answers.items():
             for p, ans in zip(prompts, a, strict=True):
                 f.write(json.dumps({"model": k, "id": p["id"], "kind": p["kind"], **ans.to_dict()}))
                 f.write("\n")
-    os.replace(tmp, out)
     ctx.tracker.log_artifact(out, "eval")
     ctx.tracker.log_artifact(ctx.workdir / "eval" / "prompts.json", "eval")
     ctx.tracker.set_tags({"eval.prompt_set.sha256": pset["sha256"]})

@@ -20,6 +20,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from distill.labels.sampled import (
+    pad_samples,
+    row_seed,
+    sample_positions,
+    sampled_fidelity,
+    target_errors,
+)
+from distill.labels.topk import decode_logprobs, encode_logprobs, fidelity, topk_with_tail
+
 if TYPE_CHECKING:
     import torch
 
@@ -63,9 +72,6 @@ def _fidelity_positions(rows: np.ndarray, length: int, stride: int) -> tuple[np.
 def _topk(logits: torch.Tensor, spec: EncodingSpec, sel: tuple[np.ndarray, ...]):
     import torch
 
-    from distill.labels.sampled import target_errors
-    from distill.labels.topk import decode_logprobs, encode_logprobs, fidelity, topk_with_tail
-
     top_ids, top_lp, tail = topk_with_tail(logits, spec.k)
     enc = encode_logprobs(top_lp.cpu().numpy(), spec.logprob_encoding)
     tail16 = tail.cpu().numpy().astype(np.float16)
@@ -93,8 +99,6 @@ def _sampled(
     logits: torch.Tensor, rows: np.ndarray, spec: EncodingSpec, sel: tuple[np.ndarray, ...]
 ):
     import torch
-
-    from distill.labels.sampled import pad_samples, row_seed, sample_positions, sampled_fidelity
 
     ids, counts, nuniq, entropy = [], [], [], []
     for i, row in enumerate(rows):

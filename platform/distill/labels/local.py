@@ -14,6 +14,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distill.labels.encode import EncodingSpec, encode_batch
+from distill.labels.manifest import (
+    CorpusRef,
+    Manifest,
+    ShardEntry,
+    TeacherRef,
+    encodings_for,
+    write_manifest,
+)
+from distill.labels.shards import STORE_COLUMNS, sha256_of, shard_fidelity, write_shard
+from distill.models.hashing import tokenizer_sha256, weights_sha256
+from distill.models.loader import load_causal_lm
+
 if TYPE_CHECKING:
     from distill.labels.encode import EncodingSpec
 
@@ -32,7 +45,6 @@ def write_local_store(
     """Score ``rows`` with the teacher, write ``root/shard-00000.parquet`` + manifest; return the
     teacher's tokens/s. ``k`` is the top-k, or the draws per position when ``encoding`` is
     ``sampled``. Token ids are stored as uint16 (vocabularies ≤ 65,536)."""
-    from distill.labels.encode import EncodingSpec
 
     spec = EncodingSpec(
         encoding=encoding,  # type: ignore[arg-type]
@@ -53,9 +65,6 @@ def write_local_stores(
     """Several stores (e.g. top-k and sampled) of the same ``rows`` from ONE teacher pass;
     returns the teacher's tokens/s (forward + encoding)."""
     import torch
-
-    from distill.labels.encode import encode_batch
-    from distill.models.loader import load_causal_lm
 
     teacher = load_causal_lm(teacher_dir)
     parts: dict[Path, list[dict[str, np.ndarray]]] = {root: [] for root in stores}
@@ -83,11 +92,6 @@ def _write(
     vocab_size: int,
     fingerprint: str,
 ) -> None:
-    from distill.labels.manifest import CorpusRef, Manifest, ShardEntry, TeacherRef, write_manifest
-    from distill.labels.shards import sha256_of, write_shard
-    from distill.labels.stage import STORE_COLUMNS, encodings_for, shard_fidelity
-    from distill.models.hashing import tokenizer_sha256, weights_sha256
-
     cols = {"input_ids": rows.astype(np.uint16)}
     cols.update({key: merged[key] for key in STORE_COLUMNS if key in merged and key != "input_ids"})
     root.mkdir(parents=True, exist_ok=True)

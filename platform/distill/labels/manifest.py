@@ -12,12 +12,12 @@ whether a rerun may reuse shards::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError, StrictModel
 
 FORMAT_VERSION = 1
@@ -159,9 +159,8 @@ def identity_mismatch(old: Manifest, new: Manifest) -> list[str]:
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=1))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(manifest.model_dump_json(indent=1))
     return path
 
 
@@ -186,3 +185,17 @@ def read_manifest(directory: Path) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as e:
         raise DistillError(f"{path} is malformed: {e}") from None
+
+
+def encodings_for(encoding: str, ids: str, logprob_encoding: str) -> Encodings:
+    """The column dtypes of a store with this encoding (``ids``: uint16 or int32)."""
+    if encoding == "sampled":
+        return Encodings(
+            input_ids=ids,  # type: ignore[arg-type]
+            topk_ids=ids,  # type: ignore[arg-type]
+            topk_logprobs=None,
+            tail_mass=None,
+            sample_counts="uint8",
+            entropy="float16",
+        )
+    return Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=logprob_encoding)  # type: ignore[arg-type]

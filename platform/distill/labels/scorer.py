@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.data.packed import take_rows
+from distill.labels.encode import EncodingSpec, encode_batch
+from distill.models.loader import load_causal_lm
+
 
 def as_matrix(column) -> np.ndarray:
     """A fixed-size-list column from Ray Data (2-D array or object array of rows) as 2-D."""
@@ -45,9 +49,6 @@ class TeacherScorer:
     ) -> None:
         import torch
 
-        from distill.labels.encode import EncodingSpec
-        from distill.models.loader import load_causal_lm
-
         if device == "cpu":
             torch.set_num_threads(num_threads or max(1, os.cpu_count() or 1))
         elif device == "cuda" and not torch.cuda.is_available():
@@ -70,14 +71,10 @@ class TeacherScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from distill.labels.encode import encode_batch
-
         if "input_ids" in batch:
             rows = np.asarray(batch["row"], dtype=np.int64)
             ids = as_matrix(batch["input_ids"]).astype(np.int64)
         else:  # row numbers: read them from the packed corpus
-            from distill.data.packed import take_rows
-
             if self.corpus_path is None:
                 raise ValueError("TeacherScorer got row numbers but no corpus_path")
             rows = np.sort(np.asarray(batch["data"], dtype=np.int64))

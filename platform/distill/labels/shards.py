@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.atomic import atomic_file
+from distill.labels.manifest import ShardFidelity
 from distill.models.hashing import file_sha256
 
 
@@ -86,12 +88,10 @@ def write_shard(path: Path, columns: dict[str, np.ndarray], compression: str = "
         width = int(np.prod(values.shape[1:]))
         arrays[name] = _fixed(values, width)
     table = pa.table(arrays)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression=None if compression == "none" else compression)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(Path(path)) as tmp:
+        pq.write_table(table, tmp, compression=None if compression == "none" else compression)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     return path.stat().st_size
 
 
@@ -126,3 +126,27 @@ def read_shard(path: Path, seq_len: int, k: int, rows: np.ndarray | None = None)
 
 def sha256_of(path: Path) -> str:
     return file_sha256(Path(path))
+
+
+STORE_COLUMNS = (
+    "input_ids",
+    "topk_ids",
+    "topk_logprobs",
+    "tail_mass",
+    "logprob_scale",
+    "sample_ids",
+    "sample_counts",
+    "sample_nuniq",
+    "entropy",
+)
+
+
+def shard_fidelity(cols: dict[str, np.ndarray]) -> ShardFidelity:
+    """Sum the scorer's per-row ``_fid_*`` columns into a shard's fidelity entry."""
+    return ShardFidelity(
+        positions=int(cols["_fid_n"].sum()),
+        kl_sum=float(cols["_fid_kl"].sum()),
+        mass_sum=float(cols["_fid_mass"].sum()),
+        tv_sum=float(cols["_fid_tv"].sum()),
+        rel_sum=float(cols["_fid_rel"].sum()),
+    )

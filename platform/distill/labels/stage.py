@@ -24,45 +24,26 @@ from distill.config.base import DistillError
 from distill.labels.config import SoftLabelsConfig
 from distill.labels.manifest import (
     CorpusRef,
-    Encodings,
     Manifest,
     ShardEntry,
-    ShardFidelity,
     TeacherRef,
+    encodings_for,
     write_manifest,
 )
 from distill.labels.placement import scorer_placement
 from distill.labels.resume import prepare_store
 from distill.labels.scorer import TeacherScorer
-from distill.labels.shards import ShardSpec, id_dtype, sha256_of, shard_plan, write_shard
+from distill.labels.shards import (
+    STORE_COLUMNS,
+    ShardSpec,
+    id_dtype,
+    sha256_of,
+    shard_fidelity,
+    shard_plan,
+    write_shard,
+)
 from distill.models.hashing import file_sha256
 from distill.stages import StageContext, StageResult
-
-STORE_COLUMNS = (
-    "input_ids",
-    "topk_ids",
-    "topk_logprobs",
-    "tail_mass",
-    "logprob_scale",
-    "sample_ids",
-    "sample_counts",
-    "sample_nuniq",
-    "entropy",
-)
-
-
-def encodings_for(encoding: str, ids: str, logprob_encoding: str) -> Encodings:
-    """The column dtypes of a store with this encoding (``ids``: uint16 or int32)."""
-    if encoding == "sampled":
-        return Encodings(
-            input_ids=ids,  # type: ignore[arg-type]
-            topk_ids=ids,  # type: ignore[arg-type]
-            topk_logprobs=None,
-            tail_mass=None,
-            sample_counts="uint8",
-            entropy="float16",
-        )
-    return Encodings(input_ids=ids, topk_ids=ids, topk_logprobs=logprob_encoding)  # type: ignore[arg-type]
 
 
 def teacher_vocab_size(model_dir: Path) -> int:
@@ -111,17 +92,6 @@ def scoring_dataset(
         num_cpus=cfg.num_cpus_per_actor,
         num_gpus=cfg.num_gpus_per_actor or None,
         **(remote_args or {}),  # soft_labels.placement (distill.labels.placement)
-    )
-
-
-def shard_fidelity(cols: dict[str, np.ndarray]) -> ShardFidelity:
-    """Sum the scorer's per-row ``_fid_*`` columns into a shard's fidelity entry."""
-    return ShardFidelity(
-        positions=int(cols["_fid_n"].sum()),
-        kl_sum=float(cols["_fid_kl"].sum()),
-        mass_sum=float(cols["_fid_mass"].sum()),
-        tv_sum=float(cols["_fid_tv"].sum()),
-        rel_sum=float(cols["_fid_rel"].sum()),
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.labels.manifest import Manifest, read_manifest
+from distill.labels.sampled import pad_samples
 from distill.labels.shards import read_shard, sha256_of
 from distill.labels.topk import decode_logprobs
 
@@ -211,8 +212,6 @@ def _take(buf: list[dict[str, np.ndarray]], n: int):
 
 def _sampled_to_torch(batch: dict[str, np.ndarray], n: int) -> dict[str, Any]:
     import torch
-
-    from distill.labels.sampled import pad_samples
 
     ids, weights = pad_samples(
         list(batch["sample_ids"]), list(batch["sample_counts"]), batch["sample_nuniq"], n

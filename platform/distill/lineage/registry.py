@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import distill
+from distill.artifacts import load_for_eval
 from distill.lineage.tracker import StageRun
+from distill.models.loader import load_tokenizer
 
 
 def _python_model():
@@ -25,9 +28,6 @@ def _python_model():
         """Greedy text completion with the logged checkpoint (fp, GPTQ or a CPU engine export)."""
 
         def load_context(self, context):
-            from distill.artifacts import load_for_eval
-            from distill.models.loader import load_tokenizer
-
             self.model = load_for_eval(Path(context.artifacts["checkpoint"]))
             self.tok = load_tokenizer(Path(context.artifacts["checkpoint"]))
 
@@ -71,7 +71,6 @@ def pinned_requirements(checkpoint: Path) -> list[str]:
 
 def distill_code_path() -> str:
     """The ``distill`` package directory, logged with the model (``code_paths``)."""
-    import distill
 
     return str(Path(distill.__file__).parent)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
+from distill.models.gguf import cache_root
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))/?$")
 
@@ -47,8 +47,6 @@ def resolve_registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str
     import mlflow
     from mlflow import MlflowClient
 
-    from distill.models.gguf import cache_root
-
     try:
         name, version, alias = parse_model_uri(ref)
     except ValueError as e:
@@ -58,16 +56,11 @@ def resolve_registered(ref: str, tracking_uri: str) -> tuple[Path, dict[str, str
     store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:8]
     dst = cache_root() / "serve-models" / f"{store}-{name}-{mv.version}"
     if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
-        try:
-            source = client.get_model_version_download_uri(name, mv.version)
+        source = client.get_model_version_download_uri(name, mv.version)
+        with atomic_dir(dst) as tmp:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri
             )
-            tmp.rename(dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     configs = sorted(dst.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:
         raise DistillError(f"{ref} holds no HF checkpoint (no config.json under {dst})")

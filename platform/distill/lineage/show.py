@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.config.base import DistillError
+
 
 def lineage(tracking_uri: str, run_id: str) -> dict[str, Any]:
     """The pipeline run and its stage runs, with input/output tags and registered versions."""
     from mlflow import MlflowClient
-
-    from distill.config.base import DistillError
 
     client = MlflowClient(tracking_uri)
     try:

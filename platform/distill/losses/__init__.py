@@ -5,7 +5,7 @@
     from distill.losses import LOSSES, kd_full, kd_topk
 """
 
-from distill.losses.combined import LossWeights, total_loss
+from distill.losses.combined import total_loss
 from distill.losses.features import ATTENTION_KINDS, FEATURE_KINDS, FeatureLoss, attention_loss
 from distill.losses.kd import (
     LOSSES,
@@ -17,12 +17,14 @@ from distill.losses.kd import (
     masked_mean,
     shift_for_next_token,
 )
+from distill.losses.spec import LossTargets, LossWeights
 
 __all__ = [
     "ATTENTION_KINDS",
     "FEATURE_KINDS",
     "LOSSES",
     "FeatureLoss",
+    "LossTargets",
     "LossWeights",
     "attention_loss",
     "divergence",

@@ -16,28 +16,14 @@ the trainer passes the global count of the step, so uneven batches weigh by thei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from distill.losses.features import FeatureLoss, attention_loss
+from distill.losses.fused import fused_head_loss
 from distill.losses.kd import shift_for_next_token
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights and settings of each term; a term with weight 0 is not computed."""
-
-    ce: float = 0.0
-    kd: float = 1.0
-    feature: float = 0.0
-    attention: float = 0.0
-    name: str = "forward_kl"
-    temperature: float = 1.0
-    param: float | None = None
-    attention_kind: str = "kl"
-    attention_pairs: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+from distill.losses.spec import LossTargets, LossWeights
 
 
 def _positions(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,8 +40,6 @@ def _targets(
     topk: dict[str, torch.Tensor] | None,
     sampled: dict[str, torch.Tensor] | None,
 ):
-    from distill.losses.fused import LossTargets
-
     out = LossTargets(labels=targets[mask] if spec.ce else None)
     if not spec.kd:
         return out
@@ -93,7 +77,6 @@ def total_loss(
     denominator: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted sum and its parts (as floats, for logging; CE/KD per counted position)."""
-    from distill.losses.fused import fused_head_loss
 
     targets, mask = shift_for_next_token(input_ids, attention_mask, labels)
     denom = float(denominator) if denominator is not None else float(mask.sum().clamp_min(1))

@@ -25,31 +25,12 @@ uses the global count across ranks and accumulation steps).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from distill.labels.targets import topk_target_logprobs
-from distill.losses.combined import LossWeights
 from distill.losses.kd import divergence
-
-
-@dataclass
-class LossTargets:
-    """Per-position targets, already flattened to the ``P`` positions that count.
-
-    ``labels [P]`` (−100 = no CE); exactly one KD target when ``spec.kd > 0``:
-    ``topk = (ids [P, k], logprobs [P, k], tail [P])``, ``sampled = (ids [P, U], weights
-    [P, U], entropy [P])``, or ``teacher = (hidden [P, Ht], head weight [V, Ht])`` /
-    ``teacher_logits [P, V]``.
-    """
-
-    labels: torch.Tensor | None = None
-    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    sampled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    teacher: tuple[torch.Tensor, torch.Tensor] | None = None
-    teacher_logits: torch.Tensor | None = None
-
+from distill.losses.spec import LossTargets, LossWeights
+from distill.losses.targets import topk_target_logprobs
 
 ChunkLoss = Callable[[torch.Tensor, slice], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from distill.labels.targets import student_bucket_logprobs, topk_target_logprobs
+from distill.losses.targets import student_bucket_logprobs, topk_target_logprobs
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 

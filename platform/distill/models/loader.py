@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.models.config import GGUFSource, HFSource, TinySource
 from distill.models.gguf import (
@@ -27,6 +28,7 @@ from distill.models.gguf import (
 )
 from distill.models.hashing import tokenizer_sha256, weights_sha256
 from distill.models.license import LicenseDecision, check_license
+from distill.models.tiny import build_tiny_llama
 
 
 def ensure_offline() -> None:
@@ -55,17 +57,8 @@ def _tiny_dir(src: TinySource, cache: Path) -> Path:
     key = hashlib.sha256(src.model_dump_json(exclude={"name", "license"}).encode()).hexdigest()
     out = cache / "tiny" / key[:16]
     if not (out / "config.json").exists():
-        import shutil
-        import tempfile
-
-        from distill.models.tiny import build_tiny_llama
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-        build_tiny_llama(src, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:
+            build_tiny_llama(src, tmp)
     return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from distill.models.config import TinySource
+from distill.stdlib import stdlib_files
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 CHAT_TEMPLATE = (
@@ -23,8 +24,6 @@ CHAT_TEMPLATE = (
 
 def default_tokenizer_texts(limit: int = 60) -> list[str]:
     """Deterministic training text: the first ``limit`` stdlib modules (sorted by path)."""
-    from distill.data.corpus import stdlib_files
-
     return [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files()[:limit]]
 
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError
 from distill.monitor.config import RequestLogConfig
 
@@ -148,10 +149,9 @@ class RequestLog:
         micros = int((rows[0]["ts"] % 1) * 1e6)
         name = f"{PREFIX}{stamp}.{micros:06d}-{self._tag}-{self._seq:06d}.parquet"
         path = self.dir / name
-        tmp = self.dir / f".{name}.tmp"
         table = pa.Table.from_pylist(rows, schema=schema())
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            pq.write_table(table, tmp)
         return path
 
     def _retain(self) -> None:

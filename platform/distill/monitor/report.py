@@ -8,15 +8,16 @@ distribution the evaluate stage recorded (``report.json`` → ``generation.confi
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError
 from distill.monitor.drift import Window, drift_windows
+from distill.monitor.log import read_request_log
 
 
 @dataclass
@@ -212,8 +213,6 @@ def run_monitor(
     """Read the log, compare with the reference, write ``monitor.json`` + ``monitor.png``."""
     import matplotlib.pyplot as plt
 
-    from distill.monitor.log import read_request_log
-
     table = read_request_log(Path(log))
     if scoring is None:
         used = [s for s in table.column("scoring").to_pylist() if s]
@@ -223,11 +222,10 @@ def run_monitor(
     out = Path(out) if out is not None else (Path(log) if Path(log).is_dir() else Path(log).parent)
     result.out = str(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".monitor.json.tmp"
-    tmp.write_text(json.dumps(result.to_dict(), indent=1))
-    os.replace(tmp, out / "monitor.json")
+    with atomic_file(out / "monitor.json") as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
     fig = plot(table, result, ref)
-    fig.savefig(out / ".monitor.tmp.png", dpi=100)
-    os.replace(out / ".monitor.tmp.png", out / "monitor.png")
+    with atomic_file(out / "monitor.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return result

@@ -18,6 +18,7 @@ import numpy as np
 
 from distill.prune.importance import Importance
 from distill.prune.planner import Plan
+from distill.prune.tp_patch import dependency_graph
 
 
 def _top(scores: np.ndarray, k: int) -> list[int]:
@@ -95,8 +96,6 @@ def prune_channels(model: Any, mlp_drop: list[list[int]], hidden_drop: list[int]
     """Remove MLP channels per block and hidden channels through torch-pruning groups."""
     import torch
     import torch_pruning as tp
-
-    from distill.prune.tp_patch import dependency_graph
 
     if not hidden_drop and not any(mlp_drop):
         return

@@ -25,10 +25,14 @@ import numpy as np
 from distill.config.base import DistillError
 from distill.eval.config import SpeedConfig
 from distill.eval.speed import serving_speed
+from distill.models.loader import load_causal_lm
 from distill.prune.config import PruneConfig
 from distill.prune.planner import make_plan
 from distill.prune.shape import ModelShape
 from distill.runtime.config import EngineConfig
+from distill.runtime.export import export_ort_genai
+from distill.runtime.ort_genai import OrtGenAIModel
+from distill.runtime.torch_adapter import engine_as_torch
 
 # probes of a bisection over target_params in [LOW or the policy's smallest plan, 1]; each probe
 # costs one engine export
@@ -61,13 +65,8 @@ def _decode_tps(model_dir: Path, engine: EngineConfig, work: Path, prompts: np.n
     """Batch-1 decode tokens/s of ``model_dir`` in ``engine`` (exported with RTN when it is the
     CPU int4 engine: the speed of int4 kernels does not depend on how the weights were chosen)."""
     if engine.kind == "none":
-        from distill.models.loader import load_causal_lm
-
         model = load_causal_lm(model_dir)
         return serving_speed(model, prompts, SPEED)["decode_b1_tps"]
-    from distill.runtime.export import export_ort_genai
-    from distill.runtime.ort_genai import OrtGenAIModel
-    from distill.runtime.torch_adapter import engine_as_torch
 
     probe = engine.model_copy(update={"source": "fp", "algo": "rtn"})
     out = export_ort_genai(model_dir, work / f"{model_dir.name}-engine", probe, group_size=32)

@@ -11,12 +11,11 @@ MLflow: the plan (params), params/perplexity before and after (metrics), importa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.prune.config import PruneConfig
 from distill.prune.planner import Plan, make_plan
 from distill.prune.shape import ModelShape
@@ -48,19 +47,9 @@ def copy_side_files(src: Path, dst: Path) -> None:
 
 def save_checkpoint(model, src: Path, out: Path) -> None:
     """``save_pretrained`` + side files into a temp dir, then rename into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         copy_side_files(src, tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}-old-{os.getpid()}")
-            out.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run(ctx: StageContext, cfg: PruneConfig) -> StageResult:

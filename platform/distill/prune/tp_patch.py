@@ -6,7 +6,7 @@ Llama's rotary embedding does ``cat(dim=-1)``; on torch 2.13 its autograd node r
 Applied on demand (never at import time), idempotent::
 
     from distill.prune.tp_patch import dependency_graph
-    dg = dependency_graph(model, example_input_ids)    # patches, then builds (~1 s on SmolLM2)
+    dg = dependency_graph(model, example_input_ids)    # patches, then builds
 """
 
 from __future__ import annotations

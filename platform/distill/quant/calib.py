@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.models.loader import load_causal_lm
+
 
 def teacher_generations(
     teacher_dir: Path,
@@ -26,8 +28,6 @@ def teacher_generations(
 ) -> np.ndarray:
     """``[n, seq_len]`` token rows: a train prefix + the teacher's sampled continuation."""
     import torch
-
-    from distill.models.loader import load_causal_lm
 
     flat = np.asarray(train_rows).reshape(-1)
     if len(flat) < n * prefix_len:

@@ -12,13 +12,12 @@ installed, with ``AutoModelForCausalLM.from_pretrained``.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.models.files import copy_tokenizer_files
 from distill.quant.config import QuantizeConfig
@@ -153,17 +152,9 @@ def quantize(
     else:
         qmodel.quantize(None, batch_size=cfg.batch_size)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         qmodel.save(str(tmp))
         copy_tokenizer_files(model_dir, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -2,7 +2,7 @@
 
 The GPTQ checkpoint is trained against the teacher's soft-label store through the same Ray Train +
 DeepSpeed loop as the ``distill`` stage, with ``LoopSpec.fake_quant``: the loop loads it with
-:func:`distill.quant.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
+:func:`distill.train.fakequant.load_fake_quant` (int4 grid, straight-through estimator) and
 exports it repacked as a GPTQ checkpoint. Any GPTQ checkpoint of a model the store's tokenizer
 fits (the student, or the teacher itself) recovers the same way::
 
@@ -15,8 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.config.base import DistillError
+from distill.models.hashing import file_sha256, weights_sha256
 from distill.quant.config import QuantizeConfig
+from distill.raycluster import ensure_ray
 from distill.stages import StageContext
+from distill.train.config import DistillConfig
+from distill.train.inputs import check_inputs, manifest_value, run_name
+from distill.train.launch import launch
+from distill.train.loop import LoopSpec
 
 OUTPUT_NAME = "student-int4-recovered"
 
@@ -24,7 +30,6 @@ OUTPUT_NAME = "student-int4-recovered"
 def distill_config(cfg: QuantizeConfig):
     """The ``distill`` loop's settings for the recovery run: offline KD on the store, or online
     KD from the fp model (``recover.target: fp``)."""
-    from distill.train.config import DistillConfig
 
     r = cfg.recover
     return DistillConfig(
@@ -68,11 +73,6 @@ def recover(
     """Train ``gptq_dir`` on its int4 grid into ``<workdir>/<output_name>``; returns the repacked
     checkpoint and the loop's final metrics. ``fp_dir``: the model GPTQ quantized (the target of
     ``recover.target: fp``; default: the context's latest model, what the stage quantizes)."""
-    from distill.models.hashing import file_sha256, weights_sha256
-    from distill.raycluster import ensure_ray
-    from distill.train.launch import launch
-    from distill.train.loop import LoopSpec
-    from distill.train.stage import check_inputs, manifest_value, run_name
 
     store_dir = check_store(ctx, cfg)
     dcfg = distill_config(cfg)

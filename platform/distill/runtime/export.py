@@ -25,6 +25,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.runtime.config import EngineConfig
 from distill.runtime.graph import drop_default_zero_points, edit_model
@@ -90,57 +91,50 @@ def export_ort_genai(src: Path, out: Path, cfg: EngineConfig, group_size: int = 
         )
     tied = bool(json.loads((src / "config.json").read_text()).get("tie_word_embeddings"))
     opts = builder_options(src, cfg, group_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     cache = Path(tempfile.mkdtemp(prefix="ort-builder-cache-"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "onnxruntime_genai.models.builder",
-        "-i",
-        str(src),
-        "-o",
-        str(tmp),
-        "-p",
-        "int4",
-        "-e",
-        "cpu",
-        "-c",
-        str(cache),
-        "--extra_options",
-        *[f"{k}={v}" for k, v in opts.items()],
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-            raise DistillError(f"engine {ENGINE!r} could not import {src}:\n{tail}")
-        with edit_model(tmp) as model:
-            if cfg.algo == "q4_1":
-                carry_q4_1(model, src)
-            if cfg.embedding == 8:
-                tie_int8_embedding(model, tied=tied, block_size=cfg.lm_head_block_size)
-            drop_default_zero_points(model)
-        manifest = {
-            "engine": ENGINE,
-            "version": metadata.version("onnxruntime-genai"),
-            "onnxruntime": metadata.version("onnxruntime"),
-            "source": str(src),
-            "source_kind": "gptq" if cfg.source == "gptq" else f"fp+{cfg.algo}",
-            "builder_options": opts,
-            "lm_head_bits": cfg.lm_head_bits,
-            "embedding_bits": cfg.embedding,
-            "tied": tied and cfg.embedding != 32,
-            "threads": cfg.threads,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_dir(out) as tmp:
+            cmd = [
+                sys.executable,
+                "-m",
+                "onnxruntime_genai.models.builder",
+                "-i",
+                str(src),
+                "-o",
+                str(tmp),
+                "-p",
+                "int4",
+                "-e",
+                "cpu",
+                "-c",
+                str(cache),
+                "--extra_options",
+                *[f"{k}={v}" for k, v in opts.items()],
+            ]
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
+                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+                raise DistillError(f"engine {ENGINE!r} could not import {src}:\n{tail}")
+            with edit_model(tmp) as model:
+                if cfg.algo == "q4_1":
+                    carry_q4_1(model, src)
+                if cfg.embedding == 8:
+                    tie_int8_embedding(model, tied=tied, block_size=cfg.lm_head_block_size)
+                drop_default_zero_points(model)
+            manifest = {
+                "engine": ENGINE,
+                "version": metadata.version("onnxruntime-genai"),
+                "onnxruntime": metadata.version("onnxruntime"),
+                "source": str(src),
+                "source_kind": "gptq" if cfg.source == "gptq" else f"fp+{cfg.algo}",
+                "builder_options": opts,
+                "lm_head_bits": cfg.lm_head_bits,
+                "embedding_bits": cfg.embedding,
+                "tied": tied and cfg.embedding != 32,
+                "threads": cfg.threads,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return out

@@ -28,6 +28,7 @@ import numpy as np
 
 from distill.config.base import DistillError
 from distill.runtime.config import GGUF_QUANTS
+from distill.runtime.llamacpp import find_tool, quantize_gguf
 
 # quantizations llama-quantize makes from an f32 GGUF (its ftype names)
 LLAMA_QUANTIZE_FTYPES = {"q4_k_m": "Q4_K_M"}
@@ -258,7 +259,6 @@ def write_gguf(model_dir: Path, out: Path, quant: str, name: str | None = None) 
 
 def preflight(model_dir: Path, quants: list[str], field: str = "quantize.gguf") -> None:
     """What a pipeline's GGUF export would refuse, raised before the stage's work (names ``field``)."""
-    from distill.runtime.llamacpp import find_tool
 
     try:
         check_checkpoint(model_dir)
@@ -274,7 +274,6 @@ def export_gguf(
     """GGUF of ``model_dir`` at ``quant`` (one of ``GGUF_QUANTS``) in ``out``; returns ``out``.
 
     ``q4_k_m`` needs llama.cpp's ``llama-quantize``: it is looked up before any work."""
-    from distill.runtime.llamacpp import find_tool, quantize_gguf
 
     if quant not in GGUF_QUANTS:
         raise DistillError(f"GGUF export: quant {quant!r} is not one of {list(GGUF_QUANTS)}")

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
+from distill.data.config import ContaminationConfig
 from distill.data.filters import FiltersConfig
-from distill.eval.contamination import ContaminationConfig
 
 
 class DecodingConfig(StrictModel):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_file
 from distill.seqkd.prompts import messages_of, render_prompt
 
 IGNORE = -100
@@ -99,7 +100,6 @@ def write_sft_rows(path: Path, rows: dict[str, np.ndarray]) -> None:
 
     The file a Ray Train SFT data source would read (one row per packed/padded sequence).
     """
-    import os
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -109,10 +109,8 @@ def write_sft_rows(path: Path, rows: dict[str, np.ndarray]) -> None:
         k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1).astype(np.int32)), seq_len)
         for k, v in rows.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(cols), tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(pa.table(cols), tmp)
 
 
 def read_sft_rows(path: Path) -> dict[str, np.ndarray]:

@@ -65,9 +65,9 @@ def train_student(
 
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
+    from distill.train.inputs import run_name
     from distill.train.launch import launch
     from distill.train.loop import LoopSpec
-    from distill.train.stage import run_name
 
     ensure_ray(ctx.config.ray)
     dcfg = sft_distill_config(cfg, n_rows, ray.cluster_resources().get("CPU", 1))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_file
 from distill.config.base import DistillError
 from distill.models.hashing import file_sha256
 
@@ -63,9 +63,8 @@ class GenerationWriter:
             }
         )
         name = f"shard-{len(self.shards):05d}.parquet"
-        tmp = self.root / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.root / name)
+        with atomic_file(self.root / name) as tmp:
+            pq.write_table(table, tmp)
         self.shards.append({"file": name, "rows": n, "sha256": file_sha256(self.root / name)})
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -75,9 +74,8 @@ class GenerationWriter:
             "shards": self.shards,
             "rows": sum(s["rows"] for s in self.shards),
         }
-        tmp = self.root / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.root / "manifest.json")
+        with atomic_file(self.root / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
         return manifest
 
 

@@ -19,6 +19,8 @@ import urllib.request
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_causal_lm, load_tokenizer
+from distill.models.stopping import stop_token_ids
 from distill.seqkd.prompts import messages_of, prompt_text, render_prompt
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,6 @@ class LocalGenerator:
     ) -> None:
         import torch
 
-        from distill.models.loader import load_causal_lm, load_tokenizer
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.tok = load_tokenizer(model_dir)
@@ -72,11 +72,8 @@ class LocalGenerator:
         self.dec = decoding
         self.chat = chat_template
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        stop = {self.tok.eos_token_id}
-        im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tok.unk_token_id:
-            stop.add(im_end)
-        self.stop = sorted(s for s in stop if s is not None)
+        model_eos = (self.model.generation_config.eos_token_id, self.model.config.eos_token_id)
+        self.stop = stop_token_ids(self.tok, *model_eos)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import torch
@@ -243,8 +240,6 @@ class HTTPGenerator:
     def __init__(
         self, cfg: dict[str, Any], decoding: dict[str, Any], api_key: str | None, tokenizer_dir: str
     ) -> None:
-        from distill.models.loader import load_tokenizer
-
         self.client = HTTPClient(cfg, decoding, api_key, cfg["requests_per_s"] / cfg["actors"])
         self.tok = load_tokenizer(tokenizer_dir)
 

@@ -19,7 +19,18 @@ from typing import Any
 
 from distill.config.base import DistillError
 from distill.lineage.resolve import resolve_registered
+from distill.lineage.tracker import check_reachable, flatten
+from distill.models.compat import check_draft_compat
+from distill.models.config import GGUFSource
+from distill.models.hashing import weights_sha256
+from distill.models.loader import resolve_source
+from distill.ray_config import RayConfig
+from distill.raycluster import ensure_ray
 from distill.serve.config import ModelDeployment, ServeArgs, apply_serve_env
+from distill.serve.deployments import ModelServer
+from distill.serve.engines.vllm import vllm_deployment
+from distill.serve.ingress import direct_ingress_urls
+from distill.serve.router import Router
 
 ROLES = ("student", "teacher")
 DEMO_HINT = (
@@ -32,9 +43,6 @@ DEMO_HINT = (
 def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict[str, str]]:
     """A model ref -> (absolute local HF directory, lineage tags)."""
     if ref == "gguf:default":
-        from distill.models.config import GGUFSource
-        from distill.models.loader import resolve_source
-
         return resolve_source(GGUFSource()).path, {"source": ref}
     if ref.startswith("models:/"):
         if not tracking_uri:
@@ -52,9 +60,6 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> tuple[Path, dict
 def record_deployment(args: ServeArgs, resolved: dict[str, tuple[Path, dict[str, str]]]) -> str:
     """One MLflow run describing this deployment; returns its run id."""
     from mlflow import MlflowClient
-
-    from distill.lineage.tracker import check_reachable, flatten
-    from distill.models.hashing import weights_sha256
 
     uri = args.tracking_uri or ""
     check_reachable(uri, 10.0)
@@ -81,10 +86,7 @@ def _model_deployment(
     if dep.placement == "router":
         return None  # the Router replica builds this engine itself
     if dep.engine == "vllm":
-        from distill.serve.engines.vllm import vllm_deployment
-
         return vllm_deployment(role, dep, path, context_limit, draft)
-    from distill.serve.deployments import ModelServer
 
     return ModelServer.options(
         name=role.capitalize(),
@@ -101,7 +103,6 @@ def speculative_draft(args: ServeArgs, paths: dict[str, Path]) -> dict | None:
     draft = args.draft(str(paths["student"]))
     if draft is None:
         return None
-    from distill.models.compat import check_draft_compat
 
     check_draft_compat(
         paths["teacher"], paths["student"], "args.student.model (cascade.mode: speculative)"
@@ -117,7 +118,6 @@ def build_app(args: ServeArgs):
     """Router(ingress) -> Student, Teacher. ``args`` arrives validated (Ray's typed builder).
     A model with ``placement: router`` has no deployment of its own: each Router replica holds
     its engine and reserves its CPUs / GPUs."""
-    from distill.serve.router import Router
 
     if isinstance(args, dict):
         args = ServeArgs.model_validate(args)
@@ -211,10 +211,6 @@ def run_from_config(path: Path, blocking: bool = True) -> str:
     import time
 
     from ray import serve
-
-    from distill.lineage.config import RayConfig
-    from distill.raycluster import ensure_ray
-    from distill.serve.ingress import direct_ingress_urls
 
     cfg = load_serve_config(Path(path))
     http = cfg.get("http_options") or {}

@@ -11,7 +11,7 @@ record it where a deployment picks it up::
 Writes ``OUT/calibration.json`` (settings, curves, choice, the held-out check),
 ``OUT/calibration.png``, and with ``--serve-config`` ``OUT/serve.yaml``: the same Serve config with
 ``args.cascade`` set (threshold, scoring, quantile, decide_after_tokens, calibration). The
-candidates are every scoring of ``distill.serve.confidence`` at every decision point, the
+candidates are every scoring of ``distill.confidence`` at every decision point, the
 Chow-Quantile score once per ``--quantiles`` value (named ``quantile:0.25@16``); the report also
 gives each candidate's own best threshold on the fitting half and its held-out figures. With a tracking URI
 the run goes to MLflow (experiment ``distill-calibrate``); ``--register`` tags that model version
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +30,17 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from distill.atomic import atomic_file
+from distill.confidence import DEFAULT_QUANTILE, SCORINGS, score
 from distill.config.base import DistillError, StrictModel
+from distill.data.packed import part_files, read_rows
+from distill.lineage.tracker import check_reachable, flatten
+from distill.models.loader import load_tokenizer
+from distill.serve.app import load_serve_config, resolve_model
 from distill.serve.calibrate import Choice, Target, choose, evaluate, token_agreement, tradeoff
-from distill.serve.confidence import DEFAULT_QUANTILE, SCORINGS, score
+from distill.serve.config import BatchingConfig
+from distill.serve.engines import EngineOptions, build_engine
+from distill.serve.engines.base import EngineRequest, SamplingParams
 
 
 class CalibrateConfig(StrictModel):
@@ -78,7 +85,6 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
     """Prompt token ids: cut from packed held-out rows (a Parquet file, or the directory of part
     files the corpus stage writes), or tokenized from a JSONL file."""
     path = cfg.prompts
-    from distill.data.packed import part_files, read_rows
 
     if not path.exists() or not part_files(path):
         raise DistillError(f"prompts not found: {path} (a .parquet file or directory, or .jsonl)")
@@ -102,9 +108,6 @@ def load_prompts(cfg: CalibrateConfig, tok: Any) -> list[list[int]]:
 
 def replay(ref: str, prompts: list[list[int]], cfg: CalibrateConfig) -> list[Replayed]:
     """Greedy answers with per-token log-probs / entropies, batched by the serving engine."""
-    from distill.serve.app import resolve_model
-    from distill.serve.engines import EngineOptions, build_engine
-    from distill.serve.engines.base import BatchingConfig, EngineRequest, SamplingParams
 
     path, _ = resolve_model(ref, cfg.tracking_uri)
     kind = "onnxruntime-genai" if (path / "genai_config.json").exists() else "hf"
@@ -192,8 +195,6 @@ def fit_and_check(data: dict[str, Any], target: Target) -> dict[str, Any]:
 
 def run_calibration(cfg: CalibrateConfig) -> dict[str, Any]:
     """Replay, fit on the first half, check on the second; write outputs; return the report."""
-    from distill.models.loader import load_tokenizer
-    from distill.serve.app import resolve_model
 
     target = Target(cfg.target_agreement, cfg.max_fallback)
     t0 = time.time()
@@ -252,16 +253,13 @@ def _figure(curves: dict[str, list], choice: Choice, cfg: CalibrateConfig):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def calibrated_serve_config(src: Path, cascade: dict[str, Any]) -> str:
     """``src`` with ``args.cascade`` of every distill application updated (validated)."""
     import yaml
-
-    from distill.serve.app import load_serve_config
 
     load_serve_config(src)  # the input must be valid to begin with
     raw = yaml.safe_load(src.read_text())
@@ -274,9 +272,8 @@ def calibrated_serve_config(src: Path, cascade: dict[str, Any]) -> str:
 def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choice) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     fig = _figure(curves, choice, cfg)
-    tmp_png = cfg.out / ".calibration.tmp.png"
-    fig.savefig(tmp_png, dpi=100)
-    os.replace(tmp_png, cfg.out / "calibration.png")
+    with atomic_file(cfg.out / "calibration.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     cascade = {
         "threshold": round(choice.point.threshold, 6),
         "scoring": report["choice"]["scoring"],
@@ -303,8 +300,6 @@ def write_outputs(cfg: CalibrateConfig, report: dict, curves: dict, choice: Choi
 
 def _log_mlflow(cfg: CalibrateConfig, report: dict, fig: Any, cascade: dict[str, Any]) -> str:
     from mlflow import MlflowClient
-
-    from distill.lineage.tracker import check_reachable, flatten
 
     uri = cfg.tracking_uri or ""
     check_reachable(uri, 10.0)

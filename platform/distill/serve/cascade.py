@@ -29,7 +29,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill.serve.confidence import decide, score
+from distill.confidence import score
+from distill.serve.confidence import decide
 from distill.serve.config import CascadeConfig
 
 log = logging.getLogger(__name__)

@@ -36,12 +36,11 @@ MAX_DRAFT_TOKENS = 16
 # Ray Serve's high-throughput mode (Ray >= 2.56): user code and the request router on each
 # replica's own event loop, gRPC between replicas, and each ingress (Router) replica serving
 # HTTP on a port of its own too (direct ingress, serve/ingress.py; the proxy port still
-# forwards to it). benchmarks/serve_load.py through the proxy, 2 cores, int4 ORT student,
-# 16-way HTTP: 117 / 112 / 107 tok/s with it vs 92 / 100 / 98 without (three A/B pairs,
-# 2026-12-02); c=1 61 / 64 / 59 vs 58 / 60 / 58. Every Ray process must see it: `distill serve`
-# sets it before it starts a local Ray, a cluster in its pods (k8s/rayservice.yaml).
-# Direct ingress holds a Router replica 30 s on shutdown by default, for an external load
-# balancer (HAProxy) to drain it; a local Ray has none, and every serve.shutdown() took 30 s.
+# forwards to it); it serves more tokens/s under concurrent load (benchmarks/serve_load.py,
+# docs/serving.md). Every Ray process must see it: `distill serve` sets it before it starts a
+# local Ray, a cluster in its pods (k8s/rayservice.yaml).
+# Direct ingress holds a Router replica on shutdown by default, for an external load balancer
+# (HAProxy) to drain it; a local Ray has none, so the drain is cut to keep shutdown quick.
 SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
@@ -55,8 +54,9 @@ def apply_serve_env() -> None:
         os.environ.setdefault(key, value)
 
 
-class Batching(StrictModel):
-    """How a model replica batches concurrent requests (continuous batching)."""
+class BatchingConfig(StrictModel):
+    """How a model replica batches concurrent requests (continuous batching): the
+    ``batching:`` block of a model deployment, and what every engine reads."""
 
     max_batch_size: int = Field(
         32, ge=1, le=512, description="sequences decoded together in one forward pass"
@@ -117,7 +117,7 @@ class ModelDeployment(StrictModel):
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads; unset = max(1, round(num_cpus))"
     )
-    batching: Batching = Field(default_factory=Batching)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_queued_requests: int = Field(
         64, ge=1, description="Router->replica handle queue; beyond it the Router answers 503"
     )

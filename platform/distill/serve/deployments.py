@@ -22,6 +22,15 @@ from typing import Any
 
 from ray import serve
 
+from distill.serve.config import ModelDeployment
+from distill.serve.engines import DraftSpec, EngineOptions, build_engine
+from distill.serve.engines.base import (
+    Overloaded,
+    PromptError,
+    SamplingParams,
+    Speculation,
+)
+
 PARAM_KEYS = (
     "max_tokens",
     "temperature",
@@ -36,7 +45,6 @@ PARAM_KEYS = (
 
 def sampling_params(p: dict[str, Any]):
     """The Router's ``params`` dict -> engine SamplingParams."""
-    from distill.serve.engines.base import SamplingParams
 
     kw = {k: p[k] for k in PARAM_KEYS if p.get(k) is not None}
     bias = tuple((int(t), float(b)) for t, b in (p.get("logit_bias") or {}).items())
@@ -56,10 +64,6 @@ class ModelHost:
         context_limit: int,
         draft: dict[str, Any] | None = None,
     ) -> None:
-        from distill.serve.config import ModelDeployment
-        from distill.serve.engines import DraftSpec, EngineOptions, build_engine
-        from distill.serve.engines.base import BatchingConfig
-
         dep = ModelDeployment.model_validate(spec)
         self.role = role
         self.path = path
@@ -68,7 +72,7 @@ class ModelHost:
             device=dep.device,
             dtype=dep.dtype,
             threads=dep.threads,
-            batching=BatchingConfig(**dep.batching.model_dump()),
+            batching=dep.batching,
             kwargs=dict(dep.engine_kwargs),
         )
         draft_spec = None
@@ -94,8 +98,6 @@ class ModelHost:
         }
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[Any]:
-        from distill.serve.engines.base import Overloaded, PromptError
-
         try:
             req = self.engine.prepare(
                 payload.get("prompt"),
@@ -121,8 +123,6 @@ class ModelHost:
     def _speculation(self, req: Any, spec: dict[str, Any] | None) -> Any:
         """``payload["speculative"] = {"k": 4 | None, "max_k": 8}``: decode with the draft."""
         from dataclasses import replace
-
-        from distill.serve.engines.base import PromptError, Speculation
 
         if spec is None:
             return req

@@ -8,10 +8,8 @@ connects there skips the proxy actor's hop. ``distill serve deploy/serve.yaml`` 
     serving http://127.0.0.1:8000  (OpenAI base URL: http://127.0.0.1:8000/v1)
     direct to the Router replicas (no proxy hop): http://127.0.0.1:30000/v1
 
-Six direct / proxy pairs on the int4 ORT student (probes and three full ``serve_load`` runs,
-2 cores, 2026-12-02): 16-way, direct was ahead in five of six (-4% to +16%: 95.5-118.1 vs
-87.2-112.6 tok/s); a single request, also in five of six (-9% to +20%). The proxy actor used
-1.24 CPU-s per 16-way wave, 0.14 when the clients went direct. In a cluster, Ray's HAProxy ingress
+Going direct saves the proxy actor's CPU time and hop (``benchmarks/serve_load.py``; the
+figures are in docs/serving.md). In a cluster, Ray's HAProxy ingress
 (``RAY_SERVE_ENABLE_HA_PROXY=1``) is what sends traffic to these ports.
 """
 

@@ -33,6 +33,8 @@ from distill.monitor.log import open_request_log
 from distill.serve.cascade import Answer, ModelStream, RequestFailed, Timeouts, start_answer
 from distill.serve.client import LocalModelClient, ServeModelClient
 from distill.serve.config import CascadeConfig, ServeArgs
+from distill.serve.deployments import ModelHost
+from distill.serve.engines.vllm import VLLMModelClient
 from distill.serve.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -76,14 +78,10 @@ def _make_client(
 ):
     dep = getattr(args, role)
     if dep.placement == "router":  # the engine lives in this Router replica
-        from distill.serve.deployments import ModelHost
-
         spec = dep.model_dump(mode="json")
         host = ModelHost(role, path, spec, args.context_limit, draft)
         return LocalModelClient(host, role)
     if dep.engine == "vllm":
-        from distill.serve.engines.vllm import VLLMModelClient
-
         return VLLMModelClient(handle, role, path, args.context_limit)
     return ServeModelClient(handle, role)
 

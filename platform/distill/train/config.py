@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distill.config.base import StrictModel
+from distill.config.base import DistillError, StrictModel
 
 LossName = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
 
@@ -263,3 +263,23 @@ class DistillConfig(StrictModel):
 
     def tokens_per_step(self, seq_len: int) -> int:
         return self.batch_size * self.num_workers * self.grad_accum * seq_len
+
+
+def check_offline_objective(cfg: DistillConfig, encoding: str) -> None:
+    """Refuse offline objectives the stored target cannot give without bias."""
+    if not cfg.loss.kd_weight:
+        return
+    if cfg.loss.temperature != 1.0:
+        raise DistillError(
+            f"distill.loss.temperature={cfg.loss.temperature:g} with an offline {encoding} store: "
+            "the store holds the teacher at T=1 only (a top-k target would be conditioned on "
+            "the top-k support, so the student's mass outside it gets no gradient). Set "
+            "distill.loss.temperature: 1.0, or use distill.mode: online for T != 1"
+        )
+    if encoding == "sampled" and cfg.loss.name != "forward_kl":
+        raise DistillError(
+            f"distill.loss.name={cfg.loss.name!r} with a sampled soft-label store: only "
+            "forward_kl has an unbiased estimate from sampled tokens (the others need the "
+            "teacher's probabilities outside the samples). Use loss.name: forward_kl, "
+            "soft_labels.encoding: topk, or distill.mode: online"
+        )

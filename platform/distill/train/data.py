@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from distill.config.base import DistillError
+from distill.labels.store import LabelStore
 
 Fetch = Callable[[np.ndarray], dict[str, torch.Tensor]]
 
@@ -125,7 +126,6 @@ def label_positions(columns: dict[str, np.ndarray], rows: np.ndarray) -> int:
 
 def open_store(path: Path):
     """``LabelStore.open(path)`` with a clear error when the soft-label store is unusable."""
-    from distill.labels.store import LabelStore
 
     return LabelStore.open(Path(path))
 

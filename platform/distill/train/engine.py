@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from distill.atomic import atomic_dir
 from distill.models.files import copy_tokenizer_files
 from distill.train.config import DistillConfig
 
@@ -35,7 +34,7 @@ def build_ds_config(cfg: DistillConfig, world_size: int) -> dict[str, Any]:
                 "betas": list(cfg.betas),
                 "eps": 1e-8,
                 "weight_decay": cfg.weight_decay,
-                # Plain torch AdamW: no fused-Adam JIT compile (131 s on these CPUs).
+                # Plain torch AdamW: no fused-Adam JIT compile (minutes on a CPU).
                 "torch_adam": True,
             },
         },
@@ -67,7 +66,7 @@ def setup_worker_env(use_gpu: bool, threads: int) -> None:
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         torch.set_num_threads(max(threads, 1))
-        # DeepSpeed JIT-compiles a shared-memory comm op on CPU (55-80 s); gloo is enough.
+        # DeepSpeed JIT-compiles a shared-memory comm op on CPU (a minute); gloo is enough.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
@@ -109,16 +108,10 @@ def export_student(engine: Any, student: Any, out_dir: Path, source_dir: Path, r
     state = trained_state_dict(engine, student, rank)
     if rank != 0:
         return
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-tmp-"))
     student.config.dtype = torch.float32
-    student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    copy_tokenizer_files(source_dir, tmp)
-    tmp.chmod(0o755)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(Path(out_dir)) as tmp:
+        student.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        copy_tokenizer_files(source_dir, tmp)
 
 
 class _null:

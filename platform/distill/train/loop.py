@@ -26,8 +26,23 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
+from distill.data.packed import read_rows
+from distill.losses import FeatureLoss, LossWeights, total_loss
+from distill.models.loader import ensure_offline
+from distill.seqkd.sft_data import read_sft_rows
 from distill.train.config import DistillConfig
-from distill.train.engine import head_weight
+from distill.train.data import Batches, heldout_shard, label_positions, open_store, sft_columns
+from distill.train.engine import (
+    DistillModule,
+    build_ds_config,
+    export_student,
+    head_weight,
+    lr_lambda,
+    setup_worker_env,
+)
+from distill.train.fakequant import load_fake_quant, pack_gptq
+from distill.train.rollout import is_on_policy, sample, step_generator
+from distill.train.teacher import LocalTeacher, RemoteTeacher
 
 PART_NAMES = ("loss", "ce", "kd", "feature", "attention")
 FAIL_ENV = "DISTILL_FAIL_AT_STEP"  # tests: "<step>:<marker prefix>" raises once per rank
@@ -57,7 +72,7 @@ class LoopSpec(StrictModel):
     fake_quant: bool = Field(
         False,
         description="student_path is a GPTQ checkpoint: train it on its int4 grid "
-        "(distill.quant.fakequant: STE, scales trainable) and export it repacked as GPTQ",
+        "(distill.train.fakequant: STE, scales trainable) and export it repacked as GPTQ",
     )
 
     @model_validator(mode="after")
@@ -138,15 +153,10 @@ def build(w: Worker) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from distill.losses import FeatureLoss, LossWeights
-    from distill.train.engine import DistillModule, build_ds_config, lr_lambda
-
     cfg, spec = w.spec.cfg, w.spec
     torch.manual_seed(cfg.seed)
     eager = {"attn_implementation": "eager"} if cfg.attention.weight else {}
     if spec.fake_quant:
-        from distill.quant.fakequant import load_fake_quant
-
         student = load_fake_quant(Path(spec.student_path)).train()
     else:
         student = AutoModelForCausalLM.from_pretrained(
@@ -192,7 +202,6 @@ def build(w: Worker) -> None:
 
 def load_teacher(spec: LoopSpec, device: Any, eager: bool = False) -> Any:
     """The live teacher: a copy in this worker, or the teacher actor on this node."""
-    from distill.train.teacher import LocalTeacher, RemoteTeacher
 
     cfg = spec.cfg
     path = spec.teacher_path or ""
@@ -248,17 +257,12 @@ def data(w: Worker) -> None:
     """This rank's training batches and held-out rows."""
     import numpy as np
 
-    from distill.data.packed import read_rows
-    from distill.train.data import Batches, heldout_shard, open_store, sft_columns
-
     cfg, spec = w.spec.cfg, w.spec
     kw = {"shuffle": cfg.shuffle, "seed": cfg.seed}
     if cfg.mode == "offline":
         store = open_store(Path(spec.store_path or ""))
         w.source = Batches.for_store(store, cfg.batch_size, w.rank, w.world, **kw)
     elif cfg.mode == "sft":
-        from distill.seqkd.sft_data import read_sft_rows
-
         w.sft_columns = sft_columns(read_sft_rows(Path(spec.sft_path or "")))
         w.source = Batches.for_arrays(w.sft_columns, cfg.batch_size, w.rank, w.world, **kw)
     else:
@@ -277,7 +281,6 @@ def step_denominator(w: Worker) -> float:
     cfg = w.spec.cfg
     if w.sft_columns is None:  # packed rows: every position counts
         return float(cfg.batch_size * (w.spec.seq_len - 1))
-    from distill.train.data import label_positions
 
     order = w.source.order
     first = w.step * cfg.grad_accum
@@ -292,8 +295,6 @@ def rollouts(w: Worker) -> tuple[list[dict[str, Any]], float, float]:
     (generated positions, as ``step_denominator``) and the seconds spent sampling."""
     import torch
     import torch.distributed as dist
-
-    from distill.train.rollout import sample, step_generator
 
     cfg, op = w.spec.cfg, w.spec.cfg.on_policy
     t0 = time.perf_counter()
@@ -331,7 +332,6 @@ def micro_step(
     w: Worker, batch: dict[str, Any], denominator: float, on_policy: bool = False
 ) -> list[float]:
     """Forward, fused loss and backward of one micro-batch; returns logged parts."""
-    from distill.losses import total_loss
 
     cfg, dev = w.spec.cfg, w.device
     ids = batch["input_ids"].to(dev)
@@ -373,8 +373,6 @@ def train_step(w: Worker) -> None:
     """One optimizer step (``grad_accum`` micro-batches); fills ``w.last`` with its metrics."""
     import torch
     import torch.distributed as dist
-
-    from distill.train.rollout import is_on_policy
 
     cfg = w.spec.cfg
     _maybe_fail(w.step, w.rank)
@@ -485,14 +483,10 @@ def finish_step(w: Worker) -> None:
 
 
 def export(w: Worker) -> None:
-    from distill.train.engine import export_student
-
     spec = w.spec
     student = w.engine.module.student
     if spec.fake_quant:  # ZeRO 1/2 (the recover config refuses 3): every rank holds all weights
         if w.rank == 0:
-            from distill.quant.fakequant import pack_gptq
-
             pack_gptq(student, Path(spec.student_path), Path(spec.out_dir))
         return
     export_student(w.engine, student, Path(spec.out_dir), Path(spec.student_path), w.rank)
@@ -503,13 +497,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = spec.cfg
     import ray.train
 
-    from distill.train.engine import setup_worker_env
-
     ctx = ray.train.get_context()
     setup_worker_env(cfg.use_gpu, int(max(cfg.cpus_per_worker, 1)))
     import torch
-
-    from distill.models.loader import ensure_offline
 
     ensure_offline()
     if cfg.use_gpu:

@@ -9,117 +9,14 @@ Reads the student from ``pruned`` (else ``initial_student``, else the teacher), 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
-from distill.config.base import DistillError
 from distill.stages import StageContext, StageResult
 from distill.train.config import DistillConfig
+from distill.train.inputs import check_inputs, manifest_value, run_name
 from distill.train.loop import LoopSpec
 
 STUDENT_SOURCES = ("pruned", "initial_student", "teacher")
-
-
-def _num_layers(model_dir: Path) -> int:
-    return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
-
-
-def manifest_value(manifest: Any, key: str) -> Any:
-    """A manifest field whether the store exposes a dict or an object."""
-    if isinstance(manifest, dict):
-        return manifest.get(key)
-    return getattr(manifest, key, None)
-
-
-def check_inputs(
-    cfg: DistillConfig, teacher_dir: Path, student_dir: Path, soft_labels: Path | None, teacher: Any
-) -> Any:
-    """Every bad-input check, before training. Returns the opened store (offline) or None."""
-    from distill.losses.features import check_layer_pairs
-    from distill.models.compat import check_tokenizer_compat
-
-    if cfg.mode == "sft":
-        raise DistillError(
-            "distill.mode: sft is what the seq-KD `sft` stage uses internally; for the distill "
-            "stage use mode offline (soft labels) or online (live teacher)"
-        )
-    check_teacher_reachable(cfg, teacher_dir)
-    check_tokenizer_compat(teacher_dir, student_dir)
-    t_layers, s_layers = _num_layers(teacher_dir), _num_layers(student_dir)
-    for name, sec in (("feature", cfg.feature), ("attention", cfg.attention)):
-        if sec.weight:
-            try:
-                check_layer_pairs(sec.pairs, t_layers, s_layers)
-            except ValueError as e:
-                raise DistillError(f"distill.{name}.pairs: {e}") from None
-    if cfg.mode != "offline":
-        return None
-    if soft_labels is None:
-        raise DistillError(
-            "distill.mode is offline but there is no soft-label store: add the soft_labels stage "
-            "before distill, or set distill.mode: online"
-        )
-    from distill.train.data import open_store
-
-    store = open_store(soft_labels)
-    store.check_compatible(teacher.weights_sha256, teacher.tokenizer_sha256)
-    check_offline_objective(cfg, store.manifest.encoding)
-    s_vocab = json.loads((Path(student_dir) / "config.json").read_text())["vocab_size"]
-    st_vocab = manifest_value(store.manifest, "vocab_size")
-    if st_vocab is not None and int(st_vocab) != int(s_vocab):
-        raise DistillError(
-            f"soft-label store vocab_size {st_vocab} != student vocab_size {s_vocab}"
-        )
-    return store
-
-
-def check_teacher_reachable(cfg: DistillConfig, teacher_dir: Path) -> None:
-    """Online mode and on-policy steps load the live teacher: its weights must be there."""
-    if not cfg.needs_teacher:
-        return
-    teacher_dir = Path(teacher_dir)
-    weights = [*teacher_dir.glob("*.safetensors"), *teacher_dir.glob("pytorch_model*.bin")]
-    if (teacher_dir / "config.json").exists() and weights:
-        return
-    why = "mode: online" if cfg.mode == "online" else f"on_policy.lmbda {cfg.on_policy.lmbda:g}"
-    raise DistillError(
-        f"distill.{why} needs the live teacher, but {teacher_dir} holds no loadable checkpoint "
-        "(config.json + weights); a soft-label store alone cannot score the student's own "
-        "samples. Point teacher: at the teacher's weights, or set distill.on_policy.lmbda: 0"
-    )
-
-
-def check_offline_objective(cfg: DistillConfig, encoding: str) -> None:
-    """Refuse offline objectives the stored target cannot give without bias."""
-    if not cfg.loss.kd_weight:
-        return
-    if cfg.loss.temperature != 1.0:
-        raise DistillError(
-            f"distill.loss.temperature={cfg.loss.temperature:g} with an offline {encoding} store: "
-            "the store holds the teacher at T=1 only (a top-k target would be conditioned on "
-            "the top-k support, so the student's mass outside it gets no gradient). Set "
-            "distill.loss.temperature: 1.0, or use distill.mode: online for T != 1"
-        )
-    if encoding == "sampled" and cfg.loss.name != "forward_kl":
-        raise DistillError(
-            f"distill.loss.name={cfg.loss.name!r} with a sampled soft-label store: only "
-            "forward_kl has an unbiased estimate from sampled tokens (the others need the "
-            "teacher's probabilities outside the samples). Use loss.name: forward_kl, "
-            "soft_labels.encoding: topk, or distill.mode: online"
-        )
-
-
-def run_name(cfg: DistillConfig, *parts: str) -> str:
-    """Same inputs + config -> same Ray run name, so a rerun resumes its checkpoints.
-
-    ``parts`` must name everything the run reads (student weights, teacher, corpus, the store's
-    manifest hash): a changed input is a new run, never a resume of a finished one."""
-    h = hashlib.sha256(cfg.model_dump_json().encode())
-    for p in parts:
-        h.update(b"\0" + p.encode())
-    return f"distill-{h.hexdigest()[:12]}"
 
 
 def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
-from distill.serve.config import VERIFY_ENGINES
-from distill.serve.engines.base import BatchingConfig, Engine
+from distill.serve.config import VERIFY_ENGINES, BatchingConfig
+from distill.serve.engines.base import Engine
+from distill.serve.engines.draft import build_drafter
 
 ENGINES = {
     "hf": "distill.serve.engines.hf:HFEngine",
@@ -72,7 +73,6 @@ def build_engine(
                 f"forward over several tokens per row, with rollback): serve the teacher with "
                 f"engine {' or '.join(VERIFY_ENGINES)}"
             )
-        from distill.serve.engines.draft import build_drafter
 
         extra["draft"] = build_drafter(
             draft.engine, draft.path, options.device, draft.dtype, options.threads,

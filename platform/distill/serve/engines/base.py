@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from distill.serve.config import BatchingConfig
 from distill.serve.engines.text import IncrementalDetokenizer, StopMatcher
 
 
@@ -119,19 +120,6 @@ class Chunk:
             drafted=self.drafted + other.drafted,
             accepted=self.accepted + other.accepted,
         )
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """How one replica batches (the ``batching:`` block of a model deployment)."""
-
-    max_batch_size: int = 32  # sequences decoded together in one forward pass
-    max_waiting: int = 32  # admitted but not yet running; beyond this: Overloaded
-    batch_wait_ms: float = 2.0  # an idle engine waits this long for more arrivals
-    max_prefill_tokens: int = 4096  # prompt tokens prefilled together in one step
-    max_batches: int = 8  # static-batch engines (ORT): batches decoded side by side
-    max_queue_wait_s: float = 10.0  # a request still waiting for a slot then: Overloaded
-    stream_interval_ms: float = 50.0  # after the first chunk, send at most this often
 
 
 class Engine(ABC):

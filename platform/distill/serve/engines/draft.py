@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_causal_lm, load_tokenizer
+from distill.runtime.ort_genai import OrtGenAIModel
 from distill.serve.config import DRAFT_ENGINES
 from distill.serve.engines.base import SamplingParams
 from distill.serve.engines.kv import CachedLM
@@ -107,8 +109,6 @@ class HFDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: str = "float32") -> HFDrafter:
-        from distill.models.loader import load_causal_lm, load_tokenizer
-
         model = load_causal_lm(Path(path), dtype=dtype, device=device)
         tok = load_tokenizer(Path(path))
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0
@@ -194,8 +194,6 @@ class OrtDrafter(Drafter):
 
     @classmethod
     def load(cls, path: Path, threads: int | None, max_length: int) -> OrtDrafter:
-        from distill.runtime.ort_genai import OrtGenAIModel
-
         return cls(OrtGenAIModel.load(Path(path), threads=threads, spin=False), max_length)
 
     def keys(self) -> list[int]:

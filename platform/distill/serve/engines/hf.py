@@ -34,7 +34,10 @@ import time
 from pathlib import Path
 
 from distill.config.base import DistillError
-from distill.serve.engines.base import BatchingConfig, Sequence, ThreadedEngine
+from distill.models.loader import load_causal_lm, load_tokenizer
+from distill.models.stopping import stop_token_ids
+from distill.serve.config import BatchingConfig
+from distill.serve.engines.base import Sequence, ThreadedEngine
 from distill.serve.engines.draft import Drafter, DraftRow
 from distill.serve.engines.kv import KVBatch, lm_forward, ragged
 from distill.serve.engines.prompt import PromptBuilder
@@ -56,8 +59,6 @@ class HFEngine(ThreadedEngine):
     ) -> None:
         import torch
 
-        from distill.models.loader import load_causal_lm, load_tokenizer
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.path = Path(path)
@@ -69,10 +70,8 @@ class HFEngine(ThreadedEngine):
         self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
         self.vocab = int(cfg.vocab_size)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = {e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
-        if tok.eos_token_id is not None:
-            eos_ids.add(tok.eos_token_id)
+        model_eos = (self.model.generation_config.eos_token_id, cfg.eos_token_id)
+        eos_ids = set(stop_token_ids(tok, *model_eos))
         self.prompts = PromptBuilder(tok, self.max_context, self.path.name)
         super().__init__(tok, eos_ids, batching or BatchingConfig())
         self.rows: list[Sequence] = []

@@ -10,9 +10,9 @@ temperature / top_p / seed) and runs it until every row has finished or was canc
 arriving meanwhile do not wait for it: up to ``batching.max_batches`` batches (at most
 ``batching.max_batch_size`` rows in all) are decoded side by side, one step each in turn, and a
 request that has waited half of ``max_queue_wait_s`` gets a batch even past ``max_batches``.
-(ONNX Runtime GenAI 0.18's ``og.Engine`` was measured instead and lost: on this CPU it decodes
-16 prompts at 151 tok/s where a static batch does 292; its paged ``dynamic_batching`` needs a
-paged-attention model, which the CPU int4 export is not.) The runtime itself runs in a child
+(ONNX Runtime GenAI's ``og.Engine`` decodes a concurrent load slower than a static batch on a
+CPU, and its paged ``dynamic_batching`` needs a paged-attention model, which the CPU int4 export
+is not.) The runtime itself runs in a child
 process of the replica (``ort_table.ProcessTable``): its Python bindings hold the GIL while they
 compute, which stalled the replica's event loop. Per-token log-probs come from the runtime,
 entropies and ``top_logprobs`` from the step logits (computed in the child). The runtime's
@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.models.loader import load_tokenizer
+from distill.models.stopping import stop_token_ids
+from distill.runtime.export import read_manifest
+from distill.serve.config import BatchingConfig
 from distill.serve.engines.base import (
-    BatchingConfig,
     EngineRequest,
     PromptError,
     SamplingParams,
@@ -38,11 +41,8 @@ from distill.serve.engines.prompt import PromptBuilder
 
 
 def _tokenizer(path: Path):
-    from distill.models.loader import load_tokenizer
-
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         return load_tokenizer(path)
-    from distill.runtime.export import read_manifest  # the export records its source checkpoint
 
     return load_tokenizer(Path(read_manifest(path)["source"]))
 
@@ -62,12 +62,9 @@ class OrtGenAIEngine(ThreadedEngine):
     ) -> None:
         # The runtime holds the GIL while it computes, so a replica runs it in a child process
         # (ort_table.py); a ``runtime`` object given here is stepped in this process instead.
-        # ``spin``: idle intra-op threads busy-wait between ops (ONNX Runtime's default). With
-        # the child decoding ahead, five interleaved A/B pairs of HTTP waves (2 cores,
-        # 2026-12-02) gave a single request 114.3 tok/s mean with it, 102.4 without (5 of 5
-        # pairs), 16 concurrent 207.9 vs 200.4 (2 of 5). Before the look-ahead, spinning lost at
-        # 16-way (87.6 / 94.6 vs 99.9 / 112.3 tok/s): ``engine_kwargs: {spin: false}`` for a
-        # node whose cores are busy with other work.
+        # ``spin``: idle intra-op threads busy-wait between ops (ONNX Runtime's default): with
+        # the child decoding ahead it answers a single request faster (docs/serving.md);
+        # ``engine_kwargs: {spin: false}`` for a node whose cores are busy with other work.
         if runtime is None:
             self.table: Any = ProcessTable(Path(path), threads=torch_threads, spin=spin)
         else:
@@ -78,7 +75,9 @@ class OrtGenAIEngine(ThreadedEngine):
         self.max_context = int(meta["context_length"])
         tok = _tokenizer(self.path)
         self.prompts = PromptBuilder(tok, self.max_context, self.path.name)
-        super().__init__(tok, set(meta["eos_ids"]), batching or BatchingConfig())
+        super().__init__(
+            tok, set(stop_token_ids(tok, meta["eos_ids"])), batching or BatchingConfig()
+        )
         self.batches: dict[int, list[Sequence]] = {}  # the engine thread's, by table id
         self._next_id = 0
 

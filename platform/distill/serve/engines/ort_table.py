@@ -17,9 +17,8 @@ and talks to it over two pipes, one round trip per engine cycle::
 The child also does the per-step arithmetic (log-probs, entropies, ``top_logprobs``) on the
 ``[batch, vocab]`` logits, so none of it runs under the replica's GIL either. After answering a
 cycle it decodes the next step of every running batch (``BatchTable.step_ahead``) while the
-replica delivers the last one, so the runtime does not wait for the replica: bare engine, int4
-student, 2 cores, two interleaved A/B pairs (2026-12-02): single-request decode 82.1 / 91.5
-tok/s with it, 74.8 / 74.6 without; 16 concurrent 147.6 / 148.1 tok/s, 130.4 / 142.4 without.
+replica delivers the last one, so the runtime does not wait for the replica (faster decode,
+single and concurrent: docs/serving.md).
 A step decoded for a batch the replica then closes is wasted (one step per such batch).
 """
 
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distill.runtime.ort_genai import OrtGenAIModel
 
 
 @dataclass
@@ -202,8 +203,6 @@ def _child(
     rx: Connection, tx: Connection, path: str, threads: int, spin: bool, lookahead: bool
 ) -> None:
     try:
-        from distill.runtime.ort_genai import OrtGenAIModel
-
         table = BatchTable(OrtGenAIModel.load(Path(path), threads=threads or None, spin=spin))
     except Exception as e:  # the replica's constructor fails with this message
         tx.send(("error", f"loading {path}: {type(e).__name__}: {e}"))

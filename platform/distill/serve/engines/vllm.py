@@ -31,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
+from distill.models.loader import load_tokenizer
+from distill.models.stopping import stop_token_ids
 from distill.serve.cascade import RequestFailed
-from distill.serve.engines.base import Chunk
+from distill.serve.deployments import sampling_params
+from distill.serve.engines.base import Chunk, PromptError
+from distill.serve.engines.prompt import PromptBuilder
 
 ENTROPY_TOP_K = 20
 INSTALL_HINT = "engine vllm needs Ray Serve LLM and vLLM on a GPU cluster: pip install 'ray[llm]'"
@@ -147,22 +151,17 @@ class VLLMModelClient:
     """The Router's view of a Ray Serve LLM deployment (same contract as ServeModelClient)."""
 
     def __init__(self, handle: Any, role: str, path: Path, context_limit: int) -> None:
-        from distill.models.loader import load_tokenizer
-        from distill.serve.engines.prompt import PromptBuilder
-
         tok = load_tokenizer(Path(path))
         self.handle = handle.options(stream=True)
         self.name = role
         self.context_limit = context_limit
         self.vocab = len(tok)
         self.prompts = PromptBuilder(tok, context_limit, role)
+        self.stop_ids = stop_token_ids(tok)  # vLLM adds the model's own eos ids
 
     def request(self, payload: dict[str, Any]) -> tuple[Any, int, int]:
         """(vLLM CompletionRequest, prompt tokens, top_logprobs) for a Router payload."""
         from ray.serve.llm.openai_api_models import CompletionRequest
-
-        from distill.serve.deployments import sampling_params
-        from distill.serve.engines.base import PromptError
 
         params = sampling_params(payload.get("params", {}))
         cont = list(payload.get("continue_ids") or [])
@@ -180,6 +179,7 @@ class VLLMModelClient:
             top_p=params.top_p,
             seed=params.seed,
             stop=list(params.stop) or None,
+            stop_token_ids=self.stop_ids,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             logit_bias={str(t): b for t, b in params.logit_bias} or None,

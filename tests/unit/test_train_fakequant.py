@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from distill.quant.fakequant import (
+from distill.quant.rtn import quantize_dequantize
+from distill.train.fakequant import (
     FakeQuantLinear,
     fake_quantize_model,
     pack_rows,
     unpack_rows,
 )
-from distill.quant.rtn import quantize_dequantize
 
 
 def test_pack_unpack_roundtrip():

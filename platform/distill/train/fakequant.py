@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 
 PACK = 32  # int32 words
@@ -218,17 +218,9 @@ def pack_gptq(model: nn.Module, src: Path, out: Path) -> Path:
             new[key] = params[key].detach().to(ref.dtype).contiguous()
         else:
             new[key] = ref
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         for f in src.iterdir():
             if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".index.json"):
                 shutil.copy2(f, tmp / f.name)
         save_file(new, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

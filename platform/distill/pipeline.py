@@ -11,15 +11,18 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from distill.config.base import DistillError, StrictModel
+from distill.config.loader import load_model
 from distill.data.config import DataConfig
 from distill.eval.config import EvaluateConfig, GateConfig
 from distill.labels.config import SoftLabelsConfig
-from distill.lineage.config import RayConfig, TrackingConfig
+from distill.lineage.config import TrackingConfig
 from distill.models.config import GGUFSource, ModelSource
 from distill.prune.config import PruneConfig
 from distill.quant.config import QuantizeConfig, TeacherInt4Config
+from distill.ray_config import RayConfig
 from distill.seqkd.config import GenerateConfig, SFTConfig
-from distill.train.config import DistillConfig
+from distill.storage import is_uri, local_path
+from distill.train.config import DistillConfig, check_offline_objective
 
 StageName = Literal[
     "soft_labels", "generate", "prune", "distill", "sft", "quantize", "teacher_int4", "evaluate"
@@ -61,8 +64,6 @@ class PipelineConfig(StrictModel):
     @field_validator("workdir", mode="before")
     @classmethod
     def _workdir_uri(cls, v: object) -> object:
-        from distill.storage import is_uri, local_path
-
         if isinstance(v, str) and is_uri(v):
             try:
                 return local_path(v)
@@ -101,8 +102,6 @@ class PipelineConfig(StrictModel):
         """An offline objective the configured store cannot give fails before any stage runs."""
         stages = set(self.stages)
         if {"distill", "soft_labels"} <= stages and self.distill.mode == "offline":
-            from distill.train.stage import check_offline_objective
-
             try:
                 check_offline_objective(self.distill, self.soft_labels.encoding)
             except DistillError as e:
@@ -119,3 +118,8 @@ class PipelineConfig(StrictModel):
                 f"not define (it has {sorted(have) or 'none'})"
             )
         return self
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a pipeline YAML with ``a.b=c`` overrides applied, validated before any stage runs."""
+    return load_model(path, PipelineConfig, overrides)
