@@ -1,12 +1,17 @@
 """Execute every notebooks/*.ipynb top to bottom (nbclient, this venv's python3 kernel).
 
 Each notebook runs in its own temporary working directory; ``$DISTILL_REPO`` tells it where the
-repository is and ``$DISTILL_NOTEBOOK_WORKDIR`` where to write its outputs. A notebook that raises fails the test with the failing cell's traceback.
+repository is and ``$DISTILL_NOTEBOOK_WORKDIR`` where to write its outputs. The quickstart (01)
+gets a copy of the session's smoke run (``smoke_run`` in tests/conftest.py) as its workdir, so
+its ``run_pipeline`` cell finds every stage cached and the notebook reads that run's outputs
+instead of training again. A notebook that raises fails the test with the failing cell's
+traceback.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +28,7 @@ def test_notebooks_exist():
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path, monkeypatch):
+def test_notebook_executes(path, tmp_path, monkeypatch, request):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -38,6 +43,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if path.name.startswith("01-"):
+        smoke_workdir, _, _ = request.getfixturevalue("smoke_run")
+        shutil.copytree(smoke_workdir, tmp_path / "workdir", ignore=shutil.ignore_patterns("ray*"))
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -67,3 +75,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
             if "image/png" in o.get("data", {})
         ]
         assert images, "the quickstart should render its quality-vs-size plot"
+        text = "".join(
+            o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        )
+        assert "MLflow run:" in text and "cached from run" in text  # read, not retrained
