@@ -100,6 +100,18 @@ def tiny_gptq(tmp_path_factory, tiny_gqa, tiny_rows) -> Path:
     return quantize(tiny_gqa.path, cfg, tiny_rows[:12], out)
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local 2-CPU Ray for every test that needs one, started at its first use and left
+    running for the session (a test that starts its own Ray for Serve reuses it). Cluster tests
+    start their nodes in subprocesses instead."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
 @pytest.fixture
 def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
     """Factory for a ``StageContext`` on the tiny GQA teacher with a local SQLite MLflow.

@@ -10,16 +10,6 @@ import pytest
 from distill.config.base import DistillError
 from distill.seqkd.config import GenerateConfig, SFTConfig
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 GEN = {
     "prompts": {"source": "docstrings", "max_prompts": 10, "heldout_fraction": 0.3},
     "decoding": {"n": 2, "temperature": 1.0, "max_new_tokens": 12, "seed": 0},
