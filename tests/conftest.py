@@ -251,3 +251,14 @@ def smoke_run(tmp_path_factory):
         and "Quantizing" in (workdir / "logs/distill.log").read_text()
     )
     return workdir, run_id, proc.stdout
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    """A private copy of the session's smoke workdir (Ray's logs and checkpoints left out): a
+    rerun in it finds every finished stage (the stage records point at the shared outputs)."""
+    import shutil
+
+    dest = tmp_path / "smoke-copy"
+    shutil.copytree(smoke_run[0], dest, ignore=shutil.ignore_patterns("ray", "ray_results"))
+    return dest

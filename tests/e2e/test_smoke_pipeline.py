@@ -116,8 +116,8 @@ def test_smoke_lineage_chain(smoke_run):
 
 
 @pytest.mark.timeout(900)
-def test_rerun_continues_from_finished_stages(smoke_run):
-    workdir, _, _ = smoke_run
+def test_rerun_continues_from_finished_stages(smoke_copy):
+    workdir = smoke_copy
     # a changed stage config invalidates that stage (and everything after it); the stages before
     # it continue from the first run (notebook 01 reruns a copy with nothing changed)
     proc = _distill("run", str(SMOKE), "--workdir", str(workdir), "--set", "evaluate.max_rows=8")

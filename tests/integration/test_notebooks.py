@@ -2,7 +2,7 @@
 
 Each notebook runs in its own temporary working directory; ``$DISTILL_REPO`` tells it where the
 repository is and ``$DISTILL_NOTEBOOK_WORKDIR`` where to write its outputs. The quickstart (01)
-gets a copy of the session's smoke run (``smoke_run`` in tests/conftest.py) as its workdir, so
+gets a copy of the session's smoke run (``smoke_copy`` in tests/conftest.py) as its workdir, so
 its ``run_pipeline`` cell finds every stage cached and the notebook reads that run's outputs
 instead of training again. A notebook that raises fails the test with the failing cell's
 traceback.
@@ -11,7 +11,6 @@ traceback.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -44,8 +43,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch, request):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if path.name.startswith("01-"):
-        smoke_workdir, _, _ = request.getfixturevalue("smoke_run")
-        shutil.copytree(smoke_workdir, tmp_path / "workdir", ignore=shutil.ignore_patterns("ray*"))
+        monkeypatch.setenv("DISTILL_NOTEBOOK_WORKDIR", str(request.getfixturevalue("smoke_copy")))
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(

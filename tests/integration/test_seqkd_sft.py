@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import time
 
 import pytest
 
 from distill.config.base import DistillError
+from distill.console import Progress
 from distill.seqkd.config import GenerateConfig, SFTConfig
 
 GEN = {
@@ -45,7 +48,9 @@ def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
     assert gen.metrics["tokens_per_s"] > 0
     ctx.artifacts.update(gen.outputs)
     t0 = time.perf_counter()
+    ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     res = sft_stage.run(ctx, SFTConfig.model_validate(SFT))
+    assert re.search(r"\[distill\]   sft: (\d+)/\1 steps, loss", console.getvalue())
     print(f"sft stage {time.perf_counter() - t0:.1f}s")
     student = res.outputs["student"]
     assert (student / "config.json").exists() and (student / "tokenizer.json").exists()

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distill.config.base import DistillError
 from distill.console import polling
-from distill.lineage.tracker import StageRun
 from distill.stages import StageContext, StageResult
 from distill.train.config import DistillConfig
 from distill.train.loop import LoopSpec
 
 STUDENT_SOURCES = ("pruned", "initial_student", "teacher")
-PROGRESS_EVERY_S = 5.0  # how often the driver reads the workers' progress from MLflow
 
 
 def _num_layers(model_dir: Path) -> int:
@@ -126,28 +123,10 @@ def run_name(cfg: DistillConfig, *parts: str) -> str:
     return f"distill-{h.hexdigest()[:12]}"
 
 
-def progress_reader(run: StageRun) -> Callable[[], tuple[float, dict[str, float]] | None]:
-    """``(step, {loss, tok_s})`` as the rank-0 worker last logged them to the stage's MLflow run
-    (``None`` before its first step): the driver's view of training in the Ray Train workers,
-    for ``distill.console.polling``."""
-    client = run.client
-
-    def read() -> tuple[float, dict[str, float]] | None:
-        speed = client.get_metric_history(run.run_id, "tokens_per_s")
-        if not speed:
-            return None
-        last = max(speed, key=lambda m: (m.step, m.timestamp))
-        loss = client.get_run(run.run_id).data.metrics.get("train/loss")
-        fields = {"tok_s": last.value} if loss is None else {"loss": loss, "tok_s": last.value}
-        return float(last.step), fields
-
-    return read
-
-
 def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
-    from distill.train.launch import launch
+    from distill.train.launch import PROGRESS_EVERY_S, launch, progress_reader
 
     src_key, student_dir = ctx.latest_model(chain=STUDENT_SOURCES)
     teacher_dir = Path(ctx.teacher.path)
@@ -190,7 +169,7 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     storage = cfg.storage_path or str(ctx.workdir / "ray_results")
     with (
         ctx.progress.task("distill", total, "steps") as bar,
-        polling(bar, progress_reader(ctx.tracker), PROGRESS_EVERY_S),
+        polling(bar, progress_reader(spec.tracking), PROGRESS_EVERY_S),
     ):
         final = launch(spec, name, storage)
     metrics = {
