@@ -50,7 +50,7 @@ def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
     t0 = time.perf_counter()
     ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     res = sft_stage.run(ctx, SFTConfig.model_validate(SFT))
-    assert re.search(r"\[distill\]   sft: (\d+)/\1 steps, loss", console.getvalue())
+    assert re.search(r"\[distill\]   sft: (\d+)/\1 steps, loss [\d.]+, tok_s", console.getvalue())
     print(f"sft stage {time.perf_counter() - t0:.1f}s")
     student = res.outputs["student"]
     assert (student / "config.json").exists() and (student / "tokenizer.json").exists()

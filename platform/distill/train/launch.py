@@ -42,19 +42,22 @@ def progress_reader(
             launch(spec, name, storage)
     """
 
+    clients: list[Any] = []  # one client, made on the first read (in the polling thread)
+
     def read() -> tuple[float, dict[str, float]] | None:
         if not tracking:
             return None
-        from mlflow import MlflowClient
+        if not clients:
+            from mlflow import MlflowClient
 
-        client, run_id = MlflowClient(tracking["tracking_uri"]), tracking["run_id"]
+            clients.append(MlflowClient(tracking["tracking_uri"]))
+        client, run_id = clients[0], tracking["run_id"]
         speed = client.get_metric_history(run_id, "tokens_per_s")
         if not speed:
             return None
         last = max(speed, key=lambda m: (m.step, m.timestamp))
         loss = client.get_run(run_id).data.metrics.get("train/loss")
-        fields = {"tok_s": last.value} if loss is None else {"loss": loss, "tok_s": last.value}
-        return float(last.step), fields
+        return float(last.step), ({} if loss is None else {"loss": loss, "tok_s": last.value})
 
     return read
 
