@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/distill run $(CONFIG)
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 # only the two-node Ray cluster test (ray start head + worker, a node killed mid-KD), ~4 min;
 # `make test PYTEST_ARGS=--skip-cluster` runs everything else

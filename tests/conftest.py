@@ -100,6 +100,18 @@ def tiny_gptq(tmp_path_factory, tiny_gqa, tiny_rows) -> Path:
     return quantize(tiny_gqa.path, cfg, tiny_rows[:12], out)
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local 2-CPU Ray for every test that needs one, started at its first use and left
+    running for the session (a test that starts its own Ray for Serve reuses it). Cluster tests
+    start their nodes in subprocesses instead."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
 @pytest.fixture
 def stage_ctx(tmp_path, tiny_gqa, tiny_rows):
     """Factory for a ``StageContext`` on the tiny GQA teacher with a local SQLite MLflow.
@@ -201,3 +213,52 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``(workdir, mlflow run id, console text)`` of one ``distill run smoke.yaml`` (a CLI
+    subprocess, quiet console) shared by the session: the e2e tests read its outputs, the
+    quickstart notebook reruns it from a copy (every stage cached). Asserts on the way that the
+    console carries distill's lines only, with a progress line for the distill stage, and that
+    third-party output went to ``logs/distill.log``."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    workdir = tmp_path_factory.mktemp("smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", "pipelines/configs/smoke.yaml"]
+        + ["--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = re.search(r"mlflow run: (\w+)", proc.stdout).group(1)
+    assert proc.stderr == "", proc.stderr[-2000:]
+    table = set("┏┃┡│└")
+    ours = ("[distill]", "report: ", "mlflow run: ", "lineage: ")
+    for line in proc.stdout.splitlines():
+        text = line.strip()
+        assert not text or text.startswith(ours) or text[0] in table or "distill results" in text
+    # not a terminal: each progress bar ends with one plain line
+    assert re.search(r"^\[distill\]   distill: \d+/\d+ steps", proc.stdout, re.M), proc.stdout
+    assert (
+        "Quantizing" not in proc.stdout
+        and "Quantizing" in (workdir / "logs/distill.log").read_text()
+    )
+    return workdir, run_id, proc.stdout
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    """A private copy of the session's smoke workdir (Ray's logs and checkpoints left out): a
+    rerun in it finds every finished stage (the stage records point at the shared outputs)."""
+    import shutil
+
+    dest = tmp_path / "smoke-copy"
+    shutil.copytree(smoke_run[0], dest, ignore=shutil.ignore_patterns("ray", "ray_results"))
+    return dest

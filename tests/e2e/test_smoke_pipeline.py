@@ -34,26 +34,6 @@ def _distill(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     )
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    proc = _distill("run", str(SMOKE), "--workdir", str(workdir))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_id = re.search(r"mlflow run: (\w+)", proc.stdout).group(1)
-    # the console: distill's lines and its table only; third-party output is in the log
-    assert proc.stderr == "", proc.stderr[-2000:]
-    table = set("┏┃┡│└")
-    ours = ("[distill]", "report: ", "mlflow run: ", "lineage: ")
-    for line in proc.stdout.splitlines():
-        text = line.strip()
-        assert not text or text.startswith(ours) or text[0] in table or "distill results" in text
-    assert (
-        "Quantizing" not in proc.stdout
-        and "Quantizing" in (workdir / "logs/distill.log").read_text()
-    )
-    return workdir, run_id, proc.stdout
-
-
 @pytest.mark.timeout(900)
 def test_smoke_report_and_table(smoke_run):
     import yaml
@@ -136,15 +116,14 @@ def test_smoke_lineage_chain(smoke_run):
 
 
 @pytest.mark.timeout(900)
-def test_rerun_continues_from_finished_stages(smoke_run):
-    workdir, first_run, _ = smoke_run
-    proc = _distill("run", str(SMOKE), "--workdir", str(workdir))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "cached from run" in proc.stdout
-    assert "stage teacher_int4: cached from run" in proc.stdout
-    # a changed stage config invalidates that stage (and everything after it)
+def test_rerun_continues_from_finished_stages(smoke_copy):
+    workdir = smoke_copy
+    # a changed stage config invalidates that stage (and everything after it); the stages before
+    # it continue from the first run (notebook 01 reruns a copy with nothing changed)
     proc = _distill("run", str(SMOKE), "--workdir", str(workdir), "--set", "evaluate.max_rows=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("soft_labels", "prune", "distill", "quantize", "teacher_int4"):
+        assert f"stage {stage}: cached from run" in proc.stdout, stage
     assert "stage evaluate: running" in proc.stdout
 
 

@@ -9,15 +9,6 @@ from distill.data.config import CorpusConfig, DataConfig
 from distill.data.pipeline import prepare_corpus
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-
-
 def _docs(n):
     from distill.models.tiny import default_tokenizer_texts
 

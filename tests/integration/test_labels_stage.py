@@ -11,15 +11,6 @@ from distill.labels.store import LabelStore
 from distill.models.hashing import file_sha256
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 def _everything(store):
     return {k: v for k, v in next(store.iter_batches(store.num_rows)).items()}
 

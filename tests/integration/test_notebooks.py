@@ -1,7 +1,11 @@
 """Execute every notebooks/*.ipynb top to bottom (nbclient, this venv's python3 kernel).
 
 Each notebook runs in its own temporary working directory; ``$DISTILL_REPO`` tells it where the
-repository is and ``$DISTILL_NOTEBOOK_WORKDIR`` where to write its outputs. A notebook that raises fails the test with the failing cell's traceback.
+repository is and ``$DISTILL_NOTEBOOK_WORKDIR`` where to write its outputs. The quickstart (01)
+gets a copy of the session's smoke run (``smoke_copy`` in tests/conftest.py) as its workdir, so
+its ``run_pipeline`` cell finds every stage cached and the notebook reads that run's outputs
+instead of training again. A notebook that raises fails the test with the failing cell's
+traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ def test_notebooks_exist():
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path, monkeypatch):
+def test_notebook_executes(path, tmp_path, monkeypatch, request):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -38,6 +42,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if path.name.startswith("01-"):
+        monkeypatch.setenv("DISTILL_NOTEBOOK_WORKDIR", str(request.getfixturevalue("smoke_copy")))
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -67,3 +73,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
             if "image/png" in o.get("data", {})
         ]
         assert images, "the quickstart should render its quality-vs-size plot"
+        text = "".join(
+            o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        )
+        assert "MLflow run:" in text
+        for stage in ("soft_labels", "prune", "distill", "quantize", "teacher_int4", "evaluate"):
+            assert f"stage {stage}: cached from run" in text, stage  # read, not retrained

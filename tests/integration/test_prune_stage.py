@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from distill.config.base import DistillError
+from distill.console import Progress
 from distill.prune.stage import run
 
 
@@ -21,7 +23,9 @@ def test_prune_stage_writes_a_plain_checkpoint_and_logs(stage_ctx, tmp_path_fact
 
     section = {"policy": "width", "target_params": 0.6, "calib_rows": 8, "eval_rows": 4}
     ctx = stage_ctx(["prune"], prune=section)
+    ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     result = run(ctx, ctx.config.prune)
+    assert "[distill]   prune: 4/4 steps, phase done" in console.getvalue()
 
     out = result.outputs["pruned"]
     assert out == ctx.workdir / "pruned"

@@ -65,16 +65,6 @@ def test_recovery_without_a_store_is_refused_before_any_work(stage_ctx):
     assert not (ctx.workdir / "student-int4").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_stage_recovers_through_the_distill_loop_and_exports(stage_ctx, ray_local):
     """quantize with recover + engine: store -> GPTQ int4 -> recovered int4 -> CPU engine."""

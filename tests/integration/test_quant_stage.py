@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
 from distill.config.base import DistillError
+from distill.console import Progress
 from distill.quant.config import QuantizeConfig
 
 TINY = {"group_size": 32, "calib_rows": 8, "calib_seq_len": 64, "eval_rows": 8, "device": "cpu"}
@@ -65,7 +68,10 @@ def test_stage_run_writes_int4_and_logs(stage_ctx):
 
     ctx = stage_ctx(["quantize"], quantize={**TINY, "gguf": ["f16"]})
     assert isinstance(ctx.config.quantize, QuantizeConfig)
+    ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     res = run(ctx, ctx.config.quantize)
+    # the bar followed GPT-QModel's per-layer callback to the last of the 4 layers
+    assert "[distill]   quantize: 4/4 layers, phase held-out eval" in console.getvalue()
     out = res.outputs["int4"]
     assert out == ctx.workdir / "student-int4" and (out / "model.safetensors").exists()
     m = res.metrics

@@ -10,15 +10,6 @@ from distill.seqkd.config import GenerateConfig
 from distill.seqkd.store import read_generations, read_manifest
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 @pytest.mark.timeout(240)
 def test_generate_with_tiny_local_teacher(ray_local, stage_ctx, tmp_path):
     from distill.seqkd.generate_stage import run

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import time
 
 import pytest
 
 from distill.config.base import DistillError
+from distill.console import Progress
 from distill.seqkd.config import GenerateConfig, SFTConfig
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
 
 GEN = {
     "prompts": {"source": "docstrings", "max_prompts": 10, "heldout_fraction": 0.3},
@@ -49,13 +42,16 @@ def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
     from distill.seqkd import generate_stage, sft_stage
 
     ctx = stage_ctx(["generate", "sft"], generate=GEN, sft=SFT)
+    ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     gen = generate_stage.run(ctx, GenerateConfig.model_validate(GEN))
+    assert "[distill]   generate: 20/20 completions, tok_s" in console.getvalue()
     rows = gen.metrics["completions"]
     assert rows == 2 * gen.metrics["prompts"] and gen.metrics["prompts"] == 10
     assert gen.metrics["tokens_per_s"] > 0
     ctx.artifacts.update(gen.outputs)
     t0 = time.perf_counter()
     res = sft_stage.run(ctx, SFTConfig.model_validate(SFT))
+    assert re.search(r"\[distill\]   sft: (\d+)/\1 steps, loss [\d.]+, tok_s", console.getvalue())
     print(f"sft stage {time.perf_counter() - t0:.1f}s")
     student = res.outputs["student"]
     assert (student / "config.json").exists() and (student / "tokenizer.json").exists()

@@ -5,6 +5,8 @@ Each run takes ~20-30 s on 2 cores (tiny Llamas, seq_len 32, a few steps).
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
 from pathlib import Path
 
@@ -12,20 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from distill.console import Progress
 from distill.train.config import DistillConfig
 from distill.train.launch import launch
 from distill.train.loop import FAIL_ENV, LoopSpec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +209,10 @@ def test_stage_offline_zero3_writes_loadable_student(stage_ctx, ray_local, model
         ctx.workdir / "labels", ctx.teacher.path, ctx.corpus.train(), k=8
     )
     cfg = DistillConfig(zero_stage=3, batch_size=2, max_steps=3, lr=1e-3, loss={"alpha": 0.5})
+    ctx.progress = Progress(console := io.StringIO())  # not a terminal: plain lines
     result = run(ctx, cfg)
+    # the driver read the rank-0 worker's step, loss and speed from MLflow
+    assert re.search(r"distill: 3/3 steps, loss [\d.]+, tok_s [\d.e+]+", console.getvalue())
     out = result.outputs["student"]
     assert out == ctx.workdir / "student"
     model = load_causal_lm(out)

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_gqa, cache_dir):
     """A teacher with sharp distributions (final norm × 8) and a 2-layer random student."""
     from distill.models.config import TinySource

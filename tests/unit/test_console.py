@@ -58,3 +58,24 @@ def test_polling_reads_until_the_work_ends_and_once_after():
         time.sleep(0.1)
     assert bar.completed == 5
     assert Console(None).progress.stream is None
+
+
+def test_train_progress_reads_the_workers_last_step_from_mlflow(tmp_path):
+    """What the distill / sft bars show: rank 0's latest step, loss and tokens/s in MLflow."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from distill.train.launch import progress_reader
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    read = progress_reader({"tracking_uri": uri, "run_id": run_id})
+    assert read() is None and progress_reader(None)() is None  # before the first step
+    for step, loss in ((1, 3.0), (2, 2.5)):
+        metrics = [
+            Metric("train/loss", loss, step, step),
+            Metric("tokens_per_s", 100.0, step, step),
+        ]
+        client.log_batch(run_id, metrics=metrics)
+    assert read() == (2.0, {"loss": 2.5, "tok_s": 100.0})

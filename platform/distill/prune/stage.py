@@ -77,17 +77,22 @@ def run(ctx: StageContext, cfg: PruneConfig) -> StageResult:
     ctx.tracker.log_params(plan.summary(), prefix="plan.")
 
     t0 = time.perf_counter()
-    model = load_causal_lm(src)
-    heldout = ctx.corpus.heldout(cfg.eval_rows)
-    calib = ctx.corpus.train(cfg.calib_rows)
-    params_before = count_parameters(model)
-    before = evaluate_models({"m": model}, heldout, cfg.eval_batch_size)["m"]
-    result = prune_model(model, cfg, make_calib_loop(calib, cfg.calib_batch_size), plan)
-    params_after = count_parameters(model)
-    after = evaluate_models({"m": model}, heldout, cfg.eval_batch_size)["m"]
-
-    out = ctx.output_dir("pruned")
-    save_checkpoint(model, src, out)
+    with ctx.progress.task("prune", 4, "steps") as bar:
+        bar.update(0, phase="held-out eval (before)")
+        model = load_causal_lm(src)
+        heldout = ctx.corpus.heldout(cfg.eval_rows)
+        calib = ctx.corpus.train(cfg.calib_rows)
+        params_before = count_parameters(model)
+        before = evaluate_models({"m": model}, heldout, cfg.eval_batch_size)["m"]
+        bar.update(1, phase="importance + prune")
+        result = prune_model(model, cfg, make_calib_loop(calib, cfg.calib_batch_size), plan)
+        params_after = count_parameters(model)
+        bar.update(2, phase="held-out eval (after)")
+        after = evaluate_models({"m": model}, heldout, cfg.eval_batch_size)["m"]
+        bar.update(3, phase="save")
+        out = ctx.output_dir("pruned")
+        save_checkpoint(model, src, out)
+        bar.update(4, phase="done")
     sha = weights_sha256(out)
     metrics = {
         "params_before": float(params_before),

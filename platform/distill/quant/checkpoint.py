@@ -10,6 +10,7 @@ calibration rows → optional recovery → the CPU int4 engine export → held-o
 from __future__ import annotations
 
 import copy
+import json
 import resource
 import sys
 import time
@@ -101,6 +102,12 @@ def heldout_check(rows: np.ndarray, corpus: PackedCorpus) -> None:
         )
 
 
+def num_layers(model_dir: Path) -> int:
+    """Decoder layers in a checkpoint's ``config.json`` (the quantize stages' progress total)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return int(config.get("num_hidden_layers") or 1)
+
+
 def quantize_checkpoint(
     model_dir: Path,
     cfg: QuantizeConfig,
@@ -108,11 +115,13 @@ def quantize_checkpoint(
     outputs: Outputs,
     heldout: np.ndarray,
     recover: Recover | None = None,
+    on_layer: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Path], dict[str, float]]:
     """GPTQ → (``recover``) → engine; returns ``{"int4": ..., "int4_gptq": (when recovered),
-    "int4_cpu": (with an engine)}`` and the metrics (time, memory, sizes, calibration overlap)."""
+    "int4_cpu": (with an engine)}`` and the metrics (time, memory, sizes, calibration overlap).
+    ``on_layer``: see ``distill.quant.gptq.quantize``."""
     t0 = time.perf_counter()
-    quantize(model_dir, cfg, rows, outputs.gptq)
+    quantize(model_dir, cfg, rows, outputs.gptq, on_layer)
     metrics: dict[str, float] = {
         "quantize_seconds": time.perf_counter() - t0,
         "size_bytes_before": float(weights_bytes(model_dir)),

@@ -12,7 +12,7 @@ installed, with ``AutoModelForCausalLM.from_pretrained``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +125,13 @@ def quantize(
     cfg: QuantizeConfig,
     calibration: np.ndarray | Sequence[Sequence[int]],
     out_dir: Path,
+    on_layer: Callable[[int], None] | None = None,
 ) -> Path:
     """Quantize ``model_dir`` with GPT-QModel into ``out_dir`` (temp dir + rename); returns it.
 
     ``calibration``: token-id rows (any lengths >= ``cfg.calib_seq_len`` in total); ignored
-    for ``method: rtn``.
+    for ``method: rtn``. ``on_layer(i)``: told when GPT-QModel has quantized decoder layer ``i``
+    (its layer-complete callback; the stage's progress bar).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     validate(model_dir, cfg)
@@ -147,6 +149,13 @@ def quantize(
 
     device = resolve_device(cfg.device)
     qmodel = GPTQModel.load(str(model_dir), gptqmodel_config(cfg), device=device)
+    if on_layer is not None:
+
+        def layer_complete(layer_idx: int, submodule_finalized: bool) -> None:
+            if not submodule_finalized:
+                on_layer(int(layer_idx))
+
+        qmodel.layer_callback = layer_complete
     if cfg.method == "gptq":
         qmodel.quantize(samples, batch_size=cfg.batch_size)
     else:

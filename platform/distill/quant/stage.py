@@ -17,6 +17,7 @@ from distill.quant.checkpoint import (
     Outputs,
     calibration_rows,
     heldout_quality,
+    num_layers,
     peak_rss_mb,
     quantize_checkpoint,
 )
@@ -51,9 +52,17 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
     # lineage: soft labels -> int4 (GPTQ) -> recovered int4
     rec = (lambda gptq_dir: recover(ctx, cfg, gptq_dir)) if cfg.recover.steps else None
     where = Outputs(ctx.output_dir(OUTPUT_NAME), ctx.output_dir(ENGINE_OUTPUT_NAME))
-    outputs, metrics = quantize_checkpoint(
-        model_dir, cfg, rows, where, ctx.corpus.heldout(), recover=rec
-    )
+    layers = num_layers(model_dir)
+    with ctx.progress.task("quantize", layers, "layers") as bar:
+
+        def bar_layer(i: int) -> None:
+            bar.update(i + 1, phase="GPTQ" if i + 1 < layers else "export")
+
+        outputs, metrics = quantize_checkpoint(
+            model_dir, cfg, rows, where, ctx.corpus.heldout(), recover=rec, on_layer=bar_layer
+        )
+        bar.update(phase="held-out eval")  # reads no GGUF file: before the GGUF exports
+        metrics.update(heldout_quality(ctx.corpus.heldout(cfg.eval_rows), cfg, model_dir, outputs))
     if "int4_gptq" in outputs:
         ctx.tracker.record_output(
             "int4_gptq", outputs["int4_gptq"], weights_sha256(outputs["int4_gptq"])
@@ -69,7 +78,6 @@ def run(ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         )
     for quant in cfg.gguf:
         outputs[f"gguf_{quant}"] = export_gguf_file(ctx, model_dir, key, quant, metrics)
-    metrics.update(heldout_quality(ctx.corpus.heldout(cfg.eval_rows), cfg, model_dir, outputs))
     metrics["peak_rss_mb"] = peak_rss_mb()
     sha = weights_sha256(outputs["int4"])
     ctx.tracker.log_metrics(metrics)

@@ -17,6 +17,7 @@ from distill.quant.checkpoint import (
     Outputs,
     calibration_rows,
     heldout_quality,
+    num_layers,
     peak_rss_mb,
     quantize_checkpoint,
 )
@@ -43,8 +44,17 @@ def run(ctx: StageContext, cfg: TeacherInt4Config) -> StageResult:
     ctx.tracker.set_tags({"input.calibration.uri": str(ctx.corpus.train_path)})
 
     where = Outputs(ctx.output_dir(OUTPUT_NAME), ctx.output_dir(ENGINE_OUTPUT_NAME))
-    made, metrics = quantize_checkpoint(teacher, qcfg, rows, where, ctx.corpus.heldout())
-    metrics.update(heldout_quality(ctx.corpus.heldout(qcfg.eval_rows), qcfg, teacher, made))
+    layers = num_layers(teacher)
+    with ctx.progress.task("teacher int4", layers, "layers") as bar:
+
+        def bar_layer(i: int) -> None:
+            bar.update(i + 1, phase="GPTQ" if i + 1 < layers else "export")
+
+        made, metrics = quantize_checkpoint(
+            teacher, qcfg, rows, where, ctx.corpus.heldout(), on_layer=bar_layer
+        )
+        bar.update(phase="held-out eval")
+        metrics.update(heldout_quality(ctx.corpus.heldout(qcfg.eval_rows), qcfg, teacher, made))
     metrics["peak_rss_mb"] = peak_rss_mb()
     ctx.tracker.log_metrics(metrics)
     gptq_sha = weights_sha256(made["int4"])

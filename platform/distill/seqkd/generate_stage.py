@@ -133,15 +133,18 @@ def generate(ctx: StageContext, cfg: GenerateConfig, prompts: list[Prompt], out:
     t0 = time.perf_counter()
     finish: Counter[str] = Counter()
     tokens = completions = no_logprob = 0
+    total = len(items) * cfg.decoding.n
     try:
-        ds = _dataset(ctx, cfg, items)
-        for batch in ds.iter_batches(batch_size=cfg.shard_rows, batch_format="numpy"):
-            rows = {k: v.tolist() for k, v in batch.items()}
-            writer.write(rows)
-            finish.update(rows["finish_reason"])
-            tokens += sum(rows["n_tokens"])
-            completions += len(rows["key"])
-            no_logprob += sum(v != v for v in rows["mean_logprob"])  # NaN = unknown
+        with ctx.progress.task("generate", total, "completions") as bar:
+            ds = _dataset(ctx, cfg, items)
+            for batch in ds.iter_batches(batch_size=cfg.shard_rows, batch_format="numpy"):
+                rows = {k: v.tolist() for k, v in batch.items()}
+                writer.write(rows)
+                finish.update(rows["finish_reason"])
+                tokens += sum(rows["n_tokens"])
+                completions += len(rows["key"])
+                no_logprob += sum(v != v for v in rows["mean_logprob"])  # NaN = unknown
+                bar.update(completions, tok_s=tokens / max(time.perf_counter() - t0, 1e-9))
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         err = e if isinstance(e, DistillError) else _distill_error(e)

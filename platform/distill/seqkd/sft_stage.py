@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from distill.config.base import DistillError
+from distill.console import polling
 from distill.data.filters import apply_filters, reports_metrics
 from distill.eval.contamination import check_run_contamination, strip_padding
 from distill.seqkd.config import SFTConfig
@@ -66,7 +67,7 @@ def train_student(
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
     from distill.train.inputs import run_name
-    from distill.train.launch import launch
+    from distill.train.launch import PROGRESS_EVERY_S, launch, progress_reader
     from distill.train.loop import LoopSpec
 
     ensure_ray(ctx.config.ray)
@@ -84,7 +85,11 @@ def train_student(
     ctx.tracker.set_tags({"trainer": "ray_train"})
     ctx.tracker.log_params({"sft.num_workers": dcfg.num_workers})
     name = run_name(dcfg, "sft", weights_sha256(src), file_sha256(data_path))
-    launch(spec, name, ctx.workdir / "ray_results")
+    with (
+        ctx.progress.task("sft", cfg.steps, "steps") as bar,
+        polling(bar, progress_reader(spec.tracking), PROGRESS_EVERY_S),
+    ):
+        launch(spec, name, ctx.workdir / "ray_results")
     hist = MlflowClient(ctx.tracker.tracking_uri).get_metric_history(
         ctx.tracker.run_id, "train/loss"
     )

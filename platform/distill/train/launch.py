@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from distill.config.base import DistillError
@@ -25,6 +26,40 @@ from distill.train.loop import LoopSpec, train_loop_per_worker
 
 NODES_DIR = "distill-nodes"
 _NODES_KEY = "_distill_nodes_uri"
+PROGRESS_EVERY_S = 5.0  # how often a stage's driver reads the workers' progress from MLflow
+
+
+def progress_reader(
+    tracking: dict[str, str] | None,
+) -> Callable[[], tuple[float, dict[str, float]] | None]:
+    """``(step, {loss, tok_s})`` as the rank-0 worker last logged them to the run in
+    ``tracking`` (``LoopSpec.tracking``; ``None`` before the first step): the driver's view of
+    a run in the Ray Train workers, for the stage's progress bar::
+
+        with progress.task("distill", total, "steps") as bar, polling(
+            bar, progress_reader(spec.tracking), PROGRESS_EVERY_S
+        ):
+            launch(spec, name, storage)
+    """
+
+    clients: list[Any] = []  # one client, made on the first read (in the polling thread)
+
+    def read() -> tuple[float, dict[str, float]] | None:
+        if not tracking:
+            return None
+        if not clients:
+            from mlflow import MlflowClient
+
+            clients.append(MlflowClient(tracking["tracking_uri"]))
+        client, run_id = clients[0], tracking["run_id"]
+        speed = client.get_metric_history(run_id, "tokens_per_s")
+        if not speed:
+            return None
+        last = max(speed, key=lambda m: (m.step, m.timestamp))
+        loss = client.get_run(run_id).data.metrics.get("train/loss")
+        return float(last.step), ({} if loss is None else {"loss": loss, "tok_s": last.value})
+
+    return read
 
 
 def check_cluster(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.console import polling
 from distill.stages import StageContext, StageResult
 from distill.train.config import DistillConfig
 from distill.train.inputs import check_inputs, manifest_value, run_name
@@ -22,7 +23,7 @@ STUDENT_SOURCES = ("pruned", "initial_student", "teacher")
 def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     from distill.models.hashing import file_sha256, weights_sha256
     from distill.raycluster import ensure_ray
-    from distill.train.launch import launch
+    from distill.train.launch import PROGRESS_EVERY_S, launch, progress_reader
 
     src_key, student_dir = ctx.latest_model(chain=STUDENT_SOURCES)
     teacher_dir = Path(ctx.teacher.path)
@@ -63,7 +64,11 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
         spec.model_dump_json(exclude={"tracking", "out_dir"}),
     )
     storage = cfg.storage_path or str(ctx.workdir / "ray_results")
-    final = launch(spec, name, storage)
+    with (
+        ctx.progress.task("distill", total, "steps") as bar,
+        polling(bar, progress_reader(spec.tracking), PROGRESS_EVERY_S),
+    ):
+        final = launch(spec, name, storage)
     metrics = {
         "train_loss": final.get("train/loss"),
         "kd_loss": final.get("train/kd"),
