@@ -25,6 +25,10 @@ def engine_as_torch(engine: Any):
             self.engine = engine
             # metrics read the device from the first parameter; it holds no weight
             self._device_anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+            # the eos ids the export declares, where the stop rule reads an HF model's
+            # (distill.models.stopping: generation_config and config)
+            eos = SimpleNamespace(eos_token_id=sorted(getattr(engine, "eos_ids", ())) or None)
+            self.config = self.generation_config = eos
 
         def forward(self, input_ids, **_: Any):
             rows = input_ids.detach().cpu().numpy()
