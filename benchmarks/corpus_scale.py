@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,22 +24,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from distill.machine import describe
+
 DEMO_DOCS = 400
 SEQ_LEN = 256
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def build_corpus(root: Path, scale: int) -> Path:
@@ -173,7 +163,7 @@ def main() -> None:
 
     print()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cpus; date {datetime.now():%Y-%m-%d %H:%M}")
+    print(f"machine: {describe()}; date {datetime.now():%Y-%m-%d %H:%M}")
     print(f"corpus: {DEMO_DOCS} stdlib documents x scale, seq_len {SEQ_LEN}, all rows packed")
     print()
     print(

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from distill.machine import describe
 
 PROMPT_LEN, NEW_TOKENS = 128, 64
 
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+        f"machine: {describe()}; "
         f"{time.strftime('%Y-%m-%d %H:%M')}; threads {args.threads}; torch {torch.__version__}"
     )
     print(

@@ -19,13 +19,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from distill.machine import describe
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "pipelines/configs/smollm2.yaml"
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {platform.machine()} {platform.processor() or '?'} cpus={os.cpu_count()}")
+    print(f"machine: {describe()}")
     print(
         f"budget: {steps} steps x {per_step} tokens = {steps * per_step} training tokens/method, "
         f"seq_len {seq_len}, {args.workers} workers ZeRO-2 fp32, lr {args.lr}, "

@@ -39,7 +39,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distill.machine import describe
 
 HERE = Path(__file__).resolve().parent
 DEMO_CONFIG = HERE.parent / "pipelines/configs/smollm2.yaml"
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {m}: {r['tokens_per_s']:.0f} tok/s, {r['train_seconds']:.0f} s", flush=True)
     header = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or '?'} cpus={os.cpu_count()}",
+        "machine": describe(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "total_seconds": time.perf_counter() - t0,
     }

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from distill.machine import describe
 
 
 def _shape(s) -> str:
@@ -149,10 +149,7 @@ def main() -> None:
 
     print()
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    print(f"machine: {describe()}; torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         f"target {args.target}x params; calib {args.calib_rows}x{args.seq_len}, held-out "
         f"{args.eval_rows}x{args.seq_len} tokens (stdlib, split by document); no recovery; "

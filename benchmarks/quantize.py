@@ -18,12 +18,13 @@ import argparse
 import copy
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from distill.machine import describe
 
 
 def main() -> None:
@@ -112,7 +113,7 @@ def main() -> None:
     fp_ppl = q["fp32"]["perplexity"]
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+        f"machine: {describe()}; "
         f"torch {torch.__version__}; GPTQMODEL_CPU_WORKERS={os.environ.get('GPTQMODEL_CPU_WORKERS')}"
     )
     print(f"model: {info.name} ({info.path})")
@@ -330,10 +331,7 @@ def sweep(args) -> None:
                     print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}"
-    )
+    print(f"machine: {describe()}; {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}")
     print(
         f"{args.model}: {fp_dir} ({fp_mb:.1f} MB fp32); held-out {len(held)}x{held.shape[1]}; "
         f"base {base}; engine: ORT GenAI int4, GPTQ carried, int8 tied head"

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from distill.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # prune settings of each shape (the kept fraction is prune.target_params)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(
-        f"# recipes: {' '.join(sys.argv)}\n# machine: {platform.machine()} {os.cpu_count()} "
-        f"cpus, {time.strftime('%Y-%m-%d %H:%M')}",
+        f"# recipes: {' '.join(sys.argv)}\n# machine: {describe()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
         flush=True,
     )
     if not args.table:

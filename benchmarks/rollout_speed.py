@@ -12,12 +12,12 @@ stop tokens), so both do the same work.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from distill.machine import describe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_causal_lm(args.student).eval()
     rows = read_rows(args.rows)
     print(f"command: {Path(sys.executable).name} {' '.join(sys.argv)}")
-    print(f"machine: {platform.machine()} {platform.processor() or '?'} cpus={os.cpu_count()}")
+    print(f"machine: {describe()}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M')}")
     print(
         f"{'batch':>5} {'distill s':>9} {'tok/s':>7} {'generate s':>10} {'tok/s':>7} {'ratio':>6}"

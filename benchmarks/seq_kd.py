@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from distill.machine import describe
 
 
 def _teacher(kind: str):
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     results["teacher"] = (0, completion_loss(teacher, held_rows), _ppl(teacher, ppl_rows), 0.0)
 
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
+    print(f"machine: {describe()}")
     print(
         f"teacher: {info.name}  prompts {len(prompts)} (train {len(train) // args.n}, "
         f"held-out {len(held) // args.n})  n={args.n}  max_new_tokens={args.max_new_tokens}"

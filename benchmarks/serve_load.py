@@ -39,13 +39,14 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from distill.machine import describe
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,18 +173,6 @@ def models(args) -> tuple[str, str]:
     return args.student, args.teacher
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def fmt(v, spec=".2f") -> str:
     return "—" if v is None else format(v, spec)
 
@@ -259,7 +248,7 @@ def main() -> int:
         return False
 
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {machine()}; {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {describe()}; {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"student {student}; teacher {teacher}; {args.max_tokens} tokens/answer, greedy")
     from distill.serve.app import resolve_model
 

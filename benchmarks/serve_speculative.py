@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from distill.machine import describe
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_http import run_ab, wave  # noqa: E402
@@ -344,7 +346,7 @@ def summary(rows: list[dict]) -> bool:
 
 
 def main() -> int:
-    from serve_load import machine, prompts
+    from serve_load import prompts
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--draft", help="the student as draft: an int4 ORT export or an HF dir")
@@ -379,7 +381,7 @@ def main() -> int:
     levels = [int(x) for x in cli.concurrency.split(",")]
     texts = prompts(max(max(levels), cli.min_requests))
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {machine()}; {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {describe()}; {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"teacher {teacher} (hf); draft {cli.draft} ({cli.draft_engine}); "
           f"{cli.max_tokens} tokens/answer, greedy")  # fmt: skip
     rows = run_speculative(cli, teacher, lambda c: texts[: max(c, cli.min_requests)], levels)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from distill.machine import describe
 
 
 def corpus_rows(tok, seq_len: int, rows: int) -> np.ndarray:
@@ -171,10 +172,7 @@ def main() -> None:
     from distill.models.loader import load_tokenizer, resolve_source
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-        f"torch {torch.__version__}, load avg {os.getloadavg()[0]:.1f}"
-    )
+    print(f"machine: {describe()}, torch {torch.__version__}, load avg {os.getloadavg()[0]:.1f}")
     info = resolve_source(GGUFSource())
     rows = corpus_rows(load_tokenizer(info.path), args.seq_len, args.rows)
     every = max(1, rows.size // args.fidelity_positions)

@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
+from distill.machine import describe
+
 DEMO = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "smollm2.yaml"
 MAX_ROWS = 2048  # what ContaminationConfig.max_rows reads per set
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
 
 
 def rate(held, train) -> tuple[float, int, int]:
@@ -106,7 +99,7 @@ def main() -> None:
     print()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
-        f"machine: {cpu_model()}, {os.cpu_count()} cpus; date {datetime.now():%Y-%m-%d %H:%M}; {time.perf_counter() - t0:.0f} s"
+        f"machine: {describe()}; date {datetime.now():%Y-%m-%d %H:%M}; {time.perf_counter() - t0:.0f} s"
     )
     print(
         f"corpus: {args.config.name} data section (seq_len {cfg.data.seq_len}, held-out fraction {cfg.data.heldout_fraction})"

@@ -13,8 +13,6 @@ gate (``distill.eval.release``, run by the pipeline right after this stage) adds
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -199,7 +197,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         "pipeline": ctx.config.name,
         "heldout_rows": len(rows),
         "seq_len": int(rows.shape[1]),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "speed": {
             "prompt_tokens": int(prompts.shape[1]),
             "new_tokens": cfg.speed.new_tokens,
