@@ -22,6 +22,7 @@ import numpy as np
 from distill.atomic import atomic_file
 from distill.console import Task
 from distill.eval.config import MODEL_ORDER, EvaluateConfig
+from distill.machine import describe as describe_machine
 from distill.stages import StageContext, StageResult
 
 
@@ -197,7 +198,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         "pipeline": ctx.config.name,
         "heldout_rows": len(rows),
         "seq_len": int(rows.shape[1]),
-        "machine": describe(),
+        "machine": describe_machine(),
         "speed": {
             "prompt_tokens": int(prompts.shape[1]),
             "new_tokens": cfg.speed.new_tokens,
