@@ -1,7 +1,7 @@
 """The one-line description of the machine that printed a figure (reports and benchmarks).
 
 from distill.machine import describe
-print(f"machine: {describe()}")   # AMD EPYC 7B13, 2 CPUs, x86_64, Linux 6.1
+print(f"machine: {describe()}")   # e.g. "AMD EPYC, 2 CPUs, x86_64, Linux 6.18.44"
 """
 
 from __future__ import annotations
