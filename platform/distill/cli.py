@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from distill.config.base import DistillError
 from distill.runtime.config import GGUF_QUANTS
@@ -166,9 +167,10 @@ VERBOSE_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+Subparsers = Any  # argparse._SubParsersAction: private in typeshed
+
+
+def _add_run(sub: Subparsers) -> None:
     r = sub.add_parser("run", help="run a pipeline config on local Ray or $RAY_ADDRESS")
     r.add_argument("config")
     r.add_argument("--workdir")
@@ -181,16 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     r.set_defaults(fn=cmd_run)
+
+
+def _add_lineage(sub: Subparsers) -> None:
     lg = sub.add_parser("lineage", help="print the stage tree of a pipeline run")
     lg.add_argument("run_id")
     lg.add_argument("--workdir")
     lg.add_argument("--tracking-uri")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(fn=cmd_lineage)
+
+
+def _add_serve(sub: Subparsers) -> None:
     s = sub.add_parser("serve", help="deploy a Ray Serve config (deploy/serve.yaml)")
     s.add_argument("config")
     s.add_argument("--no-block", action="store_true")
     s.set_defaults(fn=cmd_serve)
+
+
+def _add_monitor(sub: Subparsers) -> None:
     m = sub.add_parser("monitor", help="fallback rate and confidence drift of a request log")
     m.add_argument("log", help="request log directory (args.request_log.path) or one file")
     m.add_argument("--reference", required=True, help="report.json of the evaluated run")
@@ -202,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", help="where monitor.json / monitor.png go (default: the log dir)")
     m.add_argument("--fail-on-drift", action="store_true", help="exit code 3 when drift is found")
     m.set_defaults(fn=cmd_monitor)
+
+
+def _add_calibrate(sub: Subparsers) -> None:
     c = sub.add_parser("calibrate", help="choose the cascade threshold on held-out prompts")
     c.add_argument("--student", required=True, help="HF dir, int4 engine dir or models:/N/V")
     c.add_argument("--teacher", help="HF dir, gguf:default (default) or models:/N/V")
@@ -234,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME/VERSION to tag with the chosen cascade",
     )
     c.set_defaults(fn=cmd_calibrate)
+
+
+def _add_export(sub: Subparsers) -> None:
     e = sub.add_parser("export", help="export an HF checkpoint to another runtime's format (GGUF)")
     e.add_argument("model_dir", help="HF checkpoint directory (Llama architecture, fp weights)")
     e.add_argument("out", help="the .gguf file to write")
@@ -242,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="q4_k_m runs llama.cpp's llama-quantize (benchmarks/build_llamacpp.sh)")  # fmt: skip
     e.add_argument("--threads", type=int, help="llama-quantize threads (default: all cores)")
     e.set_defaults(fn=cmd_export)
+
+
+def _add_jobs(sub: Subparsers) -> None:
     for name, helptext in [
         ("submit", "submit a pipeline config as a Ray job"),
         ("status", "status of a Ray job"),
@@ -255,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "submit":
             j.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
         j.set_defaults(fn=cmd_jobs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_lineage, _add_serve, _add_monitor, _add_calibrate, _add_export):
+        add(sub)
+    _add_jobs(sub)  # submit, status, logs
     return p
 
 

@@ -19,12 +19,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.config.base import DistillError
 from distill.console import Console
 from distill.pipeline import PipelineConfig
-from distill.stages import INDEPENDENT, StageContext, StageResult, stage_function
+from distill.stages import (
+    INDEPENDENT,
+    StageContext,
+    StageResult,
+    run_preflights,
+    stage_function,
+)
+
+if TYPE_CHECKING:
+    from distill.data.packed import PackedCorpus
+    from distill.lineage.tracker import StageRun, Tracker
+    from distill.models.license import LicenseDecision
+    from distill.models.loader import ModelInfo
 
 Say = Callable[[str], None]
 # Artifacts registered as model versions (the release gate's candidates that can be served).
@@ -169,11 +181,158 @@ def run_pipeline(
         return _run(cfg, workdir, console, verbose)
 
 
+@dataclass
+class _Models:
+    """The teacher, its license decision and the configured initial student, if any."""
+
+    teacher: ModelInfo
+    decision: LicenseDecision
+    initial_student: ModelInfo | None = None
+
+
+def _resolve_models(cfg: PipelineConfig, say: Say) -> _Models:
+    """Resolve teacher and initial student (local files only), check the teacher's license and
+    that both share a tokenizer."""
+    from distill.models.compat import check_tokenizer_compat
+    from distill.models.loader import license_decision, resolve_source
+
+    teacher = resolve_source(cfg.teacher)
+    decision = license_decision(cfg.teacher, teacher)
+    say(f"[distill] teacher {teacher.name} ({teacher.path}) license {teacher.license}: allowed")
+    initial_student = None
+    if cfg.student is not None:
+        initial_student = resolve_source(cfg.student)
+        check_tokenizer_compat(teacher.path, initial_student.path)
+    return _Models(teacher, decision, initial_student)
+
+
+def _record_parent(
+    parent: StageRun, cfg: PipelineConfig, models: _Models, corpus: PackedCorpus
+) -> None:
+    """The parent run's params, tags and inputs: the config, the teacher, the corpus."""
+    teacher = models.teacher
+    parent.log_params(cfg.model_dump(mode="json", exclude={"stages"}))
+    parent.set_tags(
+        {
+            "distill.stages": ",".join(cfg.stages),
+            "teacher.name": teacher.name,
+            "teacher.weights_sha256": teacher.weights_sha256,
+            "teacher.tokenizer_sha256": teacher.tokenizer_sha256,
+            "teacher.license": teacher.license,
+            "teacher.license_decision": models.decision.reason,
+            "corpus.fingerprint": corpus.fingerprint,
+        }
+    )
+    parent.record_input("teacher", teacher.path, teacher.weights_sha256)
+    parent.log_input_dataset("corpus", corpus.train_path.as_uri(), corpus.fingerprint, "train")
+    parent.log_input_dataset(
+        "corpus-heldout", corpus.heldout_path.as_uri(), corpus.fingerprint, "eval"
+    )
+
+
+@dataclass
+class _Pipeline:
+    """What every stage of one run shares: the config, its inputs, the parent run, the
+    artifacts so far and the model versions registered so far."""
+
+    cfg: PipelineConfig
+    workdir: Path
+    reuse: list[Path]
+    teacher: ModelInfo
+    corpus: PackedCorpus
+    console: Console
+    parent: StageRun  # the pipeline's run
+    artifacts: dict[str, Path]
+    versions: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] | None = None  # the release gate's, once evaluate ran
+
+    @property
+    def registered_name(self) -> str:
+        return self.cfg.tracking.registered_model or f"{self.cfg.name}-student"
+
+    def register(self, run: StageRun, result: StageResult) -> dict[str, str]:
+        registered = register(
+            run, result, self.versions, self.registered_name, self.parent.run_id, self.console.say
+        )
+        self.versions.update(registered)
+        return registered
+
+    def replay(
+        self, run: StageRun, name: str, key: str, hit: dict[str, Any], hit_dir: Path
+    ) -> StageResult:
+        """A cached stage: its recorded outputs and metrics, logged to this run's stage run
+        (and registered here when they came from another workdir)."""
+        where = "" if hit_dir == self.workdir else f" in {hit_dir}"
+        self.console.say(
+            f"[distill] stage {name}: cached from run {hit['run_id']}{where} (inputs unchanged)"
+        )
+        result = StageResult(
+            {k: Path(v) for k, v in hit["outputs"].items()}, hit["metrics"], hit["summary"]
+        )
+        run.set_tags({"distill.cached_from_run": hit["run_id"]})
+        run.log_metrics(result.metrics)
+        for k, p in result.outputs.items():
+            run.record_output(k, p)
+        if hit_dir == self.workdir:
+            self.versions.update(hit.get("registered", {}))
+        else:  # another run's outputs: registered in this run's registry too
+            registered = self.register(run, result)
+            _save(self.workdir / "stages" / f"{name}.json", key, result, hit["run_id"], registered)
+        return result
+
+    def execute(self, run: StageRun, name: str, key: str) -> StageResult:
+        """Run stage ``name`` afresh, register its servable outputs, record it in the cache."""
+        self.console.say(f"[distill] stage {name}: running")
+        ctx = StageContext(
+            self.cfg,
+            self.workdir,
+            self.teacher,
+            self.corpus,
+            run,
+            dict(self.artifacts),
+            self.console.progress,
+        )
+        result = stage_function(name)(ctx, getattr(self.cfg, name))
+        registered = self.register(run, result)
+        _save(self.workdir / "stages" / f"{name}.json", key, result, run.run_id, registered)
+        return result
+
+    def stage(self, tracker: Tracker, name: str, key: str) -> dict[str, Any]:
+        """One stage under its own child run: replayed from the cache or run; the release gate
+        after ``evaluate``. Returns the stage's entry of ``PipelineSummary.stages``."""
+        found = find_cached(self.workdir, self.reuse, name, key)
+        st = time.perf_counter()
+        with tracker.stage(name) as run:
+            run.log_params(getattr(self.cfg, name).model_dump(mode="json"))
+            if found is not None:
+                result = self.replay(run, name, key, *found)
+            else:
+                result = self.execute(run, name, key)
+            self.artifacts.update(result.outputs)
+            if name == "evaluate":
+                self.report = self.release(run, result)
+        took = time.perf_counter() - st
+        self.console.say(f"[distill] stage {name}: done in {took:.0f}s")
+        return {"seconds": took, "metrics": result.metrics, "run_id": run.run_id}
+
+    def release(self, run: StageRun, result: StageResult) -> dict[str, Any]:
+        """The release gate on the evaluate stage's table: verdicts, report.md, alias."""
+        from distill.eval.release import release
+
+        return release(
+            run,
+            self.cfg.gate,
+            result.summary,
+            self.versions,
+            self.registered_name,
+            self.workdir,
+            self.console.say,
+        )
+
+
 def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) -> PipelineSummary:
     from distill.data.pipeline import prepare_corpus
     from distill.lineage.tracker import Tracker
-    from distill.models.compat import check_tokenizer_compat
-    from distill.models.loader import license_decision, resolve_source
     from distill.raycluster import ensure_ray, link_session_logs
 
     say = console.say
@@ -182,26 +341,14 @@ def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) ->
     say(f"[distill] pipeline {cfg.name!r}  workdir {workdir}  tracking {tracker.uri}")
 
     t0 = time.perf_counter()
-    teacher = resolve_source(cfg.teacher)
-    decision = license_decision(cfg.teacher, teacher)
-    say(f"[distill] teacher {teacher.name} ({teacher.path}) license {teacher.license}: allowed")
-    initial_student = None
-    if cfg.student is not None:
-        initial_student = resolve_source(cfg.student)
-        check_tokenizer_compat(teacher.path, initial_student.path)
-
-    if "prune" in cfg.stages:  # impossible pruning targets fail before any pipeline work
-        from distill.prune.stage import preflight
-
-        preflight(cfg.prune, (initial_student or teacher).path)
-    if "evaluate" in cfg.stages:  # a missing / empty extra corpus too
-        from distill.eval.extra import check_extra_corpora
-
-        check_extra_corpora(cfg.evaluate.extra_corpora)
+    models = _resolve_models(cfg, say)
+    # impossible pruning targets, a missing extra corpus...: fail before any pipeline work
+    run_preflights(cfg, (models.initial_student or models.teacher).path)
     ensure_ray(cfg.ray, verbose=verbose)
     link_session_logs(workdir)
     say("[distill] preparing corpus (Ray Data: read → tokenize → split by document → pack)")
     reuse = [Path(d).resolve() for d in cfg.reuse_from]
+    teacher = models.teacher
     corpus = prepare_corpus(cfg.data, teacher.path, workdir / "data", [d / "data" for d in reuse])
     say(
         f"[distill] corpus: {corpus.train_rows} train / {corpus.heldout_rows} held-out rows "
@@ -209,99 +356,22 @@ def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) ->
     )
 
     artifacts: dict[str, Path] = {"teacher": teacher.path}
-    if initial_student is not None:
-        artifacts["initial_student"] = initial_student.path
-    registered_name = cfg.tracking.registered_model or f"{cfg.name}-student"
-    summary_stages: dict[str, dict[str, Any]] = {}
+    if models.initial_student is not None:
+        artifacts["initial_student"] = models.initial_student.path
     with tracker.pipeline(cfg.name) as parent:
-        summary = PipelineSummary(parent.run_id, tracker.uri, workdir, artifacts, summary_stages)
-        parent.log_params(cfg.model_dump(mode="json", exclude={"stages"}))
-        parent.set_tags(
-            {
-                "distill.stages": ",".join(cfg.stages),
-                "teacher.name": teacher.name,
-                "teacher.weights_sha256": teacher.weights_sha256,
-                "teacher.tokenizer_sha256": teacher.tokenizer_sha256,
-                "teacher.license": teacher.license,
-                "teacher.license_decision": decision.reason,
-                "corpus.fingerprint": corpus.fingerprint,
-            }
+        summary = PipelineSummary(parent.run_id, tracker.uri, workdir, artifacts)
+        _record_parent(parent, cfg, models, corpus)
+        student = models.initial_student
+        keys = stage_keys(
+            cfg,
+            _key(teacher.weights_sha256, corpus.fingerprint, student and student.weights_sha256),
         )
-        parent.record_input("teacher", teacher.path, teacher.weights_sha256)
-        parent.log_input_dataset("corpus", corpus.train_path.as_uri(), corpus.fingerprint, "train")
-        parent.log_input_dataset(
-            "corpus-heldout", corpus.heldout_path.as_uri(), corpus.fingerprint, "eval"
-        )
-        base = _key(
-            teacher.weights_sha256,
-            corpus.fingerprint,
-            initial_student and initial_student.weights_sha256,
-        )
-        keys = stage_keys(cfg, base)
-        versions: dict[str, str] = {}
+        pipe = _Pipeline(cfg, workdir, reuse, teacher, corpus, console, parent, artifacts)
         for name in cfg.stages:
-            section = getattr(cfg, name)
-            key = keys[name]
-            cache_file = workdir / "stages" / f"{name}.json"
-            found = find_cached(workdir, reuse, name, key)
-            hit, hit_dir = found if found is not None else (None, workdir)
-            st = time.perf_counter()
-            with tracker.stage(name) as run:
-                run.log_params(section.model_dump(mode="json"))
-                if hit is not None:
-                    where = "" if hit_dir == workdir else f" in {hit_dir}"
-                    say(
-                        f"[distill] stage {name}: cached from run {hit['run_id']}{where} "
-                        "(inputs unchanged)"
-                    )
-                    result = StageResult(
-                        {k: Path(v) for k, v in hit["outputs"].items()},
-                        hit["metrics"],
-                        hit["summary"],
-                    )
-                    run.set_tags({"distill.cached_from_run": hit["run_id"]})
-                    run.log_metrics(result.metrics)
-                    for k, p in result.outputs.items():
-                        run.record_output(k, p)
-                    if hit_dir == workdir:
-                        versions.update(hit.get("registered", {}))
-                    else:  # another run's outputs: registered in this run's registry too
-                        registered = register(
-                            run, result, versions, registered_name, parent.run_id, say
-                        )
-                        versions.update(registered)
-                        _save(cache_file, key, result, hit["run_id"], registered)
-                else:
-                    say(f"[distill] stage {name}: running")
-                    ctx = StageContext(
-                        cfg, workdir, teacher, corpus, run, dict(artifacts), console.progress
-                    )
-                    result = stage_function(name)(ctx, section)
-                    if name in ("distill", "sft"):
-                        from distill.eval.plots import log_training_curves
-
-                        log_training_curves(run)
-                    registered = register(
-                        run, result, versions, registered_name, parent.run_id, say
-                    )
-                    versions.update(registered)
-                    _save(cache_file, key, result, run.run_id, registered)
-                artifacts.update(result.outputs)
-                if name == "evaluate":  # the release gate: verdicts, report.md, alias
-                    from distill.eval.release import release
-
-                    summary.report = release(
-                        run, cfg.gate, result.summary, versions, registered_name, workdir, say
-                    )
-            took = time.perf_counter() - st
-            summary_stages[name] = {
-                "seconds": took,
-                "metrics": result.metrics,
-                "run_id": run.run_id,
-            }
-            say(f"[distill] stage {name}: done in {took:.0f}s")
+            summary.stages[name] = pipe.stage(tracker, name, keys[name])
+        summary.report = pipe.report
         parent.log_dict({k: str(v) for k, v in artifacts.items()}, "artifacts.json")
-        parent.set_tags({f"registered.{k}": v for k, v in versions.items()})
-    if not summary_stages:
+        parent.set_tags({f"registered.{k}": v for k, v in pipe.versions.items()})
+    if not summary.stages:
         raise DistillError("no stage ran")
     return summary

@@ -4,7 +4,8 @@ The runner (``distill.runner``) builds one ``StageContext`` per stage, opens the
 child run (``ctx.tracker``), calls the stage, and records ``StageResult.outputs`` as the
 artifacts later stages read from ``ctx.artifacts``. Artifact keys:
 ``teacher``, ``soft_labels``, ``generations``, ``pruned``, ``student``, ``int4``,
-``int4_cpu``, ``teacher_int4``.
+``int4_cpu``, ``teacher_int4``. A stage module may also define ``preflight(cfg, model_dir)``:
+the runner calls it for every configured stage before any pipeline work.
 """
 
 from __future__ import annotations
@@ -75,3 +76,14 @@ class StageContext:
 def stage_function(name: str) -> Callable[[StageContext, Any], StageResult]:
     module, fn = STAGES[name].split(":")
     return getattr(importlib.import_module(module), fn)
+
+
+def run_preflights(cfg: PipelineConfig, model_dir: Path) -> None:
+    """Call each configured stage's ``preflight(section, model_dir)``, where its module has one:
+    the checks that need no pipeline work (config.json of the model to compress, input files),
+    so an impossible setting fails before the corpus is built."""
+    for name in cfg.stages:
+        module = importlib.import_module(STAGES[name].split(":")[0])
+        check = getattr(module, "preflight", None)
+        if check is not None:
+            check(getattr(cfg, name), model_dir)

@@ -22,6 +22,8 @@ import numpy as np
 from distill.atomic import atomic_file
 from distill.console import Task
 from distill.eval.config import MODEL_ORDER, EvaluateConfig
+from distill.eval.extra import check_extra_corpora, load_extra_corpora
+from distill.eval.extra import describe as describe_corpus
 from distill.machine import describe as describe_machine
 from distill.stages import StageContext, StageResult
 
@@ -157,9 +159,13 @@ def _entries(
     return entries
 
 
+def preflight(cfg: EvaluateConfig, model_dir: Path) -> None:
+    """Before any pipeline work: a missing or empty extra corpus fails here."""
+    check_extra_corpora(cfg.extra_corpora)
+
+
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     from distill.artifacts import load_for_eval
-    from distill.eval.extra import describe, load_extra_corpora
     from distill.eval.report import save_report
     from distill.eval.speed import speed_prompts
     from distill.models.loader import load_tokenizer
@@ -207,7 +213,8 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
         },
         "models": entries,
         "extra_corpora": {
-            ec.name: {"rows": int(len(extra[ec.name])), **describe(ec)} for ec in cfg.extra_corpora
+            ec.name: {"rows": int(len(extra[ec.name])), **describe_corpus(ec)}
+            for ec in cfg.extra_corpora
         },
     }
     if gen_section:

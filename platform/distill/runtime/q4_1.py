@@ -84,83 +84,99 @@ def _hf_weights(src: Path) -> dict[str, np.ndarray]:
     return state
 
 
+def _layer_grid(node, state: dict[str, np.ndarray], src: Path):
+    """``(codes, d, offset)`` of the HF weights behind one ``MatMulNBits`` node, checked
+    against the node's shape and for lying on a Q4_1 grid."""
+    m = _NODE.match(node.name)
+    layer, kind = int(m.group(1)), m.group(3)
+    names = [f"model.layers.{layer}.{h}.weight" for h in _HF[kind]]
+    if any(n not in state for n in names):
+        raise DistillError(f"{SETTING}: {src} has no {names} for graph node {node.name}")
+    w = np.concatenate([state[n].astype(np.float32) for n in names], 0)
+    attrs = attributes(node)
+    if (attrs["N"], attrs["K"], attrs["block_size"], attrs["bits"]) != (*w.shape, BLOCK, 4):
+        raise DistillError(
+            f"{SETTING}: graph node {node.name} is {attrs} but {names} are {w.shape}; "
+            "export with source: fp and block_size 32"
+        )
+    grid = q4_1_grid(w)
+    if grid is None:
+        raise DistillError(
+            f"{SETTING}: {names[0]} of {src} is not on a 4-bit asymmetric grid of blocks of "
+            f"{BLOCK} (a GGUF Q4_1 model's); use algo: rtn or k_quant, or source: gptq"
+        )
+    return grid
+
+
+def _block_sum_nodes(x: str, base: str, added: list) -> list:
+    """Nodes summing input ``x`` over each block of 32 (``{base}/block_sums``)."""
+    from onnx import helper, numpy_helper
+
+    shape, axes = f"{base}/blocks_shape", f"{base}/axes"
+    added += [
+        numpy_helper.from_array(np.array([0, 0, -1, BLOCK], np.int64), shape),
+        numpy_helper.from_array(np.array([-1], np.int64), axes),
+    ]
+    return [
+        helper.make_node("Reshape", [x, shape], [f"{base}/blocks"], name=f"{base}/Reshape"),
+        helper.make_node(
+            "ReduceSum",
+            [f"{base}/blocks", axes],
+            [f"{base}/block_sums"],
+            name=f"{base}/ReduceSum",
+            keepdims=0,
+        ),
+    ]
+
+
+def _offset_nodes(base: str, sums: str, y: str, offset: np.ndarray, added: list) -> list:
+    """Nodes adding ``block sums @ offsets`` to the grid's output, writing the node's old
+    output ``y``."""
+    from onnx import helper, numpy_helper
+
+    off16 = f"{base}/offsets_fp16"
+    added.append(numpy_helper.from_array(offset.T.astype(np.float16), off16))
+    return [
+        helper.make_node("Cast", [off16], [f"{base}/offsets"], name=f"{base}/Cast", to=1),
+        helper.make_node(
+            "MatMul", [sums, f"{base}/offsets"], [f"{base}/offset_out"], name=f"{base}/MatMul"
+        ),
+        helper.make_node(
+            "Add", [f"{base}/grid_out", f"{base}/offset_out"], [y], name=f"{base}/Add"
+        ),
+    ]
+
+
 def carry_q4_1(model, src: Path) -> dict[str, int]:
     """Edit the builder's graph (``onnx.ModelProto`` from ``src`` with ``source: fp``, block 32)
     in place: every layer's ``MatMulNBits`` gets ``src``'s exact grid and its offset term."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     g = model.graph
     state = _hf_weights(src)
     inits = {t.name: i for i, t in enumerate(g.initializer)}
     new_nodes: dict[int, list] = {}  # index of a MatMulNBits node -> nodes to insert after it
     block_sums: dict[str, str] = {}  # input tensor -> its block sums
-    added: list = []
-    layers = 0
+    added: list = []  # new initializers
     for idx, node in enumerate(g.node):
-        m = _NODE.match(node.name) if node.op_type == "MatMulNBits" else None
-        if m is None:
+        if node.op_type != "MatMulNBits" or _NODE.match(node.name) is None:
             continue
-        layer, kind = int(m.group(1)), m.group(3)
-        names = [f"model.layers.{layer}.{h}.weight" for h in _HF[kind]]
-        if any(n not in state for n in names):
-            raise DistillError(f"{SETTING}: {src} has no {names} for graph node {node.name}")
-        w = np.concatenate([state[n].astype(np.float32) for n in names], 0)
-        attrs = attributes(node)
-        if (attrs["N"], attrs["K"], attrs["block_size"], attrs["bits"]) != (*w.shape, BLOCK, 4):
-            raise DistillError(
-                f"{SETTING}: graph node {node.name} is {attrs} but {names} are {w.shape}; "
-                "export with source: fp and block_size 32"
-            )
-        grid = q4_1_grid(w)
-        if grid is None:
-            raise DistillError(
-                f"{SETTING}: {names[0]} of {src} is not on a 4-bit asymmetric grid of blocks of "
-                f"{BLOCK} (a GGUF Q4_1 model's); use algo: rtn or k_quant, or source: gptq"
-            )
-        codes, d, offset = grid
+        codes, d, offset = _layer_grid(node, state, src)
+        # the grid: codes and scales replace the builder's; the default zero point 8 goes
         q_name, s_name = node.input[1], node.input[2]
         g.initializer[inits[q_name]].CopyFrom(numpy_helper.from_array(_pack(codes), q_name))
         g.initializer[inits[s_name]].CopyFrom(numpy_helper.from_array(d, s_name))
+        del node.input[3:]
+        # the offset: y = grid_out + block_sums(x) @ (offset + 8 d)
         base = node.name.rsplit("/", 1)[0] + "/q4_1"
-        del node.input[3:]  # the default zero point 8
-        offset = offset + 8.0 * d
         x, y = node.input[0], node.output[0]
         extra = []
         if x not in block_sums:
-            shape, axes = f"{base}/blocks_shape", f"{base}/axes"
-            added += [
-                numpy_helper.from_array(np.array([0, 0, -1, BLOCK], np.int64), shape),
-                numpy_helper.from_array(np.array([-1], np.int64), axes),
-            ]
-            extra += [
-                helper.make_node("Reshape", [x, shape], [f"{base}/blocks"], name=f"{base}/Reshape"),
-                helper.make_node(
-                    "ReduceSum",
-                    [f"{base}/blocks", axes],
-                    [f"{base}/block_sums"],
-                    name=f"{base}/ReduceSum",
-                    keepdims=0,
-                ),
-            ]
+            extra += _block_sum_nodes(x, base, added)
             block_sums[x] = f"{base}/block_sums"
-        off16 = f"{base}/offsets_fp16"
-        added.append(numpy_helper.from_array(offset.T.astype(np.float16), off16))
         node.output[0] = f"{base}/grid_out"
-        extra += [
-            helper.make_node("Cast", [off16], [f"{base}/offsets"], name=f"{base}/Cast", to=1),
-            helper.make_node(
-                "MatMul",
-                [block_sums[x], f"{base}/offsets"],
-                [f"{base}/offset_out"],
-                name=f"{base}/MatMul",
-            ),
-            helper.make_node(
-                "Add", [f"{base}/grid_out", f"{base}/offset_out"], [y], name=f"{base}/Add"
-            ),
-        ]
-        new_nodes[idx] = extra
-        layers += 1
-    if not layers:
+        new_nodes[idx] = extra + _offset_nodes(base, block_sums[x], y, offset + 8.0 * d, added)
+    if not new_nodes:
         raise DistillError(f"{SETTING}: no layer MatMulNBits found in the builder's graph")
     nodes = list(g.node)
     del g.node[:]
@@ -168,7 +184,7 @@ def carry_q4_1(model, src: Path) -> dict[str, int]:
         g.node.append(node)
         g.node.extend(new_nodes.get(i, []))
     g.initializer.extend(added)
-    return {"layers": layers}
+    return {"layers": len(new_nodes)}
 
 
 def is_q4_1_checkpoint(src: Path) -> bool:

@@ -22,6 +22,7 @@ from distill.config.base import DistillError
 from distill.console import polling
 from distill.data.filters import apply_filters, reports_metrics
 from distill.eval.contamination import check_run_contamination, strip_padding
+from distill.eval.plots import log_training_curves
 from distill.seqkd.config import SFTConfig
 from distill.seqkd.sft_data import build_rows, encode_example, write_sft_rows
 from distill.seqkd.store import read_generations, read_manifest
@@ -179,6 +180,7 @@ def run(ctx: StageContext, cfg: SFTConfig) -> StageResult:
     )
     sha = weights_sha256(out)
     ctx.tracker.record_output("student", out, sha)
+    log_training_curves(ctx.tracker)
     return StageResult(
         outputs={"student": out},
         metrics=metrics,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.console import polling
+from distill.eval.plots import log_training_curves
 from distill.stages import StageContext, StageResult
 from distill.train.config import DistillConfig
 from distill.train.inputs import check_inputs, manifest_value, run_name
@@ -89,6 +90,7 @@ def run(ctx: StageContext, cfg: DistillConfig) -> StageResult:
     ctx.tracker.log_metrics({f"final.{k}": v for k, v in metrics.items()})
     ctx.tracker.set_tags({"distill.train_node_ids": ",".join(final.get("train_node_ids", []))})
     ctx.tracker.record_output("student", out, weights_sha256(out))
+    log_training_curves(ctx.tracker)
     summary = {
         "student_source": src_key,
         "mode": cfg.mode,
