@@ -19,6 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # process's spinning OpenMP threads starve the Ray workers it waits on. Ray workers inherit
 # this; Ray Train workers still set their own thread count from distill.cpus_per_worker.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train's controller polls its workers every 2 s by default, and a run waits for those polls
+# to start, notice the end and shut down: ~5 s of every tiny training run. Every Ray process the
+# tests start (ray.init here, `distill run` subprocesses, `ray start` nodes) inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # the Serve tests run as `distill serve` does (Ray Serve's high-throughput mode); the first
 # test to start Ray passes it to every Ray process
 from distill.serve.config import apply_serve_env  # noqa: E402

@@ -22,19 +22,28 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def end_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group ``proc`` leads, SIGKILL it after ``grace_s``."""
+def end_group(*procs: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM the process groups ``procs`` lead, all at once; SIGKILL what is left after
+    ``grace_s``."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        live = []
+        for proc in procs:
             try:
-                os.killpg(proc.pid, 0)
+                os.killpg(proc.pid, sig)
+                live.append(proc)
             except ProcessLookupError:
-                proc.wait(timeout=5)
-                return
-            proc.poll()
-            time.sleep(0.3)
+                proc.poll()
+        deadline = time.monotonic() + wait_s
+        while live and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for proc in list(live):
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    proc.wait(timeout=5)
+                    live.remove(proc)
+                else:
+                    proc.poll()
+        procs = tuple(live)
+        if not procs:
+            return

@@ -100,7 +100,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 logs = [(self.root / f"{n}.log").read_text()[-2000:] for n in self.nodes]
                 raise RuntimeError("\n".join(logs))
-            time.sleep(2)
+            time.sleep(0.5)
 
     def raylet_pid(self, name: str) -> int:
         import psutil
@@ -122,8 +122,7 @@ class Cluster:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
-        for proc in self.nodes.values():
-            end_group(proc)
+        end_group(*self.nodes.values())
 
 
 _WATCH = """
