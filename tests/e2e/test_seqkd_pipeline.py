@@ -20,6 +20,8 @@ def test_smoke_seqkd_pipeline(tmp_path):
     from mlflow import MlflowClient
 
     from distill.lineage.show import lineage
+    from distill.models.loader import load_causal_lm
+    from distill.seqkd.sft_data import read_sft_rows
     from distill.seqkd.store import read_generations, read_manifest
 
     proc = subprocess.run(
@@ -50,6 +52,26 @@ def test_smoke_seqkd_pipeline(tmp_path):
     sft = client.get_run(by["sft"]["run_id"])
     assert sft.data.tags["trainer"] == "ray_train"
     assert sft.data.tags["input.generations.uri"] == str(gens)
+    assert sft.data.tags["output.student.uri"] == str(tmp_path / "student")
     m = sft.data.metrics
     assert m["filter.total.in"] > 0 and m["filter.dedup.kept"] == m["filter.total.kept"] > 0
     assert m["heldout.completion_loss_after"] < m["heldout.completion_loss_before"]
+    assert "train/loss" in m  # the Ray Train loop's per-step metrics reach the stage run
+
+    # the sft stage: every filter accounts for its rows (disabled ones are not reported), the
+    # training set it wrote is the one it reports, the student loads alone, progress was shown
+    stage = json.loads((tmp_path / "stages" / "sft.json").read_text())["metrics"]
+    assert stage["filter.total.in"] == stage["filter.quality.in"] <= len(rows)
+    assert "filter.syntax.in" not in stage
+    for name in ("quality", "length", "logprob", "dedup"):
+        kept, dropped = stage[f"filter.{name}.kept"], stage[f"filter.{name}.dropped"]
+        assert kept + dropped == stage[f"filter.{name}.in"], name
+    assert stage["steps"] == 8 and stage["data.label_tokens"] > 0
+    assert "contamination.max_rate" in stage
+    train = read_sft_rows(tmp_path / "sft_data" / "train.parquet")
+    assert len(train["input_ids"]) == stage["data.rows"]
+    student = tmp_path / "student"
+    assert (student / "config.json").exists() and (student / "tokenizer.json").exists()
+    load_causal_lm(student)
+    assert re.search(r"^\[distill\]   generate: 32/32 completions, tok_s", proc.stdout, re.M)
+    assert re.search(r"^\[distill\]   sft: (\d+)/\1 steps, loss [\d.]+, tok_s", proc.stdout, re.M)

@@ -1,11 +1,11 @@
-"""generate → sft on the tiny teacher: filters reported, student checkpoint written and loadable."""
+"""seq-KD stages on the tiny teacher: generate on Ray, sft's input checks and filters, and the sft
+training mode of the distill loop; the whole generate → sft → evaluate run, with the sft stage's
+training and lineage, is tests/e2e/test_seqkd_pipeline.py."""
 
 from __future__ import annotations
 
 import io
 import json
-import re
-import time
 
 import pytest
 
@@ -35,10 +35,10 @@ SFT = {
 
 
 @pytest.mark.timeout(300)
-def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
-    from mlflow import MlflowClient
-
-    from distill.models.loader import load_causal_lm
+def test_generate_then_sft_filters_refuse_an_empty_training_set(ray_local, stage_ctx):
+    """generate on a Ray actor pool, then sft's filters: nothing kept is a clear error naming
+    the knob, before any training. The sft stage's training run, its filter accounting and its
+    lineage are asserted on the CLI run in tests/e2e/test_seqkd_pipeline.py."""
     from distill.seqkd import generate_stage, sft_stage
 
     ctx = stage_ctx(["generate", "sft"], generate=GEN, sft=SFT)
@@ -49,33 +49,10 @@ def test_generate_then_sft_writes_a_student(ray_local, stage_ctx):
     assert rows == 2 * gen.metrics["prompts"] and gen.metrics["prompts"] == 10
     assert gen.metrics["tokens_per_s"] > 0
     ctx.artifacts.update(gen.outputs)
-    t0 = time.perf_counter()
-    res = sft_stage.run(ctx, SFTConfig.model_validate(SFT))
-    assert re.search(r"\[distill\]   sft: (\d+)/\1 steps, loss [\d.]+, tok_s", console.getvalue())
-    print(f"sft stage {time.perf_counter() - t0:.1f}s")
-    student = res.outputs["student"]
-    assert (student / "config.json").exists() and (student / "tokenizer.json").exists()
-    load_causal_lm(student)  # loads alone
-    from distill.seqkd.sft_data import read_sft_rows
-
-    train = read_sft_rows(ctx.workdir / "sft_data" / "train.parquet")
-    assert len(train["input_ids"]) == res.metrics["data.rows"]
-    m = res.metrics
-    assert m["filter.total.in"] == m["filter.quality.in"] <= rows
-    assert "filter.syntax.in" not in m  # disabled filters are not reported
-    for name in ("quality", "length", "logprob", "dedup"):
-        assert m[f"filter.{name}.kept"] + m[f"filter.{name}.dropped"] == m[f"filter.{name}.in"]
-    assert m["steps"] == 4 and m["data.label_tokens"] > 0
-    assert "contamination.max_rate" in m
-    run = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id)
-    assert run.data.tags["trainer"] == "ray_train"
-    assert "filter.dedup.kept" in run.data.metrics and "train/loss" in run.data.metrics
-    assert run.data.tags["output.student.uri"] == str(student)
-
-    # nothing kept -> a clear error naming the knob
     strict = {**SFT, "filters": {"length": {"min": 10_000}}}
     with pytest.raises(DistillError, match="min_examples"):
         sft_stage.run(ctx, SFTConfig.model_validate(strict))
+    assert not (ctx.workdir / "student").exists()
 
 
 @pytest.mark.timeout(60)
