@@ -331,6 +331,7 @@ class _Pipeline:
 
 
 def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) -> PipelineSummary:
+    from distill.data.corpus import resolve_files
     from distill.data.pipeline import prepare_corpus
     from distill.lineage.tracker import Tracker
     from distill.raycluster import ensure_ray, link_session_logs
@@ -342,7 +343,9 @@ def _run(cfg: PipelineConfig, workdir: Path, console: Console, verbose: bool) ->
 
     t0 = time.perf_counter()
     models = _resolve_models(cfg, say)
-    # impossible pruning targets, a missing extra corpus...: fail before any pipeline work
+    # a missing corpus, impossible pruning targets, a missing extra corpus...: fail before Ray
+    # starts and before any pipeline work
+    resolve_files(cfg.data.corpus)
     run_preflights(cfg, (models.initial_student or models.teacher).path)
     ensure_ray(cfg.ray, verbose=verbose)
     link_session_logs(workdir)
