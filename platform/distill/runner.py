@@ -250,6 +250,10 @@ class _Pipeline:
     def registered_name(self) -> str:
         return self.cfg.tracking.registered_model or f"{self.cfg.name}-student"
 
+    def cache_file(self, name: str) -> Path:
+        """``<workdir>/stages/<name>.json``: the stage's record (``find_cached`` reads it)."""
+        return self.workdir / "stages" / f"{name}.json"
+
     def register(self, run: StageRun, result: StageResult) -> dict[str, str]:
         registered = register(
             run, result, self.versions, self.registered_name, self.parent.run_id, self.console.say
@@ -277,7 +281,7 @@ class _Pipeline:
             self.versions.update(hit.get("registered", {}))
         else:  # another run's outputs: registered in this run's registry too
             registered = self.register(run, result)
-            _save(self.workdir / "stages" / f"{name}.json", key, result, hit["run_id"], registered)
+            _save(self.cache_file(name), key, result, hit["run_id"], registered)
         return result
 
     def execute(self, run: StageRun, name: str, key: str) -> StageResult:
@@ -294,7 +298,7 @@ class _Pipeline:
         )
         result = stage_function(name)(ctx, getattr(self.cfg, name))
         registered = self.register(run, result)
-        _save(self.workdir / "stages" / f"{name}.json", key, result, run.run_id, registered)
+        _save(self.cache_file(name), key, result, run.run_id, registered)
         return result
 
     def stage(self, tracker: Tracker, name: str, key: str) -> dict[str, Any]:
