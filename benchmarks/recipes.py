@@ -6,6 +6,7 @@ stage trains on (the `rich` package's sources).
         --tokens 65536
     .venv/bin/python benchmarks/recipes.py --shapes width --keep 0.7 --tokens 262144   # more tokens
     .venv/bin/python benchmarks/recipes.py --table            # print the table of every recipe run
+    .venv/bin/python benchmarks/recipes.py --curve runs/smollm2-long   # a run's learning curve
 
 Each recipe is a pipeline run of --config (pipelines/configs/smollm2-long.yaml) in its own
 workdir under --out, with the prune and distill settings of the recipe, reusing the base run's
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 from distill.machine import describe
+from distill.pipeline import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # prune settings of each shape (the kept fraction is prune.target_params)
@@ -148,6 +150,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def curve(wd: Path, cpus: float) -> str:
+    """The learning curve of ``wd``'s distill stage: at each in-loop held-out eval
+    (``distill.eval_every``, ``distill.eval_rows`` rows), KD tokens, training seconds,
+    CPU-hours and held-out ppl, read back from the run's MLflow metric history."""
+    from mlflow import MlflowClient
+
+    run_id = json.loads((wd / "stages" / "distill.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{(wd / 'mlflow.db').resolve()}")
+    hist = {
+        k: {m.step: m.value for m in client.get_metric_history(run_id, k)}
+        for k in ("eval/ppl", "tokens", "train_seconds")
+    }
+    lines = [
+        "| step | KD tokens | train s | CPU-h | held-out ppl (loop eval) |",
+        "|---|---|---|---|---|",
+    ]
+    last = None
+    for step in sorted(hist["eval/ppl"]):
+        ppl = hist["eval/ppl"][step]
+        if ppl == last:  # logged every step; a new value only where the loop evaluated
+            continue
+        last = ppl
+        secs = hist["train_seconds"].get(step, float("nan"))
+        lines.append(
+            f"| {step} | {hist['tokens'].get(step, 0) / 1e3:.0f}k | {secs:.0f} | "
+            f"{secs * cpus / 3600:.2f} | {ppl:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "pipelines/configs/smollm2-long.yaml")
@@ -159,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rerun", action="store_true", help="rerun recipes that have a report")
     ap.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    ap.add_argument("--curve", type=Path, help="only print this workdir's row and learning curve")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(
@@ -166,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}",
         flush=True,
     )
+    d = load_config(args.config).distill
+    cpus = d.num_workers * d.cpus_per_worker  # CPU-hours = training seconds x reserved CPUs
+    if args.curve:
+        print(table([row(args.curve, cpus)]), curve(args.curve, cpus), sep="\n\n", flush=True)
+        return
     if not args.table:
         if not (args.base / "stages" / "soft_labels.json").exists():
             sys.exit(f"no base run in {args.base}: run the base stages first (see --help)")
@@ -174,10 +212,6 @@ def main(argv: list[str] | None = None) -> None:
                 for keep in (float(k) for k in args.keep.split(",")):
                     done = [d for d in sorted(args.out.iterdir()) if (d / "stages").is_dir()]
                     run_recipe(args, shape, keep, tokens, [args.base, *done])
-    from distill.pipeline import load_config
-
-    d = load_config(args.config).distill
-    cpus = d.num_workers * d.cpus_per_worker
     rows = [r for w in sorted(args.out.iterdir()) if w.is_dir() and (r := row(w, cpus))]
     (args.out / "recipes.json").write_text(json.dumps(rows, indent=1))
     print(table(rows), flush=True)
