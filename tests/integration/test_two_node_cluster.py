@@ -49,6 +49,11 @@ class Cluster:
             # a lost node is declared dead after ~2 s instead of ~15 s
             RAY_health_check_period_ms="500",
             RAY_health_check_failure_threshold="4",
+            # Ray Train's default 2 s poll, not conftest's 0.25 s: with 0.25 s, two full runs of
+            # 2026-12-05 restarted KD from step 0, the second although the controller had
+            # registered checkpoint-step2 before the kill (cause not found yet); with 2 s every
+            # full run and CI passed
+            RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="2.0",
         )
         self.env.pop("RAY_ADDRESS", None)
 
