@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from distill.lineage.tracker import resolve_tracking_uri
 from distill.machine import describe
 from distill.pipeline import load_config
 
@@ -150,14 +151,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def curve(wd: Path, cpus: float) -> str:
+def curve(wd: Path, cpus: float, tracking_uri: str) -> str:
     """The learning curve of ``wd``'s distill stage: at each in-loop held-out eval
     (``distill.eval_every``, ``distill.eval_rows`` rows), KD tokens, training seconds,
     CPU-hours and held-out ppl, read back from the run's MLflow metric history."""
     from mlflow import MlflowClient
 
     run_id = json.loads((wd / "stages" / "distill.json").read_text())["run_id"]
-    client = MlflowClient(f"sqlite:///{(wd / 'mlflow.db').resolve()}")
+    client = MlflowClient(tracking_uri)
     hist = {
         k: {m.step: m.value for m in client.get_metric_history(run_id, k)}
         for k in ("eval/ppl", "tokens", "train_seconds")
@@ -166,15 +167,10 @@ def curve(wd: Path, cpus: float) -> str:
         "| step | KD tokens | train s | CPU-h | held-out ppl (loop eval) |",
         "|---|---|---|---|---|",
     ]
-    last = None
-    for step in sorted(hist["eval/ppl"]):
-        ppl = hist["eval/ppl"][step]
-        if ppl == last:  # logged every step; a new value only where the loop evaluated
-            continue
-        last = ppl
-        secs = hist["train_seconds"].get(step, float("nan"))
+    for step, ppl in sorted(hist["eval/ppl"].items()):  # logged only where the loop evaluated
+        secs = hist["train_seconds"][step]
         lines.append(
-            f"| {step} | {hist['tokens'].get(step, 0) / 1e3:.0f}k | {secs:.0f} | "
+            f"| {step} | {hist['tokens'][step] / 1e3:.0f}k | {secs:.0f} | "
             f"{secs * cpus / 3600:.2f} | {ppl:.2f} |"
         )
     return "\n".join(lines)
@@ -199,10 +195,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}",
         flush=True,
     )
-    d = load_config(args.config).distill
-    cpus = d.num_workers * d.cpus_per_worker  # CPU-hours = training seconds x reserved CPUs
+    cfg = load_config(args.config)
+    cpus = cfg.distill.num_workers * cfg.distill.cpus_per_worker  # CPU-h = train s x CPUs
     if args.curve:
-        print(table([row(args.curve, cpus)]), curve(args.curve, cpus), sep="\n\n", flush=True)
+        if (r := row(args.curve, cpus)) is None:
+            sys.exit(f"no finished run in {args.curve} (no report.json)")
+        uri = resolve_tracking_uri(cfg.tracking, args.curve)
+        print(table([r]), curve(args.curve, cpus, uri), sep="\n\n", flush=True)
         return
     if not args.table:
         if not (args.base / "stages" / "soft_labels.json").exists():

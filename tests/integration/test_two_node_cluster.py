@@ -236,8 +236,7 @@ def test_pipeline_on_two_nodes_survives_a_lost_worker_node(cluster, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         # kill the worker node's raylet once Ray Train's controller has registered a KD
-        # checkpoint (a checkpoint directory on disk alone may not be reported yet: then the
-        # restart has nothing to resume from and starts at step 0)
+        # checkpoint (a restart restores only registered ones; a directory on disk may not be)
         deadline = time.monotonic() + 900
         while (killed_at := registered_checkpoint(ckpt)) is None:
             assert proc.poll() is None, (tmp_path / "pipeline.log").read_text()[-4000:]
