@@ -3,7 +3,7 @@ import pytest
 
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig
-from distill.data.corpus import is_heldout, resolve_files, stdlib_files
+from distill.data.corpus import document_ids, is_heldout, resolve_files, stdlib_files
 from distill.data.packed import make_calib_loop, read_rows, write_rows
 from distill.data.packing import pack, stdlib_split_rows
 
@@ -52,6 +52,36 @@ def test_corpus_errors(tmp_path):
     (tmp_path / "empty" / "a.txt").write_text("")
     with pytest.raises(DistillError, match="empty"):
         resolve_files(CorpusConfig(kind="files", paths=[tmp_path / "empty"]))
+
+
+def test_packages_join_the_stdlib_corpus_with_stable_ids():
+    plain = CorpusConfig(kind="stdlib")
+    mixed = CorpusConfig(kind="stdlib", packages=["yaml"])
+    files = resolve_files(mixed)
+    ids = document_ids(mixed, files)
+    pkg = sorted(i for i in ids.values() if i.startswith("site-packages/"))
+    assert pkg and all(i.startswith("site-packages/yaml/") for i in pkg)
+    assert "site-packages/yaml/__init__.py" in pkg
+    # the stdlib documents keep their ids; the mix is ordered by id hash, like the stdlib alone
+    stdlib_ids = document_ids(plain, resolve_files(plain))
+    assert sorted(i for i in ids.values() if not i.startswith("site-packages/")) == sorted(
+        stdlib_ids.values()
+    )
+    assert files == resolve_files(mixed)
+    from_pkg = [ids[str(f)].startswith("site-packages/") for f in files]
+    assert from_pkg != sorted(from_pkg)  # interleaved, not appended
+    # empty packages stay out of dumps: corpora without packages keep their cache keys
+    assert "packages" not in plain.model_dump(mode="json")
+    assert mixed.model_dump(mode="json")["packages"] == ["yaml"]
+
+
+def test_package_errors_name_the_key():
+    with pytest.raises(DistillError, match=r"data.corpus.packages: 'not_a_pkg_xyz' is not"):
+        resolve_files(CorpusConfig(packages=["not_a_pkg_xyz"]))
+    with pytest.raises(ValueError, match="format jsonl"):
+        CorpusConfig(kind="files", paths=["/tmp"], format="jsonl", packages=["yaml"])
+    with pytest.raises(ValueError, match="pattern"):
+        CorpusConfig(packages=["../etc"])
 
 
 def test_rows_roundtrip_and_calib_loop(tmp_path, tiny_rows, tiny_gqa):

@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.config.base import StrictModel
 
 
 class CorpusConfig(StrictModel):
-    """``kind: stdlib`` = the running interpreter's standard library source (tests excluded)."""
+    """``kind: stdlib`` = the running interpreter's standard library source (tests excluded);
+    ``packages`` adds installed packages' sources to it (or to ``kind: files`` text)::
+
+        corpus: {kind: stdlib, packages: [click, jinja2, tornado], max_documents: 400}
+    """
 
     kind: Literal["stdlib", "files"] = "stdlib"
     paths: list[Path] = Field(default_factory=list, description="files or directories (kind=files)")
+    # left out of dumps while empty: the cache keys of corpora without packages stay as they were
+    packages: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list,
+        exclude_if=lambda v: not v,
+        description="installed Python packages whose *.py sources (tests excluded) join a text "
+        "corpus, found with importlib, not imported; their doc ids are site-packages/<pkg>/<path>",
+    )
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
     text_field: str = "text"
     glob: str = Field("**/*", description="pattern for files inside directories")
     max_documents: int | None = Field(None, ge=1)
     max_doc_chars: int = Field(200_000, ge=1)
+
+    @model_validator(mode="after")
+    def _packages_are_text(self) -> CorpusConfig:
+        if self.packages and self.format in ("jsonl", "parquet"):
+            raise ValueError(f"packages add Python source files: format {self.format} cannot")
+        return self
 
 
 class NearDuplicateConfig(StrictModel):

@@ -1,9 +1,11 @@
 """Corpus discovery: which documents exist, their ids, and a cheap fingerprint.
 
 The default corpus is the running interpreter's standard library source (real text on every
-machine), with test folders excluded. A document is a file (text corpora) or a row (JSONL/Parquet).
-A document's id is stable across machines and venvs: a file's path relative to the corpus root
-(the stdlib root, or the common folder of ``data.corpus.paths``), a row's content sha256.
+machine), with test folders excluded; ``data.corpus.packages`` mixes installed packages' sources
+in. A document is a file (text corpora) or a row (JSONL/Parquet). A document's id is stable across
+machines and venvs: a file's path relative to the corpus root (the stdlib root, or the common
+folder of ``data.corpus.paths``), ``site-packages/<package>/<path>`` for a package's file, a row's
+content sha256.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig
-from distill.stdlib import stdlib_files, stdlib_root
+from distill.stdlib import package_dir, package_files, stdlib_files, stdlib_root
 
 
 def _stable_key(s: str) -> str:
@@ -39,6 +41,10 @@ def resolve_files(cfg: CorpusConfig) -> list[Path]:
                 files.append(p)
             else:
                 raise DistillError(f"data.corpus.paths: {p} does not exist")
+    if cfg.packages:
+        files.extend(_package_files(cfg))
+        ids = document_ids(cfg, files)
+        files.sort(key=lambda p: _stable_key(ids[str(p)]))
     if cfg.max_documents and detect_format(cfg, files) == "text":
         files = files[: cfg.max_documents]
     if not files:
@@ -47,6 +53,21 @@ def resolve_files(cfg: CorpusConfig) -> list[Path]:
     if len(empty) == len(files):
         raise DistillError(f"the corpus is empty: all {len(files)} files have no content")
     return files
+
+
+def _package_files(cfg: CorpusConfig) -> list[Path]:
+    out: list[Path] = []
+    for name in cfg.packages:
+        if package_dir(name) is None:
+            raise DistillError(
+                f"data.corpus.packages: {name!r} is not an installed Python package here "
+                f"(pip install {name}, or leave it out)"
+            )
+        files = package_files(name)
+        if not files:
+            raise DistillError(f"data.corpus.packages: {name!r} has no Python source files")
+        out.extend(files)
+    return out
 
 
 def corpus_root(cfg: CorpusConfig, files: list[Path]) -> Path:
@@ -58,15 +79,34 @@ def corpus_root(cfg: CorpusConfig, files: list[Path]) -> Path:
     return Path(os.path.commonpath(dirs)) if dirs else Path("/")
 
 
-def document_id(path: str | Path, root: str | Path) -> str:
-    """A text document's id: its path relative to ``root`` (absolute), in POSIX form."""
-    return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
+IdRoots = list[tuple[str, str]]
+
+
+def id_roots(cfg: CorpusConfig, files: list[Path]) -> IdRoots:
+    """``(folder, prefix)`` pairs, each package's first, then ``corpus_root``: a text document's
+    id is the prefix plus its path relative to the first folder that holds it."""
+    pkgs = [
+        (os.path.abspath(Path(d).parent), "site-packages/")
+        for d in map(package_dir, cfg.packages)
+        if d is not None
+    ]
+    return [*pkgs, (os.path.abspath(corpus_root(cfg, files)), "")]
+
+
+def document_id(path: str | Path, roots: IdRoots) -> str:
+    """A text document's id (see ``id_roots``), in POSIX form."""
+    path = os.path.abspath(path)
+    for root, prefix in roots:
+        if path.startswith(root.rstrip(os.sep) + os.sep):
+            return prefix + Path(os.path.relpath(path, root)).as_posix()
+    root, prefix = roots[-1]
+    return prefix + Path(os.path.relpath(path, root)).as_posix()
 
 
 def document_ids(cfg: CorpusConfig, files: list[Path]) -> dict[str, str]:
-    """``{str(path): doc id}`` for text corpora: the path relative to ``corpus_root`` (POSIX)."""
-    root = os.path.abspath(corpus_root(cfg, files))
-    return {str(f): document_id(f, root) for f in files}
+    """``{str(path): doc id}`` for text corpora (``document_id``)."""
+    roots = id_roots(cfg, files)
+    return {str(f): document_id(f, roots) for f in files}
 
 
 def detect_format(cfg: CorpusConfig, files: list[Path]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,10 +32,11 @@ from distill.atomic import atomic_dir
 from distill.config.base import DistillError
 from distill.data.config import DataConfig
 from distill.data.corpus import (
-    corpus_root,
+    IdRoots,
     detect_format,
     document_id,
     fingerprint,
+    id_roots,
     resolve_files,
 )
 from distill.data.dedup import token_signature
@@ -78,12 +78,12 @@ class Tokenize:
         )
 
 
-def _text_docs(batch: dict[str, Any], root: str) -> dict[str, Any]:
+def _text_docs(batch: dict[str, Any], roots: IdRoots) -> dict[str, Any]:
     """Binary files → ``doc_id`` (``document_id``: the path relative to the corpus root) and
-    decoded ``text``. Only the root travels with the task, not a ``{path: id}`` map of the
+    decoded ``text``. Only the roots travel with the task, not a ``{path: id}`` map of the
     whole corpus."""
     return {
-        "doc_id": [document_id(str(p), root) for p in batch["path"]],
+        "doc_id": [document_id(str(p), roots) for p in batch["path"]],
         "text": [b.decode("utf-8", errors="replace") for b in batch["bytes"]],
     }
 
@@ -107,8 +107,8 @@ def read_documents(cfg: DataConfig, files: list[Path]):
     paths = [str(f) for f in files]
     if fmt == "text":
         ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=READ_CPUS)
-        root = os.path.abspath(corpus_root(cfg.corpus, files))
-        return ds.map_batches(_text_docs, fn_kwargs={"root": root}, num_cpus=READ_CPUS)
+        roots = id_roots(cfg.corpus, files)
+        return ds.map_batches(_text_docs, fn_kwargs={"roots": roots}, num_cpus=READ_CPUS)
     if fmt == "jsonl":
         ds = ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
     else:

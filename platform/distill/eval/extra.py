@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distill import stdlib
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig, DataConfig
 from distill.data.corpus import resolve_files
@@ -32,15 +33,13 @@ def _where(i: int, ec: ExtraCorpus) -> str:
 
 def package_dir(name: str) -> Path:
     """Where an installed package's source lives (found, not imported)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
+    found = stdlib.package_dir(name)
+    if found is None:
         raise DistillError(
             f"package {name!r} is not an installed Python package here "
             f"(pip install {name}, or give paths instead)"
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return found
 
 
 def package_version(name: str) -> str | None:
