@@ -53,14 +53,14 @@ def test_a_model_whose_speed_cannot_be_measured_says_why_and_the_run_goes_on(
 ):
     import distill.eval.speed as speed
 
-    real = speed.serving_speed
+    real = speed.model_timers
 
-    def flaky(model, prompts, cfg):
+    def flaky(model, new_tokens):
         if getattr(model.config, "num_key_value_heads", 0) == 4:  # the MHA student only
             raise RuntimeError("this runtime cannot decode the artifact")
-        return real(model, prompts, cfg)
+        return real(model, new_tokens)
 
-    monkeypatch.setattr(speed, "serving_speed", flaky)
+    monkeypatch.setattr(speed, "model_timers", flaky)
     ctx = stage_ctx(["evaluate"])
     ctx.artifacts["student"] = tiny_mha.path
     report = run(ctx, EvaluateConfig(max_rows=4, batch_size=2, speed=SPEED, generation=GEN)).summary

@@ -9,13 +9,19 @@ steps that never stop early (no EOS check), so every model does the same work: a
 is what one user waits for, a batch-8 figure what a busy replica gives. Each figure is the median
 of ``repeats`` runs. Torch models decode with their KV cache one token per forward (the loop the
 serving engine runs); ONNX Runtime GenAI models step their own generator.
+
+``serving_speeds`` times several models with their runs interleaved (each repeat times every
+model once, in turn), so a load change on a shared machine lands on all of them alike and the
+ratios the gate's budget reads (``decode_b1_tps`` vs ``teacher_int4``'s) hold::
+
+    speeds = serving_speeds({"teacher_int4": t, "int4_cpu": s}, prompts, SpeedConfig())
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,11 +35,6 @@ def speed_prompts(rows: np.ndarray, cfg: SpeedConfig) -> np.ndarray:
     if len(rows) < n:  # fewer rows than the largest batch: repeat them
         rows = np.concatenate([rows] * -(-n // len(rows)))
     return np.ascontiguousarray(rows[:n, : cfg.prompt_tokens], dtype=np.int64)
-
-
-def _median_rate(work: float, timed: Callable[[], float], repeats: int) -> float:
-    """``work`` / the median of ``repeats`` timings (seconds) of ``timed``."""
-    return work / max(statistics.median(timed() for _ in range(repeats)), 1e-9)
 
 
 def _torch_timers(model: Any, new_tokens: int):
@@ -74,18 +75,76 @@ def _engine_timers(engine: Any, new_tokens: int):
     return prefill, decode
 
 
-def serving_speed(model: Any, prompts: np.ndarray, cfg: SpeedConfig) -> dict[str, float]:
-    """``prefill_tps`` (every prompt in one forward) and ``decode_b<n>_tps`` per batch size."""
+Timers = tuple[Callable[[np.ndarray], float], Callable[[np.ndarray], float]]
+
+
+def model_timers(model: Any, new_tokens: int) -> Timers:
+    """``(prefill, decode)``: each times one call on prompt ids and returns its seconds."""
     engine = getattr(model, "engine", None)  # an engine model wrapped for the torch metrics
-    prefill, decode = (
-        _engine_timers(engine, cfg.new_tokens)
-        if engine is not None
-        else _torch_timers(model, cfg.new_tokens)
-    )
-    prefill(prompts[:1, :8])  # warm-up: first-call allocations and kernel selection
-    out = {"prefill_tps": _median_rate(prompts.size, lambda: prefill(prompts), cfg.repeats)}
-    steps = cfg.new_tokens - 1
+    if engine is not None:
+        return _engine_timers(engine, new_tokens)
+    return _torch_timers(model, new_tokens)
+
+
+def _measurements(prompts: np.ndarray, cfg: SpeedConfig) -> dict[str, tuple[int, Callable]]:
+    """``{figure: (tokens of work, run(timers) -> seconds)}``: prefill, then decode per batch."""
+    out: dict[str, tuple[int, Callable]] = {"prefill_tps": (prompts.size, lambda t: t[0](prompts))}
     for b in cfg.batch_sizes:
-        ids = prompts[:b]
-        out[f"decode_b{b}_tps"] = _median_rate(b * steps, lambda ids=ids: decode(ids), cfg.repeats)
+        out[f"decode_b{b}_tps"] = (b * (cfg.new_tokens - 1), lambda t, ids=prompts[:b]: t[1](ids))
     return out
+
+
+def speed_rounds(cfg: SpeedConfig) -> int:
+    """How many rounds (one timing of every model) ``serving_speeds`` runs."""
+    return (1 + len(cfg.batch_sizes)) * cfg.repeats
+
+
+def serving_speeds(
+    models: Mapping[str, Any],
+    prompts: np.ndarray,
+    cfg: SpeedConfig,
+    on_round: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``serving_speed`` of every model, runs interleaved; a model whose runtime fails gets
+    ``{"speed_error": ...}`` instead, and the others go on. ``on_round(figure)`` follows each
+    of the ``speed_rounds`` rounds."""
+    out: dict[str, dict[str, Any]] = {}
+    timers: dict[str, Timers] = {}
+
+    def failed(key: str, e: Exception) -> None:
+        out[key] = {"speed_error": f"{type(e).__name__}: {e}"[:500]}
+        timers.pop(key, None)
+
+    for key, model in models.items():
+        try:
+            timers[key] = model_timers(model, cfg.new_tokens)
+            timers[key][0](prompts[:1, :8])  # warm-up: first-call allocations, kernel selection
+        except Exception as e:  # noqa: BLE001 (any runtime failure: reported in the row)
+            failed(key, e)
+    work = _measurements(prompts, cfg)
+    seconds: dict[str, dict[str, list[float]]] = {k: {f: [] for f in work} for k in timers}
+    for figure, (_, run) in work.items():
+        for _ in range(cfg.repeats):
+            for key in list(timers):
+                try:
+                    seconds[key][figure].append(run(timers[key]))
+                except Exception as e:  # noqa: BLE001
+                    failed(key, e)
+            if on_round is not None:
+                on_round(figure)
+    for key in timers:
+        out[key] = {
+            f: n / max(statistics.median(seconds[key][f]), 1e-9) for f, (n, _) in work.items()
+        }
+    return {k: out[k] for k in models}
+
+
+def serving_speed(model: Any, prompts: np.ndarray, cfg: SpeedConfig) -> dict[str, float]:
+    """``prefill_tps`` (every prompt in one forward) and ``decode_b<n>_tps`` per batch size;
+    raises what the model's runtime raised."""
+    timers = model_timers(model, cfg.new_tokens)
+    timers[0](prompts[:1, :8])  # warm-up
+    return {
+        f: n / max(statistics.median(run(timers) for _ in range(cfg.repeats)), 1e-9)
+        for f, (n, run) in _measurements(prompts, cfg).items()
+    }

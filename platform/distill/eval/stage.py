@@ -114,19 +114,6 @@ def _generation(
     return per_model, section
 
 
-def _speed(model: Any, prompts: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
-    """The model's speed columns, or why they are missing: a runtime that cannot decode an
-    artifact leaves its row without them, and the run goes on."""
-    from distill.eval.speed import serving_speed
-
-    if not cfg.speed.enabled:
-        return {}
-    try:
-        return serving_speed(model, prompts, cfg.speed)
-    except Exception as e:  # noqa: BLE001 (any runtime failure: reported in the row)
-        return {"speed_error": f"{type(e).__name__}: {e}"[:500]}
-
-
 def _entries(
     models: dict[str, Any],
     paths: dict[str, Path],
@@ -138,8 +125,14 @@ def _entries(
 ) -> list[dict[str, Any]]:
     """One report entry per model: how it is served, size, quality, speed, generation."""
     from distill.artifacts import served_as, stored_parameters
+    from distill.eval.speed import serving_speeds
     from distill.models.hashing import dir_size_bytes
 
+    speeds: dict[str, dict[str, Any]] = {}
+    if cfg.speed.enabled:
+        speeds = serving_speeds(
+            models, prompts, cfg.speed, lambda figure: bar.advance(phase=f"speed {figure}")
+        )
     entries = []
     for key, model in models.items():
         entry: dict[str, Any] = {
@@ -149,10 +142,8 @@ def _entries(
             "parameters": stored_parameters(model),
             "size_bytes": dir_size_bytes(paths[key]),
             **quality[key],
-            **_speed(model, prompts, cfg),
+            **speeds.get(key, {}),
         }
-        if cfg.speed.enabled:
-            bar.advance(phase=f"speed {key}")
         if key in gen_metrics:
             entry["generation"] = gen_metrics[key]
         entries.append(entry)
@@ -167,7 +158,7 @@ def preflight(cfg: EvaluateConfig, model_dir: Path) -> None:
 def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     from distill.artifacts import load_for_eval
     from distill.eval.report import save_report
-    from distill.eval.speed import speed_prompts
+    from distill.eval.speed import speed_prompts, speed_rounds
     from distill.models.loader import load_tokenizer
 
     clock = _Clock()
@@ -186,8 +177,9 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> StageResult:
     for k, p in paths.items():
         ctx.tracker.record_input(k, p)
     clock.lap("load")
-    per_model = int(cfg.generation.enabled) + int(cfg.speed.enabled)
-    with ctx.progress.task("evaluate", 1 + len(extra) + per_model * len(models), "steps") as bar:
+    steps = 1 + len(extra) + int(cfg.generation.enabled) * len(models)
+    steps += speed_rounds(cfg.speed) if cfg.speed.enabled else 0
+    with ctx.progress.task("evaluate", steps, "steps") as bar:
         quality = _quality(models, rows, extra, cfg, bar)
         clock.lap("quality")
         gen_metrics, gen_section = ({}, {})
