@@ -81,6 +81,12 @@ class ExtraCorpus(StrictModel):
     )
     max_documents: int | None = Field(None, ge=1)
     max_rows: int = Field(32, ge=1, description="packed rows of data.seq_len tokens scored")
+    max_doc_chars: int = Field(
+        4000,
+        ge=1,
+        description="characters scored from the start of each document, so that max_rows span "
+        "many documents (taken in a seeded hash order of their ids), not the first long one",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> ExtraCorpus:

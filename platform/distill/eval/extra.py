@@ -24,6 +24,7 @@ from distill.data.config import CorpusConfig, DataConfig
 from distill.data.corpus import resolve_files
 from distill.data.packing import pack
 from distill.data.pipeline import read_documents
+from distill.data.plan import order_key
 from distill.eval.config import ExtraCorpus
 
 
@@ -90,7 +91,10 @@ def check_extra_corpora(corpora: list[ExtraCorpus]) -> None:
 
 
 def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
-    """The corpus' documents in a deterministic order (Ray Data readers of ``distill.data``)."""
+    """The corpus' documents (Ray Data readers of ``distill.data``), each cut to
+    ``max_doc_chars``, in a seeded hash order of their ids: any head of the packed rows samples
+    many documents (in path order, 32 rows of ``rich`` were two small files and half of a
+    table of numbers)."""
 
     files = extra_files(i, ec)
     cfg = DataConfig(corpus=corpus_config(ec), seq_len=seq_len)
@@ -98,8 +102,8 @@ def read_texts(i: int, ec: ExtraCorpus, seq_len: int) -> list[str]:
         docs: list[dict[str, Any]] = read_documents(cfg, files).take_all()
     except DistillError as e:
         raise DistillError(f"{_where(i, ec)}: {e}") from None
-    docs.sort(key=lambda d: str(d["doc_id"]))
-    return [str(d["text"])[: cfg.corpus.max_doc_chars] for d in docs]
+    docs.sort(key=lambda d: order_key(str(d["doc_id"]), seed=0))
+    return [str(d["text"])[: ec.max_doc_chars] for d in docs]
 
 
 def extra_corpus_rows(i: int, ec: ExtraCorpus, tok: Any, seq_len: int) -> np.ndarray:
