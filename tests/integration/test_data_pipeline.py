@@ -61,3 +61,30 @@ def test_jsonl_and_parquet_and_text(tmp_path, tiny_gqa, ray_local):
             tiny_gqa.path,
             tmp_path / "bad",
         )
+
+
+@pytest.mark.timeout(300)
+def test_packages_join_a_text_corpus_and_extra_corpora_sample_many_documents(
+    tmp_path, tiny_gqa, ray_local
+):
+    import pyarrow.parquet as pq
+
+    from distill.eval.config import ExtraCorpus
+    from distill.eval.extra import read_texts
+
+    (tmp_path / "txt").mkdir()
+    for i, d in enumerate(_docs(8)):
+        (tmp_path / "txt" / f"{i}.txt").write_text(d)
+    corpus = CorpusConfig(kind="files", paths=[tmp_path / "txt"], packages=["yaml"])
+    packed = prepare_corpus(DataConfig(corpus=corpus, seq_len=32), tiny_gqa.path, tmp_path / "out")
+    ids = set(pq.read_table(packed.root / "documents.parquet")["doc_id"].to_pylist())
+    assert {f"{i}.txt" for i in range(8)} <= ids
+    assert "site-packages/yaml/__init__.py" in ids  # the same id on any machine
+
+    # an extra corpus: every document cut to max_doc_chars, in a seeded hash order, not by path
+    ec = ExtraCorpus(name="yaml", package="yaml", max_doc_chars=300)
+    texts = read_texts(0, ec, seq_len=32)
+    full = read_texts(0, ec.model_copy(update={"max_doc_chars": 10**7}), seq_len=32)
+    assert len(texts) == len(full) > 5
+    assert all(len(t) <= 300 for t in texts) and max(map(len, full)) > 300
+    assert [t[:300] for t in full] == texts
