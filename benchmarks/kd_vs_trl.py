@@ -204,10 +204,8 @@ def extra_corpus(o: dict[str, Any]):
     from distill.eval.config import ExtraCorpus
 
     path = o["extra"]
-    if path == "rich":
-        import rich
-
-        path = str(Path(rich.__file__).parent)
+    if path == "rich":  # its *.py sources (a directory's **/* took __pycache__'s .pyc bytes too)
+        return ExtraCorpus(name="rich", package="rich", max_rows=o["heldout_rows"])
     return ExtraCorpus(name=Path(path).name, paths=[Path(path)], max_rows=o["heldout_rows"])
 
 
@@ -216,7 +214,7 @@ def write_extra_rows(prep: Path, teacher: Path, o: dict[str, Any]) -> None:
     import ray
 
     from distill.data.packed import write_rows
-    from distill.eval.extra import extra_corpus_rows
+    from distill.eval.extra import describe, extra_corpus_rows
     from distill.models.loader import load_tokenizer
 
     ec = extra_corpus(o)
@@ -224,7 +222,7 @@ def write_extra_rows(prep: Path, teacher: Path, o: dict[str, Any]) -> None:
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     rows = extra_corpus_rows(0, ec, load_tokenizer(teacher), o["seq_len"])
     write_rows(prep / "extra.parquet", rows)
-    (prep / "extra.json").write_text(json.dumps({"name": ec.name, "paths": [str(ec.paths[0])]}))
+    (prep / "extra.json").write_text(json.dumps({"name": ec.name, **describe(ec)}))
 
 
 def distill_config(method: str, o: dict[str, Any]) -> tuple[Any, str]:
