@@ -1,7 +1,7 @@
 """Python source installed on this machine: the running interpreter's standard library (real text
 on every machine, the default corpus of ``distill.data.corpus`` and the tiny tokenizer's training
-text of ``distill.models.tiny``) and installed packages (``data.corpus.packages``, the extra
-corpora of ``evaluate.extra_corpora``)::
+text of ``distill.models.tiny``) and installed packages (the sources ``data.corpus.packages``
+adds; ``evaluate.extra_corpora``'s ``package`` finds its folder with ``package_dir``)::
 
     files = stdlib_files()          # every *.py under the stdlib, tests excluded, sorted
     files = package_files("yaml")   # every *.py of an installed package, tests excluded, sorted

@@ -55,14 +55,20 @@ def resolve_files(cfg: CorpusConfig) -> list[Path]:
     return files
 
 
+def installed_package_dir(name: str, what: str) -> Path:
+    """``package_dir(name)``, or one ``DistillError`` that starts with ``what`` asked for it."""
+    found = package_dir(name)
+    if found is None:
+        raise DistillError(
+            f"{what} {name!r} is not an installed Python package here (pip install {name})"
+        )
+    return found
+
+
 def _package_files(cfg: CorpusConfig) -> list[Path]:
     out: list[Path] = []
     for name in cfg.packages:
-        if package_dir(name) is None:
-            raise DistillError(
-                f"data.corpus.packages: {name!r} is not an installed Python package here "
-                f"(pip install {name}, or leave it out)"
-            )
+        installed_package_dir(name, "data.corpus.packages:")
         files = package_files(name)
         if not files:
             raise DistillError(f"data.corpus.packages: {name!r} has no Python source files")

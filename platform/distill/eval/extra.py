@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from distill import stdlib
 from distill.config.base import DistillError
 from distill.data.config import CorpusConfig, DataConfig
-from distill.data.corpus import resolve_files
+from distill.data.corpus import installed_package_dir, resolve_files
 from distill.data.packing import pack
 from distill.data.pipeline import read_documents
 from distill.data.plan import order_key
@@ -30,17 +29,6 @@ from distill.eval.config import ExtraCorpus
 
 def _where(i: int, ec: ExtraCorpus) -> str:
     return f"evaluate.extra_corpora[{i}] ({ec.name})"
-
-
-def package_dir(name: str) -> Path:
-    """Where an installed package's source lives (found, not imported)."""
-    found = stdlib.package_dir(name)
-    if found is None:
-        raise DistillError(
-            f"package {name!r} is not an installed Python package here "
-            f"(pip install {name}, or give paths instead)"
-        )
-    return found
 
 
 def package_version(name: str) -> str | None:
@@ -57,7 +45,7 @@ def package_version(name: str) -> str | None:
 def corpus_config(ec: ExtraCorpus) -> CorpusConfig:
     return CorpusConfig(
         kind="files",
-        paths=[package_dir(ec.package)] if ec.package else ec.paths,
+        paths=[installed_package_dir(ec.package, "package")] if ec.package else ec.paths,
         format=ec.format,
         text_field=ec.text_field,
         glob=ec.glob or ("**/*.py" if ec.package else "**/*"),
