@@ -1,5 +1,7 @@
 """Prompt-set building from held-out text and the generation metrics (no model)."""
 
+import re
+
 import numpy as np
 
 from distill.eval.generation import Answer, chrf, code_answer_parses, score_answers
@@ -8,6 +10,7 @@ from distill.eval.prompts import (
     function_tasks,
     heldout_documents,
     text_tasks,
+    token_boundary,
 )
 
 DOC = '''import os
@@ -51,6 +54,28 @@ def test_function_tasks_find_complete_documented_functions():
     assert "Join two paths" not in question  # the docstring (the answer) is removed
     # a long prompt is skipped
     assert function_tasks([(DOC, False)], _words, 3) == []
+
+
+class BpeLikeTok:
+    """Offsets like a GPT-2-style BPE: a run of spaces gives its last one to the next word."""
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        spans = [m.span() for m in re.finditer(r"\n? *(?= \S)| ?\w+|\s+|\S", text)]
+        return {"input_ids": list(range(len(spans))), "offset_mapping": spans}
+
+
+def test_code_prompts_end_where_the_tokenizer_splits_the_body():
+    tasks = function_tasks([(DOC, False)], _words, 64, token_boundary(BpeLikeTok()))
+    visit = [t for t in tasks if t["kind"] == "code"][0]
+    # "\n    out" encodes as "\n   " + " out": the prompt keeps three of the four spaces
+    assert visit["prompt"].endswith('children."""\n   ')
+    assert visit["reference"].startswith(" out = []")
+    assert code_answer_parses(
+        visit["prompt"], Answer(" out = list(node)\n    return out", 9, "stop")
+    )
+    # a tokenizer without offsets: the whole indentation, as before
+    plain = function_tasks([(DOC, False)], _words, 64, token_boundary(lambda *a, **k: {}))
+    assert plain[0]["prompt"].endswith('children."""\n    ')
 
 
 def test_documents_split_at_eos_and_passages_avoid_it():

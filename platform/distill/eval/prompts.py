@@ -32,7 +32,8 @@ import numpy as np
 from distill.atomic import atomic_file
 from distill.eval.config import GenerationEvalConfig
 
-PROMPT_SET_VERSION = 2  # 2: code prompts end with the body's indentation
+# 2: code prompts end with the body's indentation; 3: ... where the tokenizer splits it
+PROMPT_SET_VERSION = 3
 CHAT_QUESTION = "What does this Python function do? Answer in one sentence."
 _DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(")
 MAX_BODY_LINES = 15
@@ -109,10 +110,32 @@ def _first_sentence(doc: str) -> str:
     return m.group(1) if m else para
 
 
+def token_boundary(tok: Any) -> Any:
+    """``start(text, pos)``: where the token of ``tok``'s encoding of ``text`` that holds
+    character ``pos`` begins (``pos`` itself for a tokenizer without offsets)."""
+
+    def start(text: str, pos: int) -> int:
+        try:  # slow (Python) tokenizers have no offsets
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):
+            return pos
+        begins = [a for a, b in enc.get("offset_mapping") or () if a <= pos < b]
+        return begins[0] if begins else pos
+
+    return start
+
+
 def function_tasks(
-    docs: list[tuple[str, bool]], n_tokens: Any, max_prompt_tokens: int
+    docs: list[tuple[str, bool]], n_tokens: Any, max_prompt_tokens: int, token_start: Any = None
 ) -> list[Prompt]:
-    """``code`` and ``chat`` candidates from every complete documented function."""
+    """``code`` and ``chat`` candidates from every complete documented function.
+
+    A code prompt is the signature and docstring and the body's indentation, cut where the
+    tokenizer would split the real body (``token_start``, see :func:`token_boundary`): BPE
+    tokenizers encode ``"\n    if"`` as ``"\n   "`` + ``" if"``, so a prompt ending with the
+    whole indentation ends on a token the model rarely saw before code (SmolLM2 answered it
+    with a new line and a new ``def`` at column 0).
+    """
     out: list[Prompt] = []
     seen: set[str] = set()
     for doc, complete in docs:
@@ -126,8 +149,10 @@ def function_tasks(
                 continue
             # the prompt ends with the body's indentation, so a completion model writes code
             # (without it the instruct teacher explained the function: 0 of 8 bodies parsed)
-            indent = body[: len(body) - len(body.lstrip(" \t"))]
-            code = {"kind": "code", "prompt": head + indent, "reference": body[len(indent) :]}
+            code_at = len(head) + len(body) - len(body.lstrip(" \t"))
+            cut = max(len(head), token_start(head + body, code_at)) if token_start else code_at
+            src_text = head + body
+            code = {"kind": "code", "prompt": src_text[:cut], "reference": src_text[cut:]}
             out.append({**code, "messages": None})
             question = f"{CHAT_QUESTION}\n\n```python\n{bare}\n```"
             if n_tokens(question) <= max_prompt_tokens:
@@ -169,7 +194,7 @@ def build_prompts(rows: np.ndarray, tok: Any, cfg: GenerationEvalConfig) -> list
     def n_tokens(s: str) -> int:
         return len(tok(s, add_special_tokens=False)["input_ids"])
 
-    funcs = function_tasks(docs, n_tokens, cfg.prompt_tokens)
+    funcs = function_tasks(docs, n_tokens, cfg.prompt_tokens, token_boundary(tok))
     has_chat = bool(getattr(tok, "chat_template", None))
     code = _pick([f for f in funcs if f["kind"] == "code"], cfg.code_prompts)
     chat = _pick([f for f in funcs if f["kind"] == "chat"], cfg.chat_prompts) if has_chat else []
