@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", action="append", required=True, help="name=served model dir")
     ap.add_argument("--heldout-rows", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--threads", type=int, default=2, help="every engine's (a manifest may lack it)"
+    )
     args = ap.parse_args(argv)
 
     from distill.artifacts import load_for_eval
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from distill.models.loader import load_tokenizer
 
     named = dict(m.split("=", 1) for m in args.model)
-    models = {k: load_for_eval(Path(v)) for k, v in named.items()}
+    models = {k: load_for_eval(Path(v), threads=args.threads) for k, v in named.items()}
     held = read_rows(args.run / "data" / "heldout.parquet", args.heldout_rows)
     tok = load_tokenizer(args.run / "student")  # the teacher's tokenizer, kept by every stage
     rich = extra_corpus_rows(0, ExtraCorpus(name="rich", package="rich"), tok, held.shape[1])
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n$ {' '.join([Path(sys.executable).name, *sys.argv])}\n{describe()}")
     print(
         f"held-out {len(held)} rows, rich {len(rich)} rows x {held.shape[1]} tokens; decode 64 "
-        f"greedy tokens after 128, median of {args.repeats}, runs interleaved; (x) = / {first}\n"
+        f"greedy tokens after 128, median of {args.repeats}, runs interleaved, {args.threads} "
+        f"threads each; (x) = / {first}\n"
     )
     print(
         "| model | held-out ppl | rich ppl | decode b1 tok/s | decode b8 tok/s |\n|---|---|---|---|---|"
