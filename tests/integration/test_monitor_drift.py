@@ -19,13 +19,15 @@ SHIFT_AT, PROSE = 300, 200
 def _code_prompts(files, n, tok):
     """Code prompts as the evaluate stage builds them (same token budget, counted in tokens)."""
     from distill.eval.config import GenerationEvalConfig
-    from distill.eval.prompts import function_tasks
+    from distill.eval.prompts import function_tasks, token_boundary
 
     docs = [(f.read_text(errors="replace"), True) for f in files]
     budget = GenerationEvalConfig().prompt_tokens
-    tasks = function_tasks(
-        docs, lambda s: len(tok(s, add_special_tokens=False)["input_ids"]), budget
-    )
+
+    def n_tokens(s: str) -> int:
+        return len(tok(s, add_special_tokens=False)["input_ids"])
+
+    tasks = function_tasks(docs, n_tokens, budget, token_boundary(tok))
     return [t["prompt"] for t in tasks if t["kind"] == "code"][:n]
 
 
