@@ -149,10 +149,10 @@ def function_tasks(
                 continue
             # the prompt ends with the body's indentation, so a completion model writes code
             # (without it the instruct teacher explained the function: 0 of 8 bodies parsed)
-            code_at = len(head) + len(body) - len(body.lstrip(" \t"))
-            cut = max(len(head), token_start(head + body, code_at)) if token_start else code_at
-            src_text = head + body
-            code = {"kind": "code", "prompt": src_text[:cut], "reference": src_text[cut:]}
+            text = head + body
+            code_at = len(text) - len(body.lstrip(" \t"))
+            cut = max(len(head), token_start(text, code_at)) if token_start else code_at
+            code = {"kind": "code", "prompt": text[:cut], "reference": text[cut:]}
             out.append({**code, "messages": None})
             question = f"{CHAT_QUESTION}\n\n```python\n{bare}\n```"
             if n_tokens(question) <= max_prompt_tokens:
