@@ -13,13 +13,15 @@ workdir under --out, with the prune and distill settings of the recipe, reusing 
 corpus, soft-label store and int4 teacher (`--reuse-from`, run the base first:
 `distill run pipelines/configs/smollm2-long.yaml --set "stages=[soft_labels,teacher_int4]"`),
 and every earlier recipe's pruned model when the prune settings match. Evaluate scores the fp
-teacher (the reference), teacher_int4, the fp student and its int4 engine export (generation
-checks off), so every ratio below comes from one process on the same rows.
+teacher (the reference), teacher_int4, the teacher's GPTQ checkpoint in the student's engine
+format (teacher_int4_gptq_cpu), the fp student and its int4 engine export (generation checks
+off), so every ratio below comes from one process on the same rows.
 
 Per recipe: the shape (layers, MLP width), parameters, KD tokens, training wall seconds and
 CPU-hours (seconds x reserved CPUs), held-out and rich perplexity of the fp student and of the
 int4 student, batch-1 and batch-8 decode tokens/s of the int4 student in the engine, and its
-ratios to teacher_int4: the goal (issue 26) is decode >= 1.5x at ppl <= 1.5x on both corpora.
+ratios to teacher_int4: the goal (issue 26) is decode >= 1.5x at ppl <= 1.5x on both corpora;
+and the same three ratios to teacher_int4_gptq_cpu (what pruning + KD bought in one format).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def overrides(shape: str, keep: float, tokens: int, seq_len: int) -> list[str]:
         f"distill.max_steps={steps}",
         f"distill.warmup_steps={max(4, steps // 64)}",
         f"distill.checkpoint_every={max(32, steps // 8)}",
-        "evaluate.models=[teacher_int4,student,int4_cpu]",
+        "evaluate.models=[teacher_int4,teacher_int4_gptq_cpu,student,int4_cpu]",
         "evaluate.generation.enabled=false",
     ]
     return sets
@@ -124,6 +126,15 @@ def row(wd: Path, cpus: float) -> dict | None:
     out["goal"] = bool(
         out["speed_x"] and out["speed_x"] >= 1.5 and out["ppl_x"] <= 1.5 and out["rich_x"] <= 1.5
     )
+    # the teacher in the student's own engine format (runs before it had none: no ratios)
+    g = by.get("teacher_int4_gptq_cpu")
+    out["vs_gptq"] = None
+    if g is not None and g.get("decode_b1_tps") and out["b1"]:
+        out["vs_gptq"] = (
+            out["b1"] / g["decode_b1_tps"],
+            out["int4_ppl"] / ppl(g, None),
+            out["int4_rich"] / ppl(g, "rich"),
+        )
     return out
 
 
@@ -131,16 +142,19 @@ def table(rows: list[dict]) -> str:
     head = (
         "| recipe | layers | MLP | params | KD tokens | train s | CPU-h | fp ppl held-out / rich "
         "| int4 ppl held-out / rich | decode b1 / b8 tok/s | int4 MB | vs teacher_int4: speed "
-        "b1, ppl, rich ppl | goal |"
+        "b1, ppl, rich ppl | goal | vs the GPTQ teacher in the same format |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
+        g = r.get("vs_gptq")
+        vs_gptq = f"{g[0]:.2f}x, {g[1]:.2f}x, {g[2]:.2f}x" if g else "not scored"
         lines.append(
             f"| {r['recipe']} | {r['layers']} | {r['mlp']} | {r['params'] / 1e6:.1f}M | "
             f"{(r['tokens'] or 0) / 1e3:.0f}k | {r['train_s']:.0f} | {r['cpu_h']:.2f} | "
             f"{r['fp_ppl']:.2f} / {r['fp_rich']:.2f} | {r['int4_ppl']:.2f} / {r['int4_rich']:.2f} "
             f"| {r['b1']:.0f} / {r['b8']:.0f} | {r['mb']:.1f} | {r['speed_x']:.2f}x, "
-            f"{r['ppl_x']:.2f}x, {r['rich_x']:.2f}x | {'**met**' if r['goal'] else 'missed'} |"
+            f"{r['ppl_x']:.2f}x, {r['rich_x']:.2f}x | {'**met**' if r['goal'] else 'missed'} "
+            f"| {vs_gptq} |"
         )
     t = rows[0] if rows else None
     if t:

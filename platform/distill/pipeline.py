@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from distill.config.base import DistillError, StrictModel
 from distill.config.loader import load_model
@@ -20,6 +20,7 @@ from distill.models.config import GGUFSource, ModelSource
 from distill.prune.config import PruneConfig
 from distill.quant.config import QuantizeConfig, TeacherInt4Config
 from distill.ray_config import RayConfig
+from distill.runtime.config import EngineConfig
 from distill.seqkd.config import GenerateConfig, SFTConfig
 from distill.storage import is_uri, local_path
 from distill.train.config import DistillConfig, check_offline_objective
@@ -95,6 +96,18 @@ class PipelineConfig(StrictModel):
             raise ValueError("stages: teacher_int4 must come before evaluate (which scores it)")
         if t.quantize is None:
             t.quantize = self.quantize
+        if t.gptq_engine is None:
+            e = self.quantize.engine
+            second = e.kind != "none" and e.source == "gptq" and e != t.quantize.engine
+            t.gptq_engine = e if second else EngineConfig()
+            try:  # the teacher's own GPTQ settings must suit the student's engine
+                TeacherInt4Config.model_validate(t.model_dump())
+            except ValidationError as err:
+                first = err.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(
+                    f"teacher_int4.gptq_engine (unset: the pipeline's quantize.engine): {first}; "
+                    "set teacher_int4.gptq_engine: {kind: none} or GPTQ settings that suit it"
+                ) from None
         return self
 
     @model_validator(mode="after")

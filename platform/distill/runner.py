@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 # Artifacts registered as model versions (the release gate's candidates that can be served).
-REGISTERED = ("student", "int4", "int4_cpu", "teacher_int4")
+REGISTERED = ("student", "int4", "int4_cpu", "teacher_int4", "teacher_int4_gptq_cpu")
 
 
 @dataclass

@@ -119,3 +119,32 @@ def test_teacher_calibration_continues_train_prefixes_with_the_teachers_samples(
         calibration_rows(ctx.corpus, cfg)
     with pytest.raises(ValueError, match="calib_prefix"):
         QuantizeConfig(calib_source="teacher", calib_prefix=256, calib_seq_len=256)
+
+
+def test_teacher_int4_also_exports_its_gptq_checkpoint_in_the_students_format(stage_ctx):
+    pytest.importorskip("onnxruntime_genai")
+    import json
+
+    from mlflow import MlflowClient
+
+    from distill.quant.teacher_stage import run
+
+    fp_rtn = {"kind": "ort-genai", "source": "fp", "algo": "rtn", "block_size": 32}
+    ctx = stage_ctx(
+        ["quantize", "teacher_int4", "evaluate"],
+        quantize={**TINY, "engine": {"kind": "ort-genai", "source": "gptq", "lm_head_bits": 8}},
+        teacher_int4={"quantize": {**TINY, "engine": fp_rtn}},
+    )
+    res = run(ctx, ctx.config.teacher_int4)
+    out = res.outputs
+    assert out["teacher_int4"] == ctx.workdir / "teacher-int4-cpu"
+    second = out["teacher_int4_gptq_cpu"]
+    assert second == ctx.workdir / "teacher-int4-gptq-cpu"
+    manifest = json.loads((second / "distill_engine.json").read_text())
+    assert manifest["source_kind"] == "gptq" and manifest["source"] == str(out["teacher_int4_gptq"])
+    assert manifest["lm_head_bits"] == 8  # the student's engine settings, not teacher_int4's
+    first = json.loads((out["teacher_int4"] / "distill_engine.json").read_text())
+    assert first["source_kind"].startswith("fp")
+    assert res.metrics["gptq_engine_export_seconds"] > 0
+    tags = MlflowClient(ctx.tracker.tracking_uri).get_run(ctx.tracker.run_id).data.tags
+    assert tags["output.teacher_int4_gptq_cpu.uri"] == str(second)

@@ -108,6 +108,28 @@ def test_the_quantized_teacher_runs_before_evaluate_with_the_quantize_settings()
         )
 
 
+def test_the_gptq_teacher_is_exported_in_the_students_format_when_that_differs():
+    student = {"kind": "ort-genai", "source": "gptq", "lm_head_bits": 8}
+    q4_1 = {"kind": "ort-genai", "source": "fp", "algo": "q4_1", "lm_head_bits": 8}
+    base = {"name": "x", "stages": ["quantize", "evaluate"]}
+    cfg = PipelineConfig.model_validate(
+        {**base, "quantize": {"engine": student}, "teacher_int4": {"quantize": {"engine": q4_1}}}
+    )
+    e = cfg.teacher_int4.gptq_engine
+    assert e is not None and e == cfg.quantize.engine  # the student's format
+    same = PipelineConfig.model_validate({**base, "quantize": {"engine": student}})
+    assert same.teacher_int4.gptq_engine.kind == "none"  # teacher_int4 is that format already
+    none = PipelineConfig.model_validate(base)
+    assert none.teacher_int4.gptq_engine.kind == "none"  # no engine, no second export
+    with pytest.raises(ValueError, match="gptq_engine exports the teacher's GPTQ checkpoint"):
+        PipelineConfig.model_validate({**base, "teacher_int4": {"gptq_engine": q4_1}})
+    bad = {"quantize": {"engine": q4_1, "group_size": -1}}  # per-channel: no engine blocks
+    with pytest.raises(ValueError, match="teacher_int4.gptq_engine .*needs a group_size"):
+        PipelineConfig.model_validate(
+            {**base, "quantize": {"engine": student}, "teacher_int4": bad}
+        )
+
+
 def test_the_quantized_teacher_is_keyed_on_its_own_settings_alone():
     from distill.runner import stage_keys
 

@@ -137,6 +137,30 @@ def test_dominated_candidates_are_reported_and_never_champion():
     assert choose_champion(report, v, cfg).model == "student"
 
 
+def test_the_teacher_in_the_students_format_is_a_baseline_candidate():
+    """teacher_int4_gptq_cpu is held against the fp teacher, and inside a budget written
+    against teacher_int4 it can take the champion from a student that only outruns Q4_1."""
+    report = _speed_report()
+    report["models"].append(
+        _entry(
+            "teacher_int4_gptq_cpu", 14.5, 0.47, syntax=0.0, decode_b1_tps=215.0, size_bytes=80e6
+        )
+    )
+    cfg = GateConfig(
+        vs_teacher={},
+        vs_fp_student={"perplexity": {"max": 1.25}},
+        absolute={},
+        budget={"decode_b1_tps": {"min": 1.5, "vs": "teacher_int4"}},
+    )
+    assert "teacher_int4_gptq_cpu" in cfg.models  # a default candidate
+    v = judge(report, cfg)
+    ref = next(c for c in v["teacher_int4_gptq_cpu"].checks if c.rule == "vs_fp_student")
+    assert ref.reference == "teacher" and ref.limit == pytest.approx(1.25 * 12.1)
+    assert v["teacher_int4_gptq_cpu"].in_budget and v["int4_cpu"].in_budget
+    assert v["int4_cpu"].dominated_by is None  # faster than both teachers, smaller
+    assert choose_champion(report, v, cfg).model == "teacher_int4_gptq_cpu"  # better ppl
+
+
 def test_dominance_needs_every_axis_and_one_strict():
     report = _report(
         _entry("teacher", 10.0, 0.5),

@@ -135,6 +135,7 @@ class SpeedConfig(StrictModel):
 MODEL_ORDER = (
     "teacher",
     "teacher_int4",
+    "teacher_int4_gptq_cpu",
     "initial_student",
     "pruned",
     "student",
@@ -204,7 +205,15 @@ class BudgetBound(Bound):
     vs: str | None = Field(None, description="model of the report the bound multiplies")
 
 
-CANDIDATES = ("initial_student", "pruned", "student", "int4", "int4_cpu", "teacher_int4")
+CANDIDATES = (
+    "initial_student",
+    "pruned",
+    "student",
+    "int4",
+    "int4_cpu",
+    "teacher_int4",
+    "teacher_int4_gptq_cpu",
+)
 # The default axes of dominance: held-out quality, batch-1 decode speed, size on disk.
 DOMINANCE_AXES = ["perplexity", "decode_b1_tps", "size_bytes"]
 
@@ -215,8 +224,8 @@ class GateConfig(StrictModel):
     dominated; it gets the registry alias.
 
     ``vs_teacher``: value compared with the teacher's value times the bound (every judged model);
-    ``vs_fp_student``: quantized models (``int4``, ``int4_cpu``; ``teacher_int4`` against the
-    teacher) against the fp model they were made from; ``absolute``: plain bounds. A metric the
+    ``vs_fp_student``: quantized models (``int4``, ``int4_cpu``; ``teacher_int4`` and
+    ``teacher_int4_gptq_cpu`` against the teacher) against the fp model they were made from; ``absolute``: plain bounds. A metric the
     model lacks fails its rule, unless its reference lacks it too (e.g. no code prompts in a
     prose corpus): then the rule is skipped and listed. ``budget``: what a model must reach to be
     served at all (speed, size); a model outside it keeps its verdict but cannot be champion.
@@ -226,7 +235,13 @@ class GateConfig(StrictModel):
 
     enabled: bool = True
     models: list[str] = Field(
-        default_factory=lambda: ["student", "int4", "int4_cpu", "teacher_int4"],
+        default_factory=lambda: [
+            "student",
+            "int4",
+            "int4_cpu",
+            "teacher_int4",
+            "teacher_int4_gptq_cpu",
+        ],
         description="candidates judged (when present in the report)",
     )
     rank_by: str = Field("perplexity", description="the champion: best candidate by this metric")

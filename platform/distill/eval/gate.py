@@ -25,7 +25,7 @@ from distill.eval.config import Bound, GateConfig, lower_is_better
 QUANTIZED = ("int4", "int4_cpu")
 FP_CHAIN = ("student", "pruned", "initial_student")
 # a quantized model whose fp reference is not the student chain
-FP_OF = {"teacher_int4": "teacher"}
+FP_OF = {"teacher_int4": "teacher", "teacher_int4_gptq_cpu": "teacher"}
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _check(
 
 def fp_reference(model: str, entries: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The fp model a quantized one was made from: the student, else the pruned model, ...
-    (the teacher for ``teacher_int4``)."""
+    (the teacher for ``teacher_int4`` and ``teacher_int4_gptq_cpu``)."""
     if model in FP_OF:
         return FP_OF[model] if FP_OF[model] in entries else None
     if model not in QUANTIZED:

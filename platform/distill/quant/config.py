@@ -208,7 +208,12 @@ class TeacherInt4Config(StrictModel):
     made by the same quantize path as the student, scored by ``evaluate`` beside it and a
     candidate of the release gate. Enabled, it runs before ``evaluate`` whenever a pipeline has
     both ``quantize`` and ``evaluate`` (listed or not); its output is keyed on the teacher, the
-    corpus and these settings alone, so a new student reuses it."""
+    corpus and these settings alone, so a new student reuses it.
+
+    ``gptq_engine``: a second export, the teacher's GPTQ checkpoint in the engine format of the
+    student's ``int4_cpu`` (output ``teacher_int4_gptq_cpu``), for when ``quantize.engine`` here
+    makes a different format (the GGUF's own Q4_1 grid: best quality, slower decode). Same
+    format, same engine: its speed ratio to ``int4_cpu`` is what pruning and KD bought."""
 
     enabled: bool = True
     quantize: QuantizeConfig | None = Field(
@@ -216,3 +221,23 @@ class TeacherInt4Config(StrictModel):
         description="quantization settings for the teacher; unset = the pipeline's quantize "
         "section (filled in when the config is loaded)",
     )
+    gptq_engine: EngineConfig | None = Field(
+        None,
+        description="engine export of the teacher's GPTQ checkpoint (teacher_int4_gptq_cpu); "
+        "unset = the pipeline's quantize.engine when that carries GPTQ weights and differs from "
+        "teacher_int4.quantize.engine, else none (filled in when the config is loaded)",
+    )
+
+    @model_validator(mode="after")
+    def _gptq_engine(self) -> TeacherInt4Config:
+        e, q = self.gptq_engine, self.quantize
+        if e is None or e.kind == "none":
+            return self
+        if e.source != "gptq":
+            raise ValueError(
+                "teacher_int4.gptq_engine exports the teacher's GPTQ checkpoint: set its "
+                f"source: gptq (got {e.source}), or kind: none"
+            )
+        if q is not None:  # the GPTQ settings must suit the engine, as for the student
+            QuantizeConfig.model_validate({**q.model_dump(), "engine": e.model_dump()})
+        return self
