@@ -5,12 +5,14 @@ student's own engine format, not only ``teacher_int4``'s (the GGUF's Q4_1 grid):
 
     .venv/bin/python benchmarks/engine_front.py --run runs/smollm2 \\
         --model teacher_int4=runs/smollm2/teacher-int4-cpu \\
-        --model teacher_gptq=/tmp/engines/teacher-ort_gptq_int8_tied \\
+        --model teacher_gptq=runs/smollm2/teacher-int4-gptq-cpu \\
         --model int4_cpu=runs/smollm2/student-int4-cpu
 
-(the ``teacher_gptq`` directory: ``benchmarks/int4_engines.py --run runs/smollm2 --models teacher
---variants "ort gptq, int8 tied" --workdir /tmp/engines``: the run's teacher GPTQ checkpoint, the
-student's engine settings). Rows: the run's held-out split and 32 rows of the `rich` package's
+(``teacher-int4-gptq-cpu``: the run's teacher GPTQ checkpoint with the student's engine settings,
+made by the ``teacher_int4`` stage and scored by ``evaluate`` as ``teacher_int4_gptq_cpu``; for a
+run from before that, ``benchmarks/int4_engines.py --run runs/smollm2 --models teacher
+--variants "ort gptq, int8 tied" --workdir /tmp/engines`` makes it). This script adds more
+repeats and any other served directory (students of other runs) to the same timing. Rows: the run's held-out split and 32 rows of the `rich` package's
 sources, read like ``evaluate.extra_corpora``.
 """
 
