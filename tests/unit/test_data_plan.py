@@ -93,6 +93,8 @@ def test_row_caps_take_the_head_of_the_random_order():
     capped, _ = _plan(docs, max_train_rows=10, max_heldout_rows=3)
     assert capped.rows(TRAIN) == 10 and capped.rows(HELDOUT) == 3
     assert np.array_equal(_rows(capped, docs, cfg, TRAIN), _rows(full, docs, cfg, TRAIN)[:10])
+    # a larger cap keeps the rows a smaller one had (evaluate scores the first max_rows)
+    assert np.array_equal(_rows(capped, docs, cfg, HELDOUT), _rows(full, docs, cfg, HELDOUT)[:3])
     packed = capped.doc_group >= 0
     assert capped.documents(TRAIN) < full.documents(TRAIN)
     # only documents at the head of the order are packed
