@@ -12,8 +12,9 @@ student's own engine format, not only ``teacher_int4``'s (the GGUF's Q4_1 grid):
 made by the ``teacher_int4`` stage and scored by ``evaluate`` as ``teacher_int4_gptq_cpu``; for a
 run from before that, ``benchmarks/int4_engines.py --run runs/smollm2 --models teacher
 --variants "ort gptq, int8 tied" --workdir /tmp/engines`` makes it). This script adds more
-repeats and any other served directory (students of other runs) to the same timing. Rows: the run's held-out split and 32 rows of the `rich` package's
-sources, read like ``evaluate.extra_corpora``.
+repeats and any other served directory (students of other runs) to the same timing. Rows: the
+run's held-out split and 32 rows of the `rich` package's sources, read like
+``evaluate.extra_corpora``.
 """
 
 from __future__ import annotations

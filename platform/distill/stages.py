@@ -4,8 +4,9 @@ The runner (``distill.runner``) builds one ``StageContext`` per stage, opens the
 child run (``ctx.tracker``), calls the stage, and records ``StageResult.outputs`` as the
 artifacts later stages read from ``ctx.artifacts``. Artifact keys:
 ``teacher``, ``soft_labels``, ``generations``, ``pruned``, ``student``, ``int4``,
-``int4_cpu``, ``teacher_int4``, ``teacher_int4_gptq``, ``teacher_int4_gptq_cpu``. A stage module may also define ``preflight(cfg, model_dir)``:
-the runner calls it for every configured stage before any pipeline work.
+``int4_cpu``, ``teacher_int4``, ``teacher_int4_gptq``, ``teacher_int4_gptq_cpu``. A stage module
+may also define ``preflight(cfg, model_dir)``: the runner calls it for every configured stage
+before any pipeline work.
 """
 
 from __future__ import annotations

@@ -225,10 +225,11 @@ class GateConfig(StrictModel):
 
     ``vs_teacher``: value compared with the teacher's value times the bound (every judged model);
     ``vs_fp_student``: quantized models (``int4``, ``int4_cpu``; ``teacher_int4`` and
-    ``teacher_int4_gptq_cpu`` against the teacher) against the fp model they were made from; ``absolute``: plain bounds. A metric the
-    model lacks fails its rule, unless its reference lacks it too (e.g. no code prompts in a
-    prose corpus): then the rule is skipped and listed. ``budget``: what a model must reach to be
-    served at all (speed, size); a model outside it keeps its verdict but cannot be champion.
+    ``teacher_int4_gptq_cpu`` against the teacher) against the fp model they were made from;
+    ``absolute``: plain bounds. A metric the model lacks fails its rule, unless its reference
+    lacks it too (e.g. no code prompts in a prose corpus): then the rule is skipped and listed.
+    ``budget``: what a model must reach to be served at all (speed, size); a model outside it
+    keeps its verdict but cannot be champion.
     A candidate is **dominated** when another candidate is at least as good on every axis of
     ``dominance`` and better on one: nobody should serve it.
     """

@@ -29,6 +29,7 @@ from distill.quant.calib import teacher_generations
 from distill.quant.config import QuantizeConfig
 from distill.quant.gptq import calibration_samples, load_quantized, quantize
 from distill.quant.rtn import fake_quantize_rtn
+from distill.runtime.config import EngineConfig
 from distill.runtime.export import export_ort_genai
 from distill.runtime.ort_genai import OrtGenAIModel
 from distill.runtime.torch_adapter import engine_as_torch
@@ -140,15 +141,20 @@ def quantize_checkpoint(
         metrics.update(rec, recover_seconds=time.perf_counter() - t0)
     if cfg.engine.kind != "none":
         src = out["int4"] if cfg.engine.source == "gptq" else Path(model_dir)
-        t0 = time.perf_counter()
-        export_ort_genai(src, outputs.engine, cfg.engine, group_size=cfg.group_size)
-        metrics["engine_export_seconds"] = time.perf_counter() - t0
-        metrics["engine_size_bytes"] = float(
-            sum(f.stat().st_size for f in outputs.engine.rglob("*.onnx*"))
-        )
+        metrics.update(export_engine(src, outputs.engine, cfg.engine, cfg.group_size))
         out["int4_cpu"] = outputs.engine
     metrics["peak_rss_mb"] = peak_rss_mb()
     return out, metrics
+
+
+def export_engine(src: Path, out: Path, engine: EngineConfig, group_size: int) -> dict[str, float]:
+    """Export ``src`` to the CPU int4 engine at ``out``; its seconds and size on disk."""
+    t0 = time.perf_counter()
+    export_ort_genai(src, out, engine, group_size=group_size)
+    return {
+        "engine_export_seconds": time.perf_counter() - t0,
+        "engine_size_bytes": float(sum(f.stat().st_size for f in out.rglob("*.onnx*"))),
+    }
 
 
 def heldout_quality(

@@ -14,13 +14,13 @@ student's ``int4_cpu``, the baseline in the student's own format. Quantization-a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from distill.models.hashing import dir_sha256, weights_sha256
 from distill.quant.checkpoint import (
     Outputs,
     calibration_rows,
+    export_engine,
     heldout_quality,
     num_layers,
     peak_rss_mb,
@@ -28,7 +28,6 @@ from distill.quant.checkpoint import (
 )
 from distill.quant.config import RecoverConfig, TeacherInt4Config
 from distill.quant.gptq import validate
-from distill.runtime.export import export_ort_genai
 from distill.runtime.ort_genai import require_ort_genai
 from distill.stages import StageContext, StageResult
 
@@ -100,9 +99,7 @@ def _gptq_engine_export(
     """The teacher's GPTQ checkpoint exported like the student's ``int4_cpu``."""
     assert cfg.gptq_engine is not None and cfg.quantize is not None
     out = ctx.output_dir(GPTQ_ENGINE_OUTPUT_NAME)
-    t0 = time.perf_counter()
-    export_ort_genai(gptq, out, cfg.gptq_engine, group_size=cfg.quantize.group_size)
-    metrics["gptq_engine_export_seconds"] = time.perf_counter() - t0
-    metrics["gptq_engine_size_bytes"] = float(sum(f.stat().st_size for f in out.rglob("*.onnx*")))
+    made = export_engine(gptq, out, cfg.gptq_engine, cfg.quantize.group_size)
+    metrics.update({f"gptq_{k}": v for k, v in made.items()})
     ctx.tracker.record_output("teacher_int4_gptq_cpu", out, dir_sha256(out))
     return out
