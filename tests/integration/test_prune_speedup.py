@@ -46,11 +46,15 @@ def test_a_probe_is_a_random_model_of_the_planned_shape_timed_in_the_engine(tiny
     plan = make_plan(
         PruneConfig(policy="depth", target_params=0.6), ModelShape.from_config(src_cfg)
     )
-    d = speedup._probe_model(src_cfg, plan.shape, tmp_path / "probe")
+    d = speedup.probe_model(tiny_gqa.path, plan.shape, tmp_path / "probe")
     made = json.loads((d / "config.json").read_text())
     assert made["num_hidden_layers"] == plan.shape.num_hidden_layers < src_cfg["num_hidden_layers"]
     prompts = speedup.np.zeros((1, 8), dtype=speedup.np.int64)
     assert speedup._decode_tps(d, EngineConfig(kind="none"), tmp_path, prompts) > 0
+    # the CPU int4 engine: the probe carries the source's tokenizer, which the exporter reads
+    engine = EngineConfig(kind="ort-genai", source="fp", lm_head_bits=8, threads=1)
+    assert speedup._decode_tps(d, engine, tmp_path, prompts) > 0
+    assert (tmp_path / "probe-engine" / "genai_config.json").exists()
 
 
 def test_target_speedup_excludes_the_other_targets():

@@ -25,6 +25,7 @@ import numpy as np
 from distill.config.base import DistillError
 from distill.eval.config import SpeedConfig
 from distill.eval.speed import serving_speed
+from distill.models.files import copy_tokenizer_files
 from distill.models.loader import load_causal_lm
 from distill.prune.config import PruneConfig
 from distill.prune.planner import make_plan
@@ -48,28 +49,35 @@ class SpeedupSearch:
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target_params, speed-up)
 
 
-def _probe_model(src_cfg: dict, shape: ModelShape, out: Path) -> Path:
-    """A random model of ``shape`` (the source's config otherwise) saved as an HF checkpoint."""
+def probe_model(src_dir: Path, shape: ModelShape, out: Path) -> Path:
+    """A random model of ``shape`` (the source's config otherwise) saved as an HF checkpoint with
+    the source's tokenizer (the engine's exporter reads it)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    src_cfg = json.loads((Path(src_dir) / "config.json").read_text())
     fields = {k: v for k, v in src_cfg.items() if k not in ("model_type", "architectures")}
     cfg = AutoConfig.for_model(src_cfg["model_type"], **{**fields, **shape.target_dict()})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(out)
+    copy_tokenizer_files(Path(src_dir), out)
     return out
 
 
+def export_probe(model_dir: Path, engine: EngineConfig, work: Path) -> Path:
+    """``model_dir`` exported to the CPU int4 ``engine`` with RTN weights (the speed of int4
+    kernels does not depend on how the weights were chosen): ``work/<name>-engine``."""
+    probe = engine.model_copy(update={"source": "fp", "algo": "rtn"})
+    return export_ort_genai(model_dir, work / f"{model_dir.name}-engine", probe, group_size=32)
+
+
 def _decode_tps(model_dir: Path, engine: EngineConfig, work: Path, prompts: np.ndarray) -> float:
-    """Batch-1 decode tokens/s of ``model_dir`` in ``engine`` (exported with RTN when it is the
-    CPU int4 engine: the speed of int4 kernels does not depend on how the weights were chosen)."""
+    """Batch-1 decode tokens/s of ``model_dir`` in ``engine`` (transformers fp32 for none)."""
     if engine.kind == "none":
         model = load_causal_lm(model_dir)
         return serving_speed(model, prompts, SPEED)["decode_b1_tps"]
-
-    probe = engine.model_copy(update={"source": "fp", "algo": "rtn"})
-    out = export_ort_genai(model_dir, work / f"{model_dir.name}-engine", probe, group_size=32)
+    out = export_probe(model_dir, engine, work)
     model = engine_as_torch(OrtGenAIModel.load(out, threads=engine.threads))
     return serving_speed(model, prompts, SPEED)["decode_b1_tps"]
 
@@ -100,12 +108,12 @@ def plan_for_speedup(
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, src.vocab_size, (1, SPEED.prompt_tokens), dtype=np.int64)
     try:
-        base = _decode_tps(_probe_model(src_cfg, src, work / "source"), engine, work, prompts)
+        base = _decode_tps(probe_model(src_dir, src, work / "source"), engine, work, prompts)
         probes: list[tuple[float, float]] = []
 
         def speedup(t: float) -> float:
             plan = make_plan(cfg.model_copy(update={"target_params": t}), src)
-            d = _probe_model(src_cfg, plan.shape, work / f"probe-{len(probes)}")
+            d = probe_model(src_dir, plan.shape, work / f"probe-{len(probes)}")
             s = _decode_tps(d, engine, work, prompts) / base
             probes.append((t, s))
             shutil.rmtree(d, ignore_errors=True)
