@@ -43,6 +43,50 @@ def fit(layers: list[int], ms: list[float]) -> tuple[float, float]:
     return float(fixed), float(per_layer)
 
 
+def export_probes(source: Path, engine, work: Path) -> dict[str, Path]:
+    """Every probe of SHAPES as an engine export under ``work`` (the fp32 probe is dropped)."""
+    from distill.prune.shape import ModelShape
+    from distill.prune.speedup import export_probe, probe_model
+
+    src = ModelShape.from_config(json.loads((source / "config.json").read_text()))
+    dirs: dict[str, Path] = {}
+    for i, (name, over) in enumerate(SHAPES):
+        d = probe_model(source, src.with_target(**over), work / f"probe-{i}")
+        dirs[name] = export_probe(d, engine, work)
+        shutil.rmtree(d)  # ~0.5 GB: only its engine export is timed
+    return dirs
+
+
+def report(dirs: dict[str, Path], speeds: dict[str, dict], layers: int) -> str:
+    """The probes' table, then the fixed + per-layer line and what it says about a 1.5x prune."""
+    from distill.models.hashing import dir_size_bytes
+
+    full = speeds[SHAPES[0][0]]["decode_b1_tps"]
+    lines = [
+        f"| probe | engine MB | decode b1 tok/s | ms / token | b1 vs {layers} layers | "
+        "decode b8 tok/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, d in dirs.items():
+        s = speeds[name]
+        lines.append(
+            f"| {name} | {dir_size_bytes(d) / 1e6:.1f} | {s['decode_b1_tps']:.1f} | "
+            f"{1e3 / s['decode_b1_tps']:.2f} | {s['decode_b1_tps'] / full:.2f}x | "
+            f"{s['decode_b8_tps']:.1f} |"
+        )
+    ms = [1e3 / speeds[f"layers {n}"]["decode_b1_tps"] for n in LAYER_SERIES]
+    fixed, per_layer = fit(list(LAYER_SERIES), ms)
+    step = fixed + per_layer * layers
+    need = (step / 1.5 - fixed) / per_layer
+    lines.append(
+        f"\nfit over the layer series: {fixed:.2f} ms fixed + {per_layer:.3f} ms per layer "
+        f"(full shape {step:.2f} ms: the fixed part is {fixed / step:.0%}); no layers at all = "
+        f"{step / fixed:.2f}x; 1.5x needs <= {need:.1f} full-width layers "
+        f"({need / layers:.0%} of them)"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("pipelines/configs/smollm2.yaml"))
@@ -55,18 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     from distill.eval.config import SpeedConfig
     from distill.eval.speed import serving_speeds
     from distill.models.gguf import convert_gguf, packaged_gguf
-    from distill.models.hashing import dir_size_bytes
     from distill.pipeline import load_config
     from distill.prune.shape import ModelShape
-    from distill.prune.speedup import export_probe, probe_model
 
     engine = load_config(args.config).quantize.engine
     if engine.kind != "ort-genai":
         raise SystemExit(f"{args.config}: quantize.engine is {engine.kind!r}, not the CPU engine")
     source = args.source or convert_gguf(packaged_gguf())
-    src_cfg = json.loads((source / "config.json").read_text())
-    src = ModelShape.from_config(src_cfg)
-    work = args.work or Path(tempfile.mkdtemp(prefix="distill-decode-cost-"))
+    src = ModelShape.from_config(json.loads((source / "config.json").read_text()))
     cfg = SpeedConfig(prompt_tokens=128, new_tokens=64, batch_sizes=[1, 8], repeats=args.repeats)
     print(
         f"# decode_cost: {args.config} engine {engine.kind} (lm_head_bits {engine.lm_head_bits}, "
@@ -75,39 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{cfg.repeats} interleaved repeats\n# machine: {describe()}",
         flush=True,
     )
-    dirs: dict[str, Path] = {}
-    for i, (name, over) in enumerate(SHAPES):
-        d = probe_model(source, src.with_target(**over), work / f"probe-{i}")
-        dirs[name] = export_probe(d, engine, work)
-        shutil.rmtree(d)  # the fp32 probe (~0.5 GB): only its engine export is timed
-    models = {k: load_for_eval(d, threads=engine.threads) for k, d in dirs.items()}
-    rng = np.random.default_rng(0)
-    prompts = rng.integers(0, src.vocab_size, (8, cfg.prompt_tokens), dtype=np.int64)
-    speeds = serving_speeds(models, prompts, cfg)
-
-    full = speeds[SHAPES[0][0]]["decode_b1_tps"]
-    print(
-        "| probe | engine MB | decode b1 tok/s | ms / token | b1 vs 30 layers | decode b8 tok/s |"
-    )
-    print("|---|---|---|---|---|---|")
-    for name, d in dirs.items():
-        s = speeds[name]
-        print(
-            f"| {name} | {dir_size_bytes(d) / 1e6:.1f} | {s['decode_b1_tps']:.1f} | "
-            f"{1e3 / s['decode_b1_tps']:.2f} | {s['decode_b1_tps'] / full:.2f}x | "
-            f"{s['decode_b8_tps']:.1f} |"
-        )
-    ms = [1e3 / speeds[f"layers {n}"]["decode_b1_tps"] for n in LAYER_SERIES]
-    fixed, per_layer = fit(list(LAYER_SERIES), ms)
-    step = fixed + per_layer * src.num_hidden_layers
-    need = (step / 1.5 - fixed) / per_layer
-    print(
-        f"\nfit over the layer series: {fixed:.2f} ms fixed + {per_layer:.3f} ms per layer "
-        f"(full shape {step:.2f} ms: the fixed part is {fixed / step:.0%}); no layers at all = "
-        f"{step / fixed:.2f}x; 1.5x needs <= {need:.1f} full-width layers "
-        f"({need / src.num_hidden_layers:.0%} of them)",
-        flush=True,
-    )
+    work = args.work or Path(tempfile.mkdtemp(prefix="distill-decode-cost-"))
+    try:
+        dirs = export_probes(source, engine, work)
+        models = {k: load_for_eval(d, threads=engine.threads) for k, d in dirs.items()}
+        rng = np.random.default_rng(0)
+        prompts = rng.integers(0, src.vocab_size, (8, cfg.prompt_tokens), dtype=np.int64)
+        speeds = serving_speeds(models, prompts, cfg)
+        print(report(dirs, speeds, src.num_hidden_layers), flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
