@@ -43,12 +43,11 @@ def fit(layers: list[int], ms: list[float]) -> tuple[float, float]:
     return float(fixed), float(per_layer)
 
 
-def export_probes(source: Path, engine, work: Path) -> dict[str, Path]:
-    """Every probe of SHAPES as an engine export under ``work`` (the fp32 probe is dropped)."""
-    from distill.prune.shape import ModelShape
+def export_probes(source: Path, src, engine, work: Path) -> dict[str, Path]:
+    """Every probe of SHAPES (overrides of ``src``, the source's ``ModelShape``) as an engine
+    export under ``work`` (the fp32 probe is dropped)."""
     from distill.prune.speedup import export_probe, probe_model
 
-    src = ModelShape.from_config(json.loads((source / "config.json").read_text()))
     dirs: dict[str, Path] = {}
     for i, (name, over) in enumerate(SHAPES):
         d = probe_model(source, src.with_target(**over), work / f"probe-{i}")
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     work = args.work or Path(tempfile.mkdtemp(prefix="distill-decode-cost-"))
     try:
-        dirs = export_probes(source, engine, work)
+        dirs = export_probes(source, src, engine, work)
         models = {k: load_for_eval(d, threads=engine.threads) for k, d in dirs.items()}
         rng = np.random.default_rng(0)
         prompts = rng.integers(0, src.vocab_size, (8, cfg.prompt_tokens), dtype=np.int64)

@@ -11,7 +11,7 @@ from distill.eval.metrics import evaluate_models
 
 
 class _Fixed(torch.nn.Module):
-    """A model whose logits are a fixed function of the position and the input token."""
+    """A model whose logits are a fixed function of the input token (a random table)."""
 
     def __init__(self, seed: int, vocab: int = 11) -> None:
         super().__init__()
