@@ -3,8 +3,9 @@ parameter count (``prune.target_speedup``): what users buy is tokens/s at batch 
 
 Each probe builds a randomly initialised model of a planned shape (speed does not depend on the
 weights' values), exports it to the CPU engine the pipeline quantizes to (``quantize.engine``;
-transformers fp32 when there is none) and times batch-1 decode against the source's shape timed
-the same way; a bisection over ``target_params`` finds the largest model that reaches the
+transformers fp32 when there is none) and times batch-1 decode against the source's shape built
+the same way, the two runs interleaved (a load change on a shared machine lands on both, so the
+ratio holds); a bisection over ``target_params`` finds the largest model that reaches the
 speed-up::
 
     search = plan_for_speedup(PruneConfig(policy="width", target_speedup=1.5), teacher_dir,
@@ -16,15 +17,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from distill.config.base import DistillError
 from distill.eval.config import SpeedConfig
-from distill.eval.speed import serving_speed
+from distill.eval.speed import serving_speeds
 from distill.models.files import copy_tokenizer_files
 from distill.models.loader import load_causal_lm
 from distill.prune.config import PruneConfig
@@ -45,7 +48,7 @@ SPEED = SpeedConfig(prompt_tokens=64, new_tokens=48, batch_sizes=[1], repeats=5)
 class SpeedupSearch:
     target_params: float  # the largest budget whose shape reached the speed-up
     speedup: float  # measured at that budget
-    source_tps: float  # the source shape's batch-1 decode tokens/s
+    source_tps: float  # the source shape's batch-1 decode tokens/s (median over the probes)
     probes: list[tuple[float, float]] = field(default_factory=list)  # (target_params, speed-up)
 
 
@@ -72,14 +75,23 @@ def export_probe(model_dir: Path, engine: EngineConfig, work: Path) -> Path:
     return export_ort_genai(model_dir, work / f"{model_dir.name}-engine", probe, group_size=32)
 
 
-def _decode_tps(model_dir: Path, engine: EngineConfig, work: Path, prompts: np.ndarray) -> float:
-    """Batch-1 decode tokens/s of ``model_dir`` in ``engine`` (transformers fp32 for none)."""
+def _load_probe(model_dir: Path, engine: EngineConfig, work: Path) -> Any:
+    """``model_dir`` ready to time: exported to ``engine`` and loaded (transformers fp32 for
+    none)."""
     if engine.kind == "none":
-        model = load_causal_lm(model_dir)
-        return serving_speed(model, prompts, SPEED)["decode_b1_tps"]
+        return load_causal_lm(model_dir)
     out = export_probe(model_dir, engine, work)
-    model = engine_as_torch(OrtGenAIModel.load(out, threads=engine.threads))
-    return serving_speed(model, prompts, SPEED)["decode_b1_tps"]
+    return engine_as_torch(OrtGenAIModel.load(out, threads=engine.threads))
+
+
+def paired_decode(source: Any, probe: Any, prompts: np.ndarray) -> tuple[float, float]:
+    """Batch-1 decode tokens/s of ``source`` and ``probe``, their runs interleaved; a probe the
+    engine cannot run is a ``DistillError`` naming it."""
+    speeds = serving_speeds({"source": source, "probe": probe}, prompts, SPEED)
+    failed = {k: v["speed_error"] for k, v in speeds.items() if "speed_error" in v}
+    if failed:
+        raise DistillError(f"prune.target_speedup: the engine could not time a probe: {failed}")
+    return speeds["source"]["decode_b1_tps"], speeds["probe"]["decode_b1_tps"]
 
 
 def smallest_budget(cfg: PruneConfig, src: ModelShape) -> float:
@@ -108,16 +120,19 @@ def plan_for_speedup(
     rng = np.random.default_rng(0)
     prompts = rng.integers(0, src.vocab_size, (1, SPEED.prompt_tokens), dtype=np.int64)
     try:
-        base = _decode_tps(probe_model(src_dir, src, work / "source"), engine, work, prompts)
+        source = _load_probe(probe_model(src_dir, src, work / "source"), engine, work)
         probes: list[tuple[float, float]] = []
+        source_tps: list[float] = []
 
         def speedup(t: float) -> float:
             plan = make_plan(cfg.model_copy(update={"target_params": t}), src)
             d = probe_model(src_dir, plan.shape, work / f"probe-{len(probes)}")
-            s = _decode_tps(d, engine, work, prompts) / base
-            probes.append((t, s))
+            base, tps = paired_decode(source, _load_probe(d, engine, work), prompts)
+            source_tps.append(base)
+            probes.append((t, tps / base))
             shutil.rmtree(d, ignore_errors=True)
-            return s
+            shutil.rmtree(work / f"{d.name}-engine", ignore_errors=True)
+            return tps / base
 
         lo, hi = smallest_budget(cfg, src), 1.0  # the bisection keeps speed-up(lo) >= target
         if speedup(lo) < cfg.target_speedup:
@@ -134,7 +149,7 @@ def plan_for_speedup(
                 lo, best = mid, (mid, s)
             else:
                 hi = mid
-        return SpeedupSearch(best[0], best[1], base, probes)
+        return SpeedupSearch(best[0], best[1], statistics.median(source_tps), probes)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
