@@ -68,11 +68,16 @@ def probe_model(src_dir: Path, shape: ModelShape, out: Path) -> Path:
     return out
 
 
+def probe_engine_dir(model_dir: Path, work: Path) -> Path:
+    """Where ``export_probe`` writes ``model_dir``'s engine export."""
+    return work / f"{model_dir.name}-engine"
+
+
 def export_probe(model_dir: Path, engine: EngineConfig, work: Path) -> Path:
     """``model_dir`` exported to the CPU int4 ``engine`` with RTN weights (the speed of int4
-    kernels does not depend on how the weights were chosen): ``work/<name>-engine``."""
+    kernels does not depend on how the weights were chosen): ``probe_engine_dir``."""
     probe = engine.model_copy(update={"source": "fp", "algo": "rtn"})
-    return export_ort_genai(model_dir, work / f"{model_dir.name}-engine", probe, group_size=32)
+    return export_ort_genai(model_dir, probe_engine_dir(model_dir, work), probe, group_size=32)
 
 
 def _load_probe(model_dir: Path, engine: EngineConfig, work: Path) -> Any:
@@ -131,7 +136,7 @@ def plan_for_speedup(
             source_tps.append(base)
             probes.append((t, tps / base))
             shutil.rmtree(d, ignore_errors=True)
-            shutil.rmtree(work / f"{d.name}-engine", ignore_errors=True)
+            shutil.rmtree(probe_engine_dir(d, work), ignore_errors=True)
             return tps / base
 
         lo, hi = smallest_budget(cfg, src), 1.0  # the bisection keeps speed-up(lo) >= target
